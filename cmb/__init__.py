@@ -1,0 +1,1 @@
+"""cmb package."""

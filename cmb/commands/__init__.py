@@ -1,0 +1,1 @@
+"""One module per `cmb` sub-command; each defines `register(subparsers)`."""
