@@ -1,0 +1,82 @@
+"""`cmb detect INPUT... --out DIR`: files in, per-study results out, no server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cmb.progress import StageProgress
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "detect",
+        help="detect microbleeds in DICOM/NIfTI files (no server)",
+        description=(
+            "Read DICOM files, folders or zips (or NIfTI), choose the SWI/T2* series of each "
+            "study, detect microbleeds and write OUT/<StudyInstanceUID>/detections.json, "
+            "probability and label NIfTI maps and DICOM SEG/SR."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--model", type=Path, default=None, help="ONNX model (default: shipped)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--threshold", type=float, default=None, help="override model threshold")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap [0, 1)")
+    p.add_argument("--series", dest="series_uid", default=None, metavar="SERIES_UID",
+                   help="force this series instead of the selection rules' choice")
+    p.add_argument("--outputs", default="seg,sr",
+                   help="DICOM outputs, comma separated from seg,sr,pdf,sc ('' for none)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from model.dicom_in import load_studies
+    from model.errors import CmbError, InputError
+    from model.pipeline import PipelineOptions, load_model, process_study
+
+    outputs = tuple(o.strip() for o in args.outputs.split(",") if o.strip())
+    try:
+        options = PipelineOptions(
+            model_path=args.model, device=args.device, threads=args.threads, tta=args.tta,
+            threshold=args.threshold, overlap=args.overlap, series_uid=args.series_uid,
+            outputs=outputs,
+        )
+    except ValueError as e:
+        raise InputError(str(e)) from e
+    studies = load_studies(args.inputs)
+    if not studies:
+        raise InputError("no DICOM or NIfTI images in the inputs")
+    model = load_model(options)
+    failures = 0
+    last_error: CmbError | None = None
+    for study in studies:
+        bar = StageProgress(enabled=not args.no_progress)
+        try:
+            out = process_study(study, args.out, options, model, progress=bar)
+        except CmbError as e:
+            bar.close()
+            failures += 1
+            last_error = e
+            print(f"{study.study_instance_uid}: FAILED: {e}", file=sys.stderr)
+            continue
+        bar.close()
+        res = out.result
+        kept = len(res.kept)
+        rejected = len(res.detections) - kept
+        seconds = sum(res.timings_s.values())
+        print(
+            f"{res.study_instance_uid}: {kept} CMB(s) kept, {rejected} rejected, "
+            f"series {res.series.series_instance_uid} ({res.series.sequence_kind.value}), "
+            f"{seconds:.1f} s -> {out.folder}"
+        )
+    if failures:
+        if failures == len(studies) and last_error is not None:
+            return last_error.exit_code
+        return 1
+    return 0

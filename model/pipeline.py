@@ -1,0 +1,233 @@
+"""The detection pipeline: DICOM (or NIfTI) files in, a `Result` and its files out.
+
+Stages, in the order of ARCHITECTURE.md: read -> select series -> volume ->
+U-Net probability (resample, normalize, sliding window) -> candidates ->
+location filter (when a parcellation model is available) -> outputs.
+
+Output folder of one study (``<out_dir>/<StudyInstanceUID>/``)::
+
+    detections.json        docs/detections.schema.json
+    probability.nii.gz     float32 probability on the source grid
+    labels.nii.gz          instance labels of all candidates (ids = detections[].id)
+    seg.dcm, sr.dcm, ...   DICOM results (DICOM input only), see model.dicom_out
+
+A study's folder is written to a temporary sibling first and renamed into
+place, so a failure never leaves partial output and a rerun replaces the old
+results atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from model.candidates import extract_candidates
+from model.dicom_in import load_studies
+from model.errors import InputError
+from model.infer import predict_probability
+from model.onnx_model import OnnxModel
+from model.selection import select_series
+from model.series import Series, Study
+from model.types import Result
+from model.volume import write_nifti
+
+log = logging.getLogger(__name__)
+
+#: Output kinds `cmb detect --outputs` accepts. "json" and "nifti" are always written.
+DICOM_OUTPUT_KINDS = ("seg", "sr", "pdf", "sc")
+
+ProgressCallback = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How to run the pipeline. Everything the model needs comes from its metadata."""
+
+    model_path: Path | None = None  # None: the shipped default model
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None
+    tta: bool = False
+    threshold: float | None = None  # None: the threshold stored in the model
+    overlap: float = 0.5
+    series_uid: str | None = None  # force this series instead of the rules' choice
+    outputs: tuple[str, ...] = ("seg", "sr")
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        unknown = set(self.outputs) - set(DICOM_OUTPUT_KINDS)
+        if unknown:
+            raise ValueError(
+                f"unknown output kind(s) {sorted(unknown)}; choose from {DICOM_OUTPUT_KINDS}"
+            )
+
+
+@dataclass
+class StudyOutputs:
+    """The result of one study and the files written for it."""
+
+    study_instance_uid: str
+    result: Result
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return self.files["detections"].parent
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+
+def load_model(options: PipelineOptions) -> OnnxModel:
+    return OnnxModel.load(options.model_path, device=options.device, threads=options.threads)
+
+
+def detect_series(
+    study: Study,
+    model: OnnxModel,
+    options: PipelineOptions,
+    *,
+    progress: ProgressCallback | None = None,
+) -> tuple[Result, Series]:
+    """Select the series of one study and run detection on it (no files written)."""
+    clock = _Stopwatch()
+    with clock.stage("select"):
+        series, selection = select_series(study, force_series_uid=options.series_uid)
+    with clock.stage("read"):
+        volume = series.load_volume()
+    with clock.stage("infer"):
+        window_progress = (lambda done, total: progress("infer", done, total)) if progress else None
+        probability = predict_probability(
+            volume, model, overlap=options.overlap, tta=options.tta, progress=window_progress
+        )
+    threshold = options.threshold if options.threshold is not None else model.metadata.threshold
+    with clock.stage("candidates"):
+        labels, detections = extract_candidates(probability, threshold)
+    result = Result(
+        study_instance_uid=study.study_instance_uid,
+        series=series.info,
+        selection=selection,
+        detections=detections,
+        probability=probability,
+        labels=labels,
+        model=model.info,
+        timings_s=clock.timings,
+    )
+    return result, series
+
+
+def process_study(
+    study: Study,
+    out_dir: Path,
+    options: PipelineOptions,
+    model: OnnxModel,
+    *,
+    progress: ProgressCallback | None = None,
+) -> StudyOutputs:
+    """Detect on one study and write its folder atomically under ``out_dir``."""
+    result, series = detect_series(study, model, options, progress=progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / _safe_name(study.study_instance_uid)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=out_dir))
+    try:
+        t0 = time.perf_counter()
+        files = _write_study_files(result, series, staging, options)
+        result.timings_s["write"] = time.perf_counter() - t0
+        # detections.json last, with the final timings.
+        files["detections"] = staging / "detections.json"
+        _write_json(files["detections"], result.to_json())
+        _replace_dir(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    files = {k: final / p.relative_to(staging) for k, p in files.items()}
+    return StudyOutputs(study.study_instance_uid, result, files)
+
+
+def process(
+    inputs: Sequence[str | Path],
+    out_dir: Path,
+    options: PipelineOptions | None = None,
+    *,
+    model: OnnxModel | None = None,
+    progress: ProgressCallback | None = None,
+) -> list[StudyOutputs]:
+    """Run the pipeline on every study found in ``inputs``.
+
+    Raises the first study's ``CmbError``: callers that want per-study
+    failures (the CLI) call ``load_studies`` and ``process_study`` themselves.
+    """
+    options = options or PipelineOptions()
+    studies = load_studies(inputs)
+    if not studies:
+        raise InputError(f"no DICOM or NIfTI images found in {', '.join(map(str, inputs))}")
+    model = model or load_model(options)
+    return [process_study(s, Path(out_dir), options, model, progress=progress) for s in studies]
+
+
+def _write_study_files(
+    result: Result, series: Series, folder: Path, options: PipelineOptions
+) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    files["probability"] = folder / "probability.nii.gz"
+    write_nifti(result.probability, files["probability"])
+    files["labels"] = folder / "labels.nii.gz"
+    write_nifti(result.labels.with_array(result.labels.array.astype(np.float32)), files["labels"])
+    if options.outputs and series.is_dicom:
+        from model.dicom_out import write_outputs
+
+        written = write_outputs(result, series.source_datasets(), folder, options.outputs)
+        for kind, path in written.items():
+            if isinstance(path, Path):
+                files[kind] = path
+    return files
+
+
+def _write_json(path: Path, payload: object) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _replace_dir(staging: Path, final: Path) -> None:
+    """Move ``staging`` to ``final``, replacing an earlier result of the same study."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        staging.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(final)
+
+
+def _safe_name(uid: str) -> str:
+    """A UID is digits and dots; anything else (NIfTI pseudo-studies) is sanitised."""
+    cleaned = "".join(c if c.isalnum() or c in ".-_" else "_" for c in uid)
+    return cleaned or "study"
