@@ -1,0 +1,242 @@
+"""Preprocessing: resampling to the model grid and intensity normalization.
+
+This module is THE preprocessing of the project: inference (``model.infer``)
+and training (``training``) both call :func:`prepare` / :func:`normalize`, so a
+network is always served with exactly the transform it was trained with.  The
+transform is chosen by the model's metadata (``cmb.spacing_mm``,
+``cmb.normalization``), never by a setting.
+
+Resampling keeps the orientation of the source grid and aligns the outer
+corners of the first voxel (the physical extent is preserved, as nnU-Net and
+SimpleITK-based pipelines do), so a round trip source -> model grid -> source
+maps every LPS point onto itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import SimpleITK as sitk
+
+from model.types import Volume
+
+if TYPE_CHECKING:
+    from model.onnx_model import ModelMetadata
+
+_INTERPOLATORS = {0: sitk.sitkNearestNeighbor, 1: sitk.sitkLinear, 3: sitk.sitkBSpline}
+MASKS = ("all", "nonzero", "otsu")
+
+FloatArray = npt.NDArray[np.float32]
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _to_sitk(volume: Volume) -> sitk.Image:
+    """Volume (array[k, j, i], affine on (k, j, i)) -> SimpleITK image (index x=i, y=j, z=k)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array, dtype=np.float32))
+    _set_grid(image, volume.affine)
+    return image
+
+
+def _set_grid(image: sitk.Image, affine: npt.NDArray[np.float64]) -> None:
+    steps = affine[:3, [2, 1, 0]]  # columns for sitk index axes x=i, y=j, z=k
+    spacing = np.linalg.norm(steps, axis=0)
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetDirection([float(d) for d in (steps / spacing).ravel()])
+    image.SetOrigin([float(o) for o in affine[:3, 3]])
+
+
+def _grid_image(affine: npt.NDArray[np.float64], shape: tuple[int, int, int]) -> sitk.Image:
+    """An empty SimpleITK image that only carries a target grid."""
+    image = sitk.Image([shape[2], shape[1], shape[0]], sitk.sitkUInt8)
+    _set_grid(image, affine)
+    return image
+
+
+def _resample(
+    volume: Volume, affine: npt.NDArray[np.float64], shape: tuple[int, int, int], order: int
+) -> Volume:
+    if order not in _INTERPOLATORS:
+        raise ValueError(f"interpolation order must be one of {sorted(_INTERPOLATORS)}, got {order}")
+    same_grid = shape == volume.shape and np.allclose(affine, volume.affine, rtol=0, atol=1e-6)
+    if same_grid:
+        array = np.asarray(volume.array, dtype=np.float32)
+    else:
+        out = sitk.Resample(
+            _to_sitk(volume),
+            _grid_image(affine, shape),
+            sitk.Transform(),
+            _INTERPOLATORS[order],
+            0.0,
+            sitk.sitkFloat32,
+        )
+        array = sitk.GetArrayFromImage(out)
+    return Volume(
+        array=array.astype(np.float32, copy=False),
+        affine=np.array(affine, dtype=np.float64),
+        study_instance_uid=volume.study_instance_uid,
+        series_instance_uid=volume.series_instance_uid,
+        slices=volume.slices if same_grid else (),
+    )
+
+
+def target_grid(
+    volume: Volume, spacing_mm: tuple[float, float, float]
+) -> tuple[npt.NDArray[np.float64], tuple[int, int, int]]:
+    """Affine and shape of ``volume``'s extent resampled to ``spacing_mm`` (slice, row, col)."""
+    old = np.asarray(volume.spacing, dtype=np.float64)
+    new = np.asarray(spacing_mm, dtype=np.float64)
+    if new.shape != (3,) or not np.all(new > 0):
+        raise ValueError(f"spacing_mm must be 3 positive numbers, got {spacing_mm}")
+    extent = np.asarray(volume.shape, dtype=np.float64) * old
+    shape_arr = np.maximum(1, np.round(extent / new)).astype(int)
+    shape = (int(shape_arr[0]), int(shape_arr[1]), int(shape_arr[2]))
+    directions = volume.affine[:3, :3] / old
+    affine = np.eye(4)
+    affine[:3, :3] = directions * new
+    # Outer corner of voxel 0 stays where it was: origin moves by half the spacing change.
+    affine[:3, 3] = volume.affine[:3, 3] + directions @ ((new - old) / 2.0)
+    return affine, shape
+
+
+def resample_to_spacing(
+    volume: Volume, spacing_mm: tuple[float, float, float], *, order: int = 1
+) -> Volume:
+    """Resample to ``spacing_mm`` (slice, row, col), same orientation, corner-aligned extent.
+
+    ``order``: 0 nearest, 1 linear, 3 B-spline.  Returns ``volume`` values
+    unchanged (as float32) when the spacing already matches.
+    """
+    affine, shape = target_grid(volume, spacing_mm)
+    return _resample(volume, affine, shape, order)
+
+
+def resample_like(volume: Volume, reference: Volume, *, order: int = 1) -> Volume:
+    """Resample ``volume`` onto the grid of ``reference`` (0 outside ``volume``).
+
+    The result carries the identity (UIDs, slice references) of ``reference``.
+    """
+    out = _resample(volume, reference.affine, reference.shape, order)
+    return Volume(
+        array=out.array,
+        affine=reference.affine,
+        study_instance_uid=reference.study_instance_uid,
+        series_instance_uid=reference.series_instance_uid,
+        slices=reference.slices,
+    )
+
+
+# --------------------------------------------------------------------------- intensity
+
+
+def foreground_mask(array: npt.NDArray[Any], kind: str) -> npt.NDArray[np.bool_]:
+    """Voxels that the normalization statistics are computed over.
+
+    ``all``: every voxel; ``nonzero``: voxels != 0 (skull-stripped or masked
+    input); ``otsu``: above the Otsu threshold (body vs air).  An empty mask
+    falls back to every voxel.
+    """
+    if kind == "all":
+        mask = np.ones(array.shape, dtype=bool)
+    elif kind == "nonzero":
+        mask = array != 0
+    elif kind == "otsu":
+        if float(array.max()) == float(array.min()):
+            mask = np.ones(array.shape, dtype=bool)
+        else:
+            image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
+            # OtsuThreshold(image, insideValue, outsideValue): above threshold -> outside.
+            mask = sitk.GetArrayFromImage(sitk.OtsuThreshold(image, 0, 1, 256)).astype(bool)
+    else:
+        raise ValueError(f"unknown mask {kind!r}; expected one of {MASKS}")
+    if not mask.any():
+        mask = np.ones(array.shape, dtype=bool)
+    return mask
+
+
+def _percentiles(
+    array: FloatArray, spec: Mapping[str, Any], mask: npt.NDArray[np.bool_]
+) -> FloatArray:
+    lo, hi = np.percentile(array[mask], [float(spec["lower"]), float(spec["upper"])])
+    return np.clip(array, lo, hi)
+
+
+def _zscore_of(array: FloatArray, mask: npt.NDArray[np.bool_]) -> FloatArray:
+    values = array[mask].astype(np.float64)
+    mean = float(values.mean())
+    std = float(values.std())
+    if std < 1e-8 * max(1.0, abs(mean)):
+        std = 1.0  # constant image: centre only
+    return ((array - mean) / std).astype(np.float32)
+
+
+def _zscore(array: FloatArray, spec: Mapping[str, Any]) -> FloatArray:
+    mask = foreground_mask(array, spec.get("mask", "all"))
+    return _zscore_of(array, mask)
+
+
+def _percentile_zscore(array: FloatArray, spec: Mapping[str, Any]) -> FloatArray:
+    mask = foreground_mask(array, spec.get("mask", "all"))
+    return _zscore_of(_percentiles(array, spec, mask), mask)
+
+
+def _percentile_minmax(array: FloatArray, spec: Mapping[str, Any]) -> FloatArray:
+    mask = foreground_mask(array, spec.get("mask", "all"))
+    clipped = _percentiles(array, spec, mask)
+    lo, hi = float(clipped.min()), float(clipped.max())
+    if hi - lo <= 0:
+        return np.zeros_like(array, dtype=np.float32)
+    return ((clipped - lo) / (hi - lo)).astype(np.float32)
+
+
+# name -> (function, required keys, optional keys)
+NORMALIZATIONS: dict[
+    str, tuple[Callable[[FloatArray, Mapping[str, Any]], FloatArray], set[str], set[str]]
+] = {
+    "zscore": (_zscore, set(), {"mask"}),
+    "percentile_zscore": (_percentile_zscore, {"lower", "upper"}, {"mask"}),
+    "percentile_minmax": (_percentile_minmax, {"lower", "upper"}, {"mask"}),
+}
+
+
+def validate_normalization(spec: Mapping[str, Any]) -> None:
+    """Raise ValueError naming what is wrong with a normalization spec."""
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"normalization must be an object, got {spec!r}")
+    method = spec.get("method")
+    if method not in NORMALIZATIONS:
+        raise ValueError(f"unknown method {method!r}; expected one of {sorted(NORMALIZATIONS)}")
+    _, required, optional = NORMALIZATIONS[method]
+    keys = set(spec) - {"method"}
+    if missing := required - keys:
+        raise ValueError(f"method {method!r} needs {sorted(missing)}")
+    if unknown := keys - required - optional:
+        raise ValueError(f"method {method!r} does not take {sorted(unknown)}")
+    if "mask" in spec and spec["mask"] not in MASKS:
+        raise ValueError(f"mask {spec['mask']!r} is not one of {MASKS}")
+    if "lower" in spec:
+        lo, hi = spec["lower"], spec["upper"]
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lo, hi))
+        if not numbers or not 0.0 <= lo < hi <= 100.0:
+            raise ValueError(f"percentiles need 0 <= lower < upper <= 100, got {lo}, {hi}")
+
+
+def normalize(array: npt.NDArray[Any], spec: Mapping[str, Any]) -> FloatArray:
+    """Apply the normalization ``spec`` (the model's ``cmb.normalization``) to ``array``.
+
+    Statistics (percentiles, mean, std) come from the voxels of the spec's
+    ``mask``; clipping and scaling apply to the whole array.
+    """
+    validate_normalization(spec)
+    fn = NORMALIZATIONS[spec["method"]][0]
+    return fn(np.asarray(array, dtype=np.float32), spec)
+
+
+def prepare(volume: Volume, metadata: ModelMetadata) -> Volume:
+    """Resample to the model spacing and normalize: what the network sees, in training too."""
+    resampled = resample_to_spacing(volume, metadata.spacing_mm, order=1)
+    return resampled.with_array(normalize(resampled.array, metadata.normalization))

@@ -1,0 +1,232 @@
+"""Small ONNX models with a known output, built with ``onnx.helper`` (no torch, no training).
+
+``make_test_model`` writes a model that follows docs/model-format.md and whose
+output is a closed-form function of its (normalized) input, so tests can
+predict it with scipy:
+
+* ``cmb_segmentation``: a fixed 3D centre-surround filter that responds to
+  dark blobs, ``logit = gain * correlate(x, dark_blob_kernel()) + bias``,
+  zero padding ("same" size), then ``sigmoid`` (C=1), a two-channel
+  ``softmax`` whose channel 1 equals that sigmoid, or raw ``logits`` (C=1).
+  The kernel sums to zero, so a uniform region gives ``sigmoid(bias)`` (about
+  0.02 with the defaults), and a dark sphere of radius 2-3 voxels in a bright
+  background gives a probability close to 1 at its centre.  It also responds,
+  more weakly, on the dark side of a straight bright/dark edge: phantoms for
+  end-to-end tests should be dark spheres inside a bright background that
+  fills the volume.
+* ``parcellation``: a 1x1x1 convolution with C channels and softmax whose
+  argmax is ``round(clip(x, 0, 1) * (C - 1))``: with ``percentile_minmax``
+  normalization the label follows the intensity.
+
+``expected_probability`` / ``expected_labels`` compute the same with scipy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from scipy import ndimage
+
+OPSET = 17
+IR_VERSION = 8  # readable by every ONNX Runtime >= 1.14
+
+DEFAULT_NORMALIZATION: dict[str, Any] = {
+    "method": "percentile_zscore",
+    "lower": 0.0,
+    "upper": 99.9,
+    "mask": "all",
+}
+DEFAULT_GAIN = 2.0
+DEFAULT_BIAS = -4.0
+
+
+def dark_blob_kernel(
+    radius: int = 5, sigma_center: float = 1.0, sigma_surround: float = 2.5
+) -> npt.NDArray[np.float32]:
+    """Surround-minus-centre Gaussian kernel (sums to 0; positive response on dark blobs)."""
+    r = np.arange(-radius, radius + 1, dtype=np.float64)
+    d2 = r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2
+    center = np.exp(-d2 / (2 * sigma_center**2))
+    surround = np.exp(-d2 / (2 * sigma_surround**2))
+    kernel = surround / surround.sum() - center / center.sum()
+    return kernel.astype(np.float32)
+
+
+def _sigmoid(x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    return (0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))).astype(np.float32)
+
+
+def expected_probability(
+    normalized: npt.NDArray[Any],
+    *,
+    gain: float = DEFAULT_GAIN,
+    bias: float = DEFAULT_BIAS,
+    radius: int = 5,
+    sigma_center: float = 1.0,
+    sigma_surround: float = 2.5,
+) -> npt.NDArray[np.float32]:
+    """What the segmentation test model outputs for one normalized 3D array (whole volume)."""
+    kernel = dark_blob_kernel(radius, sigma_center, sigma_surround).astype(np.float64)
+    response = ndimage.correlate(np.asarray(normalized, np.float64), kernel, mode="constant")
+    return _sigmoid(gain * response + bias)
+
+
+def expected_labels(normalized: npt.NDArray[Any], label_ids: list[int]) -> npt.NDArray[np.int32]:
+    """What the parcellation test model's argmax gives, as label ids."""
+    n = len(label_ids)
+    idx = np.rint(np.clip(np.asarray(normalized, np.float64), 0.0, 1.0) * (n - 1)).astype(int)
+    return np.asarray(label_ids, dtype=np.int32)[idx]
+
+
+def _props(
+    *,
+    name: str,
+    version: str,
+    task: str,
+    spacing_mm: tuple[float, float, float],
+    patch_size: tuple[int, int, int],
+    normalization: Mapping[str, Any],
+    output: str,
+    threshold: float,
+    labels: Mapping[int, str],
+) -> dict[str, str]:
+    return {
+        "cmb.format_version": "1",
+        "cmb.name": name,
+        "cmb.version": version,
+        "cmb.task": task,
+        "cmb.spacing_mm": json.dumps([float(s) for s in spacing_mm]),
+        "cmb.patch_size": json.dumps([int(p) for p in patch_size]),
+        "cmb.normalization": json.dumps(dict(normalization)),
+        "cmb.output": output,
+        "cmb.threshold": str(threshold),
+        "cmb.labels": json.dumps({str(k): v for k, v in labels.items()}),
+        "cmb.description": "test model built by tests/helpers/onnx_factory.py (fixed filter)",
+    }
+
+
+def _segmentation_graph(
+    output: str, gain: float, bias: float, radius: int, sigma_center: float, sigma_surround: float
+) -> tuple[list[onnx.NodeProto], list[TensorProto], int]:
+    kernel = dark_blob_kernel(radius, sigma_center, sigma_surround) * np.float32(gain)
+    if output == "softmax":
+        weights = np.stack([np.zeros_like(kernel), kernel])[:, None]  # [2, 1, K, K, K]
+        biases = np.array([0.0, bias], dtype=np.float32)
+    else:
+        weights = kernel[None, None]
+        biases = np.array([bias], dtype=np.float32)
+    inits = [
+        numpy_helper.from_array(weights.astype(np.float32), "W"),
+        numpy_helper.from_array(biases, "B"),
+    ]
+    conv_out = "logits" if output == "logits" else "conv"
+    nodes = [helper.make_node("Conv", ["image", "W", "B"], [conv_out], pads=[radius] * 6)]
+    if output == "sigmoid":
+        nodes.append(helper.make_node("Sigmoid", ["conv"], ["probability"]))
+    elif output == "softmax":
+        nodes.append(helper.make_node("Softmax", ["conv"], ["probability"], axis=1))
+    return nodes, inits, int(weights.shape[0])
+
+
+def _parcellation_graph(n_labels: int, slope: float) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    # logit_c = slope * (2 c y - c^2), y = clip(x, 0, 1) * (C - 1): argmax_c = round(y).
+    c = np.arange(n_labels, dtype=np.float32)
+    weights = (slope * 2 * c * (n_labels - 1)).reshape(n_labels, 1, 1, 1, 1).astype(np.float32)
+    biases = (-slope * c**2).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "hi"),
+        numpy_helper.from_array(weights, "W"),
+        numpy_helper.from_array(biases, "B"),
+    ]
+    nodes = [
+        helper.make_node("Clip", ["image", "lo", "hi"], ["clipped"]),
+        helper.make_node("Conv", ["clipped", "W", "B"], ["conv"]),
+        helper.make_node("Softmax", ["conv"], ["probability"], axis=1),
+    ]
+    return nodes, inits
+
+
+def make_test_model(
+    path: str | Path,
+    *,
+    spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    patch_size: tuple[int, int, int] = (32, 32, 32),
+    normalization: Mapping[str, Any] | None = None,
+    threshold: float = 0.5,
+    task: str = "cmb_segmentation",
+    output: str = "sigmoid",
+    gain: float = DEFAULT_GAIN,
+    bias: float = DEFAULT_BIAS,
+    radius: int = 5,
+    sigma_center: float = 1.0,
+    sigma_surround: float = 2.5,
+    labels: Mapping[int, str] | None = None,
+    name: str = "test-dark-blob",
+    version: str = "0.0.0-test",
+    metadata: Mapping[str, str] | None = None,
+    drop_keys: tuple[str, ...] = (),
+) -> Path:
+    """Write a test model to ``path`` and return the path.
+
+    ``metadata`` overrides/extends the ``cmb.*`` props (use it to write invalid
+    values); ``drop_keys`` removes props (e.g. ``("cmb.spacing_mm",)``).
+    """
+    path = Path(path)
+    if normalization is None:
+        normalization = (
+            DEFAULT_NORMALIZATION
+            if task == "cmb_segmentation"
+            else {"method": "percentile_minmax", "lower": 0.0, "upper": 100.0, "mask": "all"}
+        )
+    if task == "cmb_segmentation":
+        labels = labels or {0: "background", 1: "cmb"}
+        nodes, inits, channels = _segmentation_graph(
+            output, gain, bias, radius, sigma_center, sigma_surround
+        )
+        out_name = "logits" if output == "logits" else "probability"
+    elif task == "parcellation":
+        labels = labels or {0: "background", 2: "Left-Cerebral-White-Matter", 3: "Left-Cerebral-Cortex"}
+        output = "softmax"
+        nodes, inits = _parcellation_graph(len(labels), slope=50.0)
+        channels = len(labels)
+        out_name = "probability"
+    else:
+        raise ValueError(f"unknown task {task!r}")
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, "D", "H", "W"])],
+        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", channels, "D", "H", "W"])],
+        initializer=inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="onnx_factory"
+    )
+    model.ir_version = IR_VERSION
+    props = _props(
+        name=name,
+        version=version,
+        task=task,
+        spacing_mm=spacing_mm,
+        patch_size=patch_size,
+        normalization=normalization,
+        output=output,
+        threshold=threshold,
+        labels=labels,
+    )
+    props.update(metadata or {})
+    for key in drop_keys:
+        props.pop(key, None)
+    helper.set_model_props(model, props)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
