@@ -59,7 +59,9 @@ def _json(key: str, value: str) -> Any:
 def _triple(key: str, value: str, kind: type) -> tuple[Any, Any, Any]:
     parsed = _json(key, value)
     if not isinstance(parsed, list) or len(parsed) != 3:
-        raise ModelError(f"model metadata {PREFIX}{key} must be a JSON list of 3 numbers: {value!r}")
+        raise ModelError(
+            f"model metadata {PREFIX}{key} must be a JSON list of 3 numbers: {value!r}"
+        )
     out = []
     for v in parsed:
         if isinstance(v, bool) or not isinstance(v, int | float):
@@ -112,7 +114,9 @@ class ModelMetadata:
         if self.task not in TASKS:
             raise ModelError(f"model metadata {PREFIX}task {self.task!r} is not one of {TASKS}")
         if self.output not in OUTPUTS:
-            raise ModelError(f"model metadata {PREFIX}output {self.output!r} is not one of {OUTPUTS}")
+            raise ModelError(
+                f"model metadata {PREFIX}output {self.output!r} is not one of {OUTPUTS}"
+            )
         if not 0.0 <= self.threshold <= 1.0:
             raise ModelError(f"model metadata {PREFIX}threshold {self.threshold} is not in [0, 1]")
         if len(self.labels) < 1:
@@ -192,7 +196,9 @@ class ModelMetadata:
         optional: dict[str, str | None] = {
             "training_data_hash": self.training_data_hash,
             "config_hash": self.config_hash,
-            "metrics": json.dumps(self.metrics, sort_keys=True) if self.metrics is not None else None,
+            "metrics": json.dumps(self.metrics, sort_keys=True)
+            if self.metrics is not None
+            else None,
             "trained_on": self.trained_on,
             "description": self.description,
         }
@@ -312,7 +318,9 @@ class OnnxModel:
                 "device 'cuda' requested but ONNX Runtime could not start the CUDA provider "
                 "(check the CUDA/cuDNN libraries); use --device cpu"
             )
-        info = ModelInfo(name=metadata.name, version=metadata.version, sha256=file_sha256(model_path))
+        info = ModelInfo(
+            name=metadata.name, version=metadata.version, sha256=file_sha256(model_path)
+        )
         return cls(session, metadata, info, model_path)
 
     @property
@@ -320,7 +328,7 @@ class OnnxModel:
         return "CUDAExecutionProvider" in self.providers
 
     def run(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-        """Run ``[N, 1, D, H, W]`` through the network; returns probabilities ``[N, C, D, H, W]``."""
+        """Run ``[N, 1, D, H, W]`` through the network; probabilities ``[N, C, D, H, W]``."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
         if x.ndim != 5 or x.shape[1] != 1:
             raise ValueError(f"model input must be [N, 1, D, H, W], got {x.shape}")

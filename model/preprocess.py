@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import SimpleITK as sitk
+import SimpleITK as sitk  # noqa: N813
 
 from model.types import Volume
 
@@ -61,7 +61,9 @@ def _resample(
     volume: Volume, affine: npt.NDArray[np.float64], shape: tuple[int, int, int], order: int
 ) -> Volume:
     if order not in _INTERPOLATORS:
-        raise ValueError(f"interpolation order must be one of {sorted(_INTERPOLATORS)}, got {order}")
+        raise ValueError(
+            f"interpolation order must be one of {sorted(_INTERPOLATORS)}, got {order}"
+        )
     same_grid = shape == volume.shape and np.allclose(affine, volume.affine, rtol=0, atol=1e-6)
     if same_grid:
         array = np.asarray(volume.array, dtype=np.float32)

@@ -135,7 +135,9 @@ def _segmentation_graph(
     return nodes, inits, int(weights.shape[0])
 
 
-def _parcellation_graph(n_labels: int, slope: float) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+def _parcellation_graph(
+    n_labels: int, slope: float
+) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
     # logit_c = slope * (2 c y - c^2), y = clip(x, 0, 1) * (C - 1): argmax_c = round(y).
     c = np.arange(n_labels, dtype=np.float32)
     weights = (slope * 2 * c * (n_labels - 1)).reshape(n_labels, 1, 1, 1, 1).astype(np.float32)
@@ -193,7 +195,11 @@ def make_test_model(
         )
         out_name = "logits" if output == "logits" else "probability"
     elif task == "parcellation":
-        labels = labels or {0: "background", 2: "Left-Cerebral-White-Matter", 3: "Left-Cerebral-Cortex"}
+        labels = labels or {
+            0: "background",
+            2: "Left-Cerebral-White-Matter",
+            3: "Left-Cerebral-Cortex",
+        }
         output = "softmax"
         nodes, inits = _parcellation_graph(len(labels), slope=50.0)
         channels = len(labels)
@@ -204,7 +210,11 @@ def make_test_model(
         nodes,
         name,
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, "D", "H", "W"])],
-        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", channels, "D", "H", "W"])],
+        [
+            helper.make_tensor_value_info(
+                out_name, TensorProto.FLOAT, ["N", channels, "D", "H", "W"]
+            )
+        ],
         initializer=inits,
     )
     model = helper.make_model(
