@@ -34,6 +34,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from scipy import ndimage
 
+from model.types import Volume
+
 OPSET = 17
 IR_VERSION = 8  # readable by every ONNX Runtime >= 1.14
 
@@ -240,3 +242,54 @@ def make_test_model(
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def oblique_affine(
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    angles_deg: tuple[float, float, float] = (10.0, -20.0, 30.0),
+    origin: tuple[float, float, float] = (-40.0, 25.0, 12.0),
+) -> npt.NDArray[np.float64]:
+    """A (k, j, i) -> LPS affine with rotated axes and the given spacing (slice, row, col)."""
+    ax, ay, az = np.deg2rad(angles_deg)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = (rz @ ry @ rx) * np.asarray(spacing, dtype=np.float64)
+    affine[:3, 3] = origin
+    return affine
+
+
+def sphere_phantom(
+    shape: tuple[int, int, int],
+    affine: npt.NDArray[np.float64],
+    centres_lps: list[tuple[float, float, float]],
+    radii_mm: list[float],
+    *,
+    background: float = 100.0,
+    sphere: float = 20.0,
+    noise: float = 0.0,
+    seed: int = 0,
+    supersample: int = 3,
+) -> Volume:
+    """Dark spheres (LPS centres, radii in mm) in a bright background filling the volume.
+
+    Voxels get the mean of ``supersample**3`` sub-samples (partial volume), so
+    the spheres' centroids are not quantized to the grid.
+    """
+    offsets = (np.arange(supersample) + 0.5) / supersample - 0.5
+    sub = np.stack(np.meshgrid(offsets, offsets, offsets, indexing="ij"), -1).reshape(-1, 3)
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
+    inside = np.zeros(idx.shape[0], dtype=np.float64)
+    linear, origin = affine[:3, :3], affine[:3, 3]
+    for centre, radius in zip(centres_lps, radii_mm, strict=True):
+        c_idx = np.linalg.solve(linear, np.asarray(centre, np.float64) - origin)
+        reach = radius / np.linalg.norm(linear, axis=0) + 2
+        near = np.all(np.abs(idx - c_idx) <= reach, axis=1)
+        pts = (idx[near][:, None, :] + sub[None]) @ linear.T + origin
+        frac = (np.linalg.norm(pts - np.asarray(centre), axis=2) <= radius).mean(axis=1)
+        inside[near] = np.maximum(inside[near], frac)
+    array = background + (sphere - background) * inside.reshape(shape)
+    if noise > 0:
+        array = array + np.random.default_rng(seed).normal(0.0, noise, shape)
+    return Volume(array=array.astype(np.float32), affine=np.asarray(affine, np.float64))

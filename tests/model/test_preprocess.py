@@ -1,0 +1,191 @@
+"""Resampling geometry and intensity normalization."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from model.onnx_model import OnnxModel
+from model.preprocess import (
+    foreground_mask,
+    normalize,
+    prepare,
+    resample_like,
+    resample_to_spacing,
+    validate_normalization,
+)
+from model.types import SliceRef, Volume
+from tests.helpers.onnx_factory import make_test_model, oblique_affine
+
+# An LPS-linear intensity: linear interpolation reproduces it exactly, so any
+# geometric error (axis order, direction, half-voxel shift) shows up as a value error.
+GRADIENT = np.array([0.7, -1.3, 2.1])
+
+
+def ramp_volume(shape: tuple[int, int, int], affine: npt.NDArray[np.float64]) -> Volume:
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    lps = idx @ affine[:3, :3].T + affine[:3, 3]
+    return Volume(array=(lps @ GRADIENT + 5.0).astype(np.float32), affine=affine)
+
+
+def ramp_at(volume: Volume) -> npt.NDArray[np.float64]:
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in volume.shape], indexing="ij"), -1)
+    result: npt.NDArray[np.float64] = volume.index_to_lps(idx.reshape(-1, 3)) @ GRADIENT + 5.0
+    return result.reshape(volume.shape)
+
+
+def corners_lps(volume: Volume) -> npt.NDArray[np.float64]:
+    """LPS of the 8 outer corners of the voxel grid (index -0.5 and n-0.5)."""
+    ranges = [(-0.5, n - 0.5) for n in volume.shape]
+    return volume.index_to_lps(np.array(list(itertools.product(*ranges))))
+
+
+@pytest.mark.parametrize(
+    ("source_spacing", "target_spacing"),
+    [((3.0, 0.8, 0.8), (1.0, 1.0, 1.0)), ((1.0, 1.0, 1.0), (2.0, 0.5, 1.5))],
+)
+def test_resample_keeps_extent_orientation_and_values(
+    source_spacing: tuple[float, float, float], target_spacing: tuple[float, float, float]
+) -> None:
+    source = ramp_volume((12, 30, 30), oblique_affine(source_spacing))
+    out = resample_to_spacing(source, target_spacing)
+    np.testing.assert_allclose(out.spacing, target_spacing, rtol=1e-9)
+    # Same orientation: unit axis directions unchanged.
+    src_dirs = source.affine[:3, :3] / np.asarray(source.spacing)
+    out_dirs = out.affine[:3, :3] / np.asarray(out.spacing)
+    np.testing.assert_allclose(out_dirs, src_dirs, atol=1e-12)
+    # Corner-aligned: the grid's outer corners stay where they were (extent divides evenly).
+    np.testing.assert_allclose(corners_lps(out), corners_lps(source), atol=1e-6)
+    # Values follow the LPS ramp (interior, away from the half-voxel border).
+    inner = tuple(slice(2, -2) for _ in range(3))
+    np.testing.assert_allclose(out.array[inner], ramp_at(out)[inner], atol=1e-3)
+    assert out.array.dtype == np.float32
+
+
+def test_resample_round_trip_returns_to_source_grid() -> None:
+    source = ramp_volume((10, 20, 18), oblique_affine((2.5, 0.9, 0.9)))
+    there = resample_to_spacing(source, (1.0, 1.0, 1.0))
+    back = resample_like(there, source)
+    assert back.shape == source.shape
+    np.testing.assert_array_equal(back.affine, source.affine)
+    inner = tuple(slice(1, -1) for _ in range(3))
+    np.testing.assert_allclose(back.array[inner], source.array[inner], atol=1e-3)
+
+
+def test_resample_same_spacing_is_identity_and_keeps_identity() -> None:
+    refs = tuple(SliceRef(f"1.2.{k}", "1.2.840.10008.5.1.4.1.1.4") for k in range(6))
+    source = Volume(
+        array=np.random.default_rng(0).random((6, 7, 8)).astype(np.float32),
+        affine=oblique_affine((1.0, 1.0, 1.0)),
+        study_instance_uid="1.2.3",
+        series_instance_uid="1.2.3.4",
+        slices=refs,
+    )
+    out = resample_to_spacing(source, (1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(out.array, source.array)
+    np.testing.assert_array_equal(out.affine, source.affine)
+    assert out.slices == refs
+    moved = resample_to_spacing(source, (0.5, 1.0, 1.0))
+    assert moved.series_instance_uid == "1.2.3.4"
+    assert moved.slices == ()  # the grid changed: no per-slice references
+    back = resample_like(moved, source)
+    assert back.slices == refs
+
+
+def test_nearest_resampling_keeps_label_values() -> None:
+    labels = np.zeros((8, 16, 16), np.float32)
+    labels[2:6, 4:12, 4:12] = 7
+    labels[3:5, 6:10, 6:10] = 3
+    source = Volume(array=labels, affine=oblique_affine((2.0, 1.0, 1.0)))
+    out = resample_to_spacing(source, (1.0, 0.7, 0.7), order=0)
+    assert set(np.unique(out.array)) == {0.0, 3.0, 7.0}
+    with pytest.raises(ValueError, match="order"):
+        resample_to_spacing(source, (1.0, 1.0, 1.0), order=2)
+
+
+def test_zscore_over_mask() -> None:
+    rng = np.random.default_rng(0)
+    array = np.zeros((20, 20, 20), np.float32)
+    array[5:15, 5:15, 5:15] = rng.normal(300, 40, (10, 10, 10))
+    out = normalize(array, {"method": "zscore", "mask": "nonzero"})
+    inside = out[5:15, 5:15, 5:15]
+    assert abs(inside.mean()) < 1e-4
+    assert abs(inside.std() - 1.0) < 1e-4
+    # Background keeps its place on the same scale: (0 - mean) / std.
+    assert out[0, 0, 0] == pytest.approx((0 - array[5:15, 5:15, 5:15].mean()) / 40, rel=0.05)
+
+
+def test_percentile_zscore_clips_at_percentiles() -> None:
+    array = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
+    spec = {"method": "percentile_zscore", "lower": 1.0, "upper": 99.0}
+    out = normalize(array, spec)
+    clipped = np.clip(array, np.percentile(array, 1), np.percentile(array, 99))
+    np.testing.assert_allclose(out, (clipped - clipped.mean()) / clipped.std(), atol=1e-5)
+
+
+def test_percentile_minmax_maps_to_unit_range() -> None:
+    array = np.random.default_rng(2).normal(50, 10, (12, 12, 12)).astype(np.float32)
+    out = normalize(array, {"method": "percentile_minmax", "lower": 5.0, "upper": 95.0})
+    assert out.min() == 0.0
+    assert out.max() == pytest.approx(1.0)
+    assert np.mean(out == 0.0) == pytest.approx(0.05, abs=0.01)
+
+
+def test_otsu_mask_separates_body_from_air() -> None:
+    rng = np.random.default_rng(3)
+    array = rng.normal(5, 2, (16, 16, 16)).astype(np.float32)
+    array[4:12, 4:12, 4:12] += 200
+    mask = foreground_mask(array, "otsu")
+    expected = np.zeros_like(mask)
+    expected[4:12, 4:12, 4:12] = True
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_constant_image_normalizes_without_nan() -> None:
+    array = np.full((4, 4, 4), 7.0, np.float32)
+    for spec in (
+        {"method": "zscore", "mask": "otsu"},
+        {"method": "percentile_zscore", "lower": 0.5, "upper": 99.5},
+        {"method": "percentile_minmax", "lower": 0.5, "upper": 99.5, "mask": "nonzero"},
+    ):
+        out = normalize(array, spec)
+        assert np.all(out == 0.0), spec
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"method": "nope"}, "unknown method"),
+        ({"lower": 1}, "unknown method"),
+        ({"method": "percentile_zscore", "upper": 99}, "needs"),
+        ({"method": "zscore", "scale": 2}, "does not take"),
+        ({"method": "zscore", "mask": "brain"}, "mask"),
+        ({"method": "percentile_zscore", "lower": 50, "upper": 50}, "lower < upper"),
+        ({"method": "percentile_zscore", "lower": -1, "upper": 50}, "lower < upper"),
+        ({"method": "percentile_zscore", "lower": "1", "upper": 50}, "lower < upper"),
+    ],
+)
+def test_invalid_normalization_is_refused(spec: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        validate_normalization(spec)
+    with pytest.raises(ValueError, match=message):
+        normalize(np.zeros((2, 2, 2), np.float32), spec)
+
+
+def test_prepare_uses_the_model_plan(tmp_path: Path) -> None:
+    spec = {"method": "percentile_minmax", "lower": 0.0, "upper": 100.0, "mask": "all"}
+    model = OnnxModel.load(
+        make_test_model(tmp_path / "m.onnx", spacing_mm=(1.5, 1.0, 1.0), normalization=spec)
+    )
+    source = ramp_volume((8, 20, 20), oblique_affine((3.0, 0.5, 0.5)))
+    out = prepare(source, model.metadata)
+    np.testing.assert_allclose(out.spacing, (1.5, 1.0, 1.0), rtol=1e-9)
+    assert out.shape == (16, 10, 10)
+    assert out.array.min() == 0.0
+    assert out.array.max() == pytest.approx(1.0)
+    expected = normalize(resample_to_spacing(source, (1.5, 1.0, 1.0)).array, spec)
+    np.testing.assert_array_equal(out.array, expected)
