@@ -220,8 +220,14 @@ def match_case(
     case_id: str = "",
     truth_map: LabelMap | None = None,
     pred_map: LabelMap | None = None,
+    iou: npt.NDArray[np.float64] | None = None,
 ) -> CaseMatch:
-    """Match one case's predictions to its true CMBs (see the module docstring)."""
+    """Match one case's predictions to its true CMBs (see the module docstring).
+
+    The overlap rule needs either both label maps or ``iou``, the precomputed
+    ``iou_matrix(truth, preds, ...)`` in the order of the arguments (evaluating
+    many thresholds then needs the masks only once).
+    """
     rule = rule or MatchRule()
     truth_t, preds_t = tuple(truth), tuple(preds)
     if not truth_t or not preds_t:
@@ -231,13 +237,18 @@ def match_case(
     ts = [truth_t[n] for n in t_order]
     ps = [preds_t[n] for n in p_order]
     dist = distance_matrix(ts, ps)
-    iou: npt.NDArray[np.float64] | None = None
+    given_iou, iou = iou, None
     if rule.kind is MatchKind.OVERLAP:
-        if truth_map is None or pred_map is None:
+        if given_iou is not None:
+            if given_iou.shape != (len(truth_t), len(preds_t)):
+                raise ValueError(f"iou has shape {given_iou.shape}, expected {dist.shape}")
+            iou = given_iou[np.ix_(t_order, p_order)]
+        elif truth_map is not None and pred_map is not None:
+            iou = iou_matrix(ts, ps, truth_map, pred_map)
+        else:
             raise EvaluationInputError(
                 f"case {case_id}: the overlap rule needs truth and predicted label maps"
             )
-        iou = iou_matrix(ts, ps, truth_map, pred_map)
         feasible = (iou > 0) & (iou >= rule.min_iou)
         cost = 1.0 - iou
     elif rule.kind is MatchKind.SIZE_AWARE:

@@ -1,0 +1,173 @@
+"""Metrics stratified by CMB and acquisition properties, wherever the metadata exists.
+
+Two kinds of strata:
+
+* **Scan strata** (a scan belongs to one value): sequence, field strength, echo
+  time, slice thickness, vendor (manufacturer), 2D/3D.  The acquisition comes
+  from the truth (cases.jsonl) and, for keys it lacks, from detections.json.
+  Each value gets the global detection metrics of its scans and the per-scan
+  mean recall.  Continuous values are binned (bins below).
+* **CMB strata** (each CMB belongs to one value): size bin, MARS category,
+  region, lobe.  Recall = TP / n_truth of the true CMBs in the value; precision
+  counts a true positive in its *true* CMB's value and a false positive in the
+  value of its *own* predicted attribute (its diameter, MARS, region), so
+  precision per value = TP / (TP + FP) with those assignments.  Dice per
+  matched CMB is averaged per value where masks exist.
+
+A stratum is left out when no case / CMB carries that metadata; CMBs or scans
+without the value go to ``"unknown"`` when others have it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from evaluation.cases import PredCMB, TruthCMB
+from evaluation.matching import CaseMatch
+from evaluation.metrics import Counts, per_scan_metrics
+from evaluation.stats import mean_sd, ratio
+
+UNKNOWN = "unknown"
+
+SIZE_BINS_MM = (0.0, 2.0, 3.0, 5.0, 10.0)  # lower edges: <2, 2-3, 3-5, 5-10, >=10 mm
+TE_BINS_MS = (0.0, 10.0, 20.0, 30.0)  # <10, 10-20, 20-30, >=30 ms
+THICKNESS_BINS_MM = (0.0, 1.25, 2.25, 3.25, 5.25)  # ~1, ~2, ~3, 3-5, >5 mm
+
+
+def _bin(value: float | None, edges: Sequence[float], unit: str) -> str | None:
+    if value is None:
+        return None
+    for lo, hi in zip(edges, [*edges[1:], None], strict=True):
+        if hi is None or value < hi:
+            if hi is None:
+                return f">={lo:g} {unit}"
+            if lo == 0.0:
+                return f"<{hi:g} {unit}"
+            return f"{lo:g}-{hi:g} {unit}"
+    return None  # unreachable: the last bin is open
+
+
+def size_bin(diameter_mm: float | None) -> str | None:
+    return _bin(diameter_mm, SIZE_BINS_MM, "mm")
+
+
+def _num(acq: Mapping[str, Any], key: str) -> float | None:
+    v = acq.get(key)
+    try:
+        return float(v) if v is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _field(acq: Mapping[str, Any]) -> str | None:
+    v = _num(acq, "field_strength_t")
+    return f"{round(v, 1):g} T" if v is not None else None
+
+
+def _vendor(acq: Mapping[str, Any]) -> str | None:
+    v = acq.get("manufacturer")
+    return str(v).strip().split()[0].upper() if v and str(v).strip() else None
+
+
+def _text(key: str) -> Callable[[Mapping[str, Any]], str | None]:
+    return lambda a: str(a[key]) if a.get(key) else None
+
+
+SCAN_STRATA: dict[str, Callable[[Mapping[str, Any]], str | None]] = {
+    "sequence": _text("sequence"),
+    "field_strength": _field,
+    "echo_time": lambda a: _bin(_num(a, "echo_time_ms"), TE_BINS_MS, "ms"),
+    "slice_thickness": lambda a: _bin(_num(a, "slice_thickness_mm"), THICKNESS_BINS_MM, "mm"),
+    "vendor": _vendor,
+    "acquisition_type": _text("acquisition_type"),
+}
+
+CMB_STRATA: dict[str, tuple[Callable[[TruthCMB], str | None], Callable[[PredCMB], str | None]]] = {
+    "size": (lambda t: size_bin(t.diameter_mm), lambda p: size_bin(p.diameter_mm)),
+    "mars": (lambda t: t.mars, lambda p: p.mars),
+    "region": (lambda t: t.region, lambda p: p.region),
+    "lobe": (lambda t: t.lobe, lambda p: p.lobe),
+}
+
+
+def _sort_key(value: str) -> tuple[int, float, str]:
+    """Unknown last; numeric bins in numeric order."""
+    if value == UNKNOWN:
+        return (2, 0.0, value)
+    head = value.lstrip("<>=").split("-")[0].split()[0]
+    try:
+        return (0, float(head) - (0.5 if value.startswith("<") else 0.0), value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def stratify_scans(
+    matches: Sequence[CaseMatch], acquisitions: Sequence[Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Detection metrics per value of each scan stratum (see the module docstring)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, key in SCAN_STRATA.items():
+        values = [key(a) for a in acquisitions]
+        if all(v is None for v in values):
+            continue
+        groups: dict[str, list[CaseMatch]] = defaultdict(list)
+        for m, v in zip(matches, values, strict=True):
+            groups[v or UNKNOWN].append(m)
+        table: dict[str, Any] = {}
+        for value in sorted(groups, key=_sort_key):
+            ms = groups[value]
+            c = Counts.of(ms)
+            table[value] = {
+                **c.to_json(),
+                "precision": c.precision,
+                "recall": c.recall,
+                "f1": c.f1,
+                "fp_per_scan": c.fp_per_scan,
+                "per_scan_recall": per_scan_metrics(ms)["recall"],
+            }
+        out[name] = table
+    return out
+
+
+def stratify_cmbs(
+    matches: Sequence[CaseMatch], cmb_dice: Mapping[tuple[str, int], float] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Recall, precision and Dice per value of each CMB stratum (see the module docstring)."""
+    cmb_dice = cmb_dice or {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, (tkey, pkey) in CMB_STRATA.items():
+        known = any(tkey(t) is not None for m in matches for t in m.truth)
+        if not known:
+            continue
+        n_truth: dict[str, int] = defaultdict(int)
+        tp: dict[str, int] = defaultdict(int)
+        fp: dict[str, int] = defaultdict(int)
+        dice: dict[str, list[float | None]] = defaultdict(list)
+        for m in matches:
+            matched = m.pred_for_truth()
+            matched_preds = m.truth_for_pred()
+            for i, t in enumerate(m.truth):
+                v = tkey(t) or UNKNOWN
+                n_truth[v] += 1
+                if i in matched:
+                    tp[v] += 1
+                    if (m.case_id, i) in cmb_dice:
+                        dice[v].append(cmb_dice[(m.case_id, i)])
+            for j, p in enumerate(m.preds):
+                if j not in matched_preds:
+                    fp[pkey(p) or UNKNOWN] += 1
+        table: dict[str, Any] = {}
+        for value in sorted(set(n_truth) | set(fp), key=_sort_key):
+            table[value] = {
+                "n_truth": n_truth[value],
+                "tp": tp[value],
+                "fn": n_truth[value] - tp[value],
+                "fp": fp[value],
+                "recall": ratio(tp[value], n_truth[value]),
+                "precision": ratio(tp[value], tp[value] + fp[value]),
+                "dice_per_cmb": mean_sd(dice[value]) if dice[value] else None,
+            }
+        out[name] = table
+    return out
