@@ -70,7 +70,7 @@ def _pad_to(array: FloatArray, patch: Sequence[int]) -> tuple[FloatArray, tuple[
     return np.pad(array, pads, mode="constant", constant_values=0.0), crop
 
 
-def _batches(items: list[tuple[int, int, int]], size: int) -> Iterator[list[tuple[int, int, int]]]:
+def _batches(items: list[tuple[int, ...]], size: int) -> Iterator[list[tuple[int, ...]]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 

@@ -53,7 +53,7 @@ def test_props_round_trip(model_path: Path) -> None:
 @pytest.mark.parametrize("key", REQUIRED_KEYS)
 def test_missing_key_is_refused_by_name(tmp_path: Path, key: str) -> None:
     path = make_test_model(tmp_path / "m.onnx", drop_keys=(f"cmb.{key}",))
-    with pytest.raises(ModelError, match=f"cmb.{key}"):
+    with pytest.raises(ModelError, match=rf"cmb\.{key}"):
         OnnxModel.load(path)
 
 
@@ -84,14 +84,14 @@ def test_missing_key_is_refused_by_name(tmp_path: Path, key: str) -> None:
 )
 def test_invalid_value_is_refused_by_name(tmp_path: Path, key: str, value: str) -> None:
     path = make_test_model(tmp_path / "m.onnx", metadata={f"cmb.{key}": value})
-    with pytest.raises(ModelError, match=f"cmb.{key}"):
+    with pytest.raises(ModelError, match=rf"cmb\.{key}"):
         OnnxModel.load(path)
 
 
 def test_not_an_onnx_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "fake.onnx"
     path.write_bytes(b"this is not a protobuf at all \x00\xff" * 10)
-    with pytest.raises(ModelError, match="fake.onnx"):
+    with pytest.raises(ModelError, match=r"fake\.onnx"):
         OnnxModel.load(path)
     with pytest.raises(ModelError, match="does not exist"):
         OnnxModel.load(tmp_path / "absent.onnx")
@@ -125,9 +125,9 @@ def test_bad_device_and_threads_are_refused(model_path: Path) -> None:
 
 def test_default_model_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(onnx_model, "WEIGHTS_DIR", tmp_path)
-    with pytest.raises(ModelError, match="cmb_unet.onnx"):
+    with pytest.raises(ModelError, match=r"cmb_unet\.onnx"):
         default_model_path()
-    with pytest.raises(ModelError, match="parcellation.onnx"):
+    with pytest.raises(ModelError, match=r"parcellation\.onnx"):
         default_model_path("parcellation")
     with pytest.raises(ModelError, match="unknown model task"):
         default_model_path("other")
