@@ -24,7 +24,7 @@ predict it with scipy:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -261,10 +261,10 @@ def oblique_affine(
 
 
 def sphere_phantom(
-    shape: tuple[int, int, int],
+    shape: Sequence[int],
     affine: npt.NDArray[np.float64],
-    centres_lps: list[tuple[float, float, float]],
-    radii_mm: list[float],
+    centres_lps: Sequence[npt.ArrayLike],
+    radii_mm: Sequence[float],
     *,
     background: float = 100.0,
     sphere: float = 20.0,
@@ -282,14 +282,15 @@ def sphere_phantom(
     idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
     inside = np.zeros(idx.shape[0], dtype=np.float64)
     linear, origin = affine[:3, :3], affine[:3, 3]
-    for centre, radius in zip(centres_lps, radii_mm, strict=True):
-        c_idx = np.linalg.solve(linear, np.asarray(centre, np.float64) - origin)
+    for centre_like, radius in zip(centres_lps, radii_mm, strict=True):
+        centre = np.asarray(centre_like, np.float64)
+        c_idx = np.linalg.solve(linear, centre - origin)
         reach = radius / np.linalg.norm(linear, axis=0) + 2
         near = np.all(np.abs(idx - c_idx) <= reach, axis=1)
         pts = (idx[near][:, None, :] + sub[None]) @ linear.T + origin
-        frac = (np.linalg.norm(pts - np.asarray(centre), axis=2) <= radius).mean(axis=1)
+        frac = (np.linalg.norm(pts - centre, axis=2) <= radius).mean(axis=1)
         inside[near] = np.maximum(inside[near], frac)
-    array = background + (sphere - background) * inside.reshape(shape)
+    array = background + (sphere - background) * inside.reshape(tuple(shape))
     if noise > 0:
         array = array + np.random.default_rng(seed).normal(0.0, noise, shape)
     return Volume(array=array.astype(np.float32), affine=np.asarray(affine, np.float64))

@@ -22,7 +22,7 @@ def grid_lps(
 
 
 def balls(
-    shape: tuple[int, int, int],
+    shape: tuple[int, ...],
     affine: npt.NDArray[np.float64],
     centres: list[npt.NDArray[np.float64]],
     radii: list[float],

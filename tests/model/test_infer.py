@@ -155,7 +155,7 @@ def test_phantom_spheres_are_found_at_their_lps_centres(
     blob_model: OnnxModel, spacing: tuple[float, float, float]
 ) -> None:
     """End to end: anisotropic oblique source -> model grid -> back -> one detection per sphere."""
-    shape = tuple(int(round(48 / s)) for s in spacing)
+    shape = tuple(round(48 / s) for s in spacing)
     affine = oblique_affine(spacing)
     middle = affine[:3, :3] @ (np.array(shape) / 2) + affine[:3, 3]
     centres = [middle + d for d in ([0, 0, 0], [12, -8, 5], [-10, 9, -11], [6, 12, -12])]
@@ -163,7 +163,8 @@ def test_phantom_spheres_are_found_at_their_lps_centres(
     source = sphere_phantom(shape, affine, centres, radii, noise=4.0, seed=1)
     prob = predict_probability(source, blob_model, overlap=0.5)
     assert prob.shape == source.shape
-    assert prob.array.min() >= 0.0 and prob.array.max() <= 1.0
+    assert prob.array.min() >= 0.0
+    assert prob.array.max() <= 1.0
     labels, detections = extract_candidates(prob, blob_model.metadata.threshold)
     assert labels.shape == source.shape
     assert len(detections) == len(centres)
