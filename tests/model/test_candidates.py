@@ -13,9 +13,7 @@ from model.types import Volume
 from tests.helpers.onnx_factory import oblique_affine
 
 
-def grid_lps(
-    shape: tuple[int, int, int], affine: npt.NDArray[np.float64]
-) -> npt.NDArray[np.float64]:
+def grid_lps(shape: tuple[int, ...], affine: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
     result: npt.NDArray[np.float64] = idx @ affine[:3, :3].T + affine[:3, 3]
     return result
