@@ -1,0 +1,237 @@
+"""The REST API (FastAPI): upload, jobs, results, health, metrics, and the web page.
+
+Routes that touch data need an API key (see service.api.auth); ``/healthz``,
+``/readyz`` and ``/metrics`` carry no patient data and are open so that
+orchestrators and Prometheus can reach them.  OpenAPI: ``/docs``, ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import select, text
+
+from service import metrics
+from service.api import web
+from service.api.auth import audit, require_key
+from service.api.upload import UploadReport, split_multipart_related, store_files
+from service.db.models import Delivery, Job, JobState
+from service.db.session import Database
+from service.settings import Settings
+from service.stability import create_job
+from service.store import NotStorableError, OutOfResourcesError, Spool
+
+RESULT_KINDS = {
+    "detections": "application/json",
+    "seg": "application/dicom",
+    "sr": "application/dicom",
+    "pdf": "application/dicom",
+    "sc": "application/dicom",
+    "probability": "application/gzip",
+    "labels": "application/gzip",
+}
+
+
+def job_json(job: Job, deliveries: list[Delivery] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": job.id,
+        "study_instance_uid": job.study_instance_uid,
+        "state": job.state.value,
+        "reason": job.reason,
+        "attempts": job.attempts,
+        "n_instances": job.n_instances,
+        "created_at": job.created_at.isoformat(),
+        "updated_at": job.updated_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "summary": job.summary,
+        "results": sorted((job.outputs or {}).keys()),
+    }
+    if deliveries is not None:
+        out["deliveries"] = [
+            {
+                "destination": d.destination,
+                "kind": d.kind,
+                "state": d.state.value,
+                "attempts": d.attempts,
+                "last_error": d.last_error,
+                "next_attempt_at": d.next_attempt_at.isoformat(),
+                "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
+            }
+            for d in deliveries
+        ]
+    return out
+
+
+def create_app(settings: Settings, db: Database, spool: Spool, service: Any = None) -> FastAPI:
+    app = FastAPI(
+        title="CMB detection service",
+        version="0.1.0",
+        description="Cerebral microbleed detection: upload studies, follow jobs, fetch "
+        "detections, DICOM SEG and SR. Data routes need an API key "
+        "(`X-API-Key` or `Authorization: Bearer`).",
+    )
+    app.state.api_keys = settings.api_key_map()
+    app.state.db = db
+    app.state.settings = settings
+
+    @app.middleware("http")
+    async def _audit(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        audit(db, request, response.status_code)
+        return response
+
+    def upload_response(report: UploadReport) -> JSONResponse:
+        jobs = {uid: create_job(db, uid) for uid in report.studies} if report.stored else {}
+        metrics.INSTANCES_RECEIVED.labels("rest", "stored").inc(len(report.stored))
+        body = {
+            "stored": len(report.stored),
+            "duplicates": len(report.duplicates),
+            "refused": [{"file": n, "reason": r} for n, r in report.refused],
+            "studies": [
+                {"study_instance_uid": uid, "job_id": jobs.get(uid)} for uid in report.studies
+            ],
+        }
+        code = 202 if report.stored or report.duplicates else 400
+        return JSONResponse(body, status_code=code)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz() -> JSONResponse:
+        """Readiness: database reachable, spool has room, listener up, broker reachable."""
+        problems: dict[str, str] = {}
+        try:
+            with db.session() as s:
+                s.execute(text("SELECT 1"))
+        except Exception as e:
+            problems["database"] = type(e).__name__
+        try:
+            spool.check_space()
+        except OutOfResourcesError as e:
+            problems["disk"] = str(e)
+        if service is not None:
+            problems.update(service.ready())
+        return JSONResponse(
+            {"status": "ready" if not problems else "not ready", "problems": problems},
+            status_code=200 if not problems else 503,
+        )
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    def metrics_route() -> PlainTextResponse:
+        """Prometheus metrics."""
+        return PlainTextResponse(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/studies", tags=["upload"], status_code=202)
+    async def upload(
+        files: Annotated[list[UploadFile], File(description="DICOM files and/or zip archives")],
+        principal: str = Depends(require_key),
+    ) -> JSONResponse:
+        """Upload a study as DICOM files or zip archives; a job is queued at once."""
+        items = [(f.filename or "upload", await f.read()) for f in files]
+        try:
+            report = store_files(spool, items, f"rest:{principal}")
+        except OutOfResourcesError as e:
+            raise HTTPException(507, detail=str(e)) from e
+        return upload_response(report)
+
+    @app.post("/dicomweb/studies", tags=["upload"])
+    async def stow_rs(request: Request, principal: str = Depends(require_key)) -> JSONResponse:
+        """DICOMweb STOW-RS (multipart/related; type="application/dicom")."""
+        body = await request.body()
+        try:
+            parts = split_multipart_related(request.headers.get("content-type", ""), body)
+        except NotStorableError as e:
+            raise HTTPException(415, detail=str(e)) from e
+        try:
+            report = store_files(
+                spool, [(f"part{i + 1}", p) for i, p in enumerate(parts)], f"stow:{principal}"
+            )
+        except OutOfResourcesError as e:
+            raise HTTPException(507, detail=str(e)) from e
+        for uid in report.studies:
+            create_job(db, uid)
+        ok = report.stored + report.duplicates
+        payload: dict[str, Any] = {
+            "00081199": {
+                "vr": "SQ",
+                "Value": [
+                    {
+                        "00081150": {"vr": "UI", "Value": [i.sop_class_uid]},
+                        "00081155": {"vr": "UI", "Value": [i.sop_instance_uid]},
+                    }
+                    for i in ok
+                ],
+            }
+        }
+        if report.refused:
+            payload["00081198"] = {
+                "vr": "SQ",
+                "Value": [{"00081197": {"vr": "US", "Value": [0xC000]}} for _ in report.refused],
+            }
+        code = 200 if ok and not report.refused else (202 if ok else 409)
+        return JSONResponse(payload, status_code=code, media_type="application/dicom+json")
+
+    @app.get("/jobs", tags=["jobs"])
+    def list_jobs(
+        state: JobState | None = None,
+        study_instance_uid: str | None = None,
+        since: Annotated[datetime | None, Query(description="created at or after")] = None,
+        until: Annotated[datetime | None, Query(description="created before")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        _: str = Depends(require_key),
+    ) -> dict[str, Any]:
+        """Jobs, newest first, filtered by state, study and creation time."""
+        q = select(Job).order_by(Job.created_at.desc()).limit(limit)
+        if state is not None:
+            q = q.where(Job.state == state)
+        if study_instance_uid:
+            q = q.where(Job.study_instance_uid == study_instance_uid)
+        if since is not None:
+            q = q.where(Job.created_at >= web.aware(since))
+        if until is not None:
+            q = q.where(Job.created_at < web.aware(until))
+        with db.session() as s:
+            return {"jobs": [job_json(j) for j in s.scalars(q).all()]}
+
+    def get_job(job_id: str) -> tuple[Job, list[Delivery]]:
+        with db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise HTTPException(404, detail=f"no job {job_id}")
+            deliveries = list(
+                s.scalars(select(Delivery).where(Delivery.job_id == job_id).order_by(Delivery.id))
+            )
+            return job, deliveries
+
+    @app.get("/jobs/{job_id}", tags=["jobs"])
+    def job_status(job_id: str, _: str = Depends(require_key)) -> dict[str, Any]:
+        """One job: state, failure reason, summary, result kinds, deliveries."""
+        job, deliveries = get_job(job_id)
+        return job_json(job, deliveries)
+
+    @app.get("/jobs/{job_id}/results/{kind}", tags=["results"])
+    def job_result(job_id: str, kind: str, _: str = Depends(require_key)) -> FileResponse:
+        """A result: detections (JSON); seg, sr, pdf, sc (DICOM); probability, labels (NIfTI)."""
+        if kind not in RESULT_KINDS:
+            raise HTTPException(404, detail=f"unknown result kind {kind!r}")
+        job, _d = get_job(job_id)
+        path = (job.outputs or {}).get(kind)
+        if not path or not Path(path).is_file():
+            raise HTTPException(404, detail=f"job {job_id} has no {kind} result")
+        return FileResponse(path, media_type=RESULT_KINDS[kind], filename=Path(path).name)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/ui")
+
+    web.register(app, db)
+    return app

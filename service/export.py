@@ -1,0 +1,156 @@
+"""The outbox: result files go by C-STORE to their destinations until they land.
+
+A failed send (peer down, association rejected, a non-success status) leaves
+the row pending with ``attempts`` + 1, ``last_error`` and the next try after an
+exponential back-off capped at ``export_max_backoff_s``: a destination that is
+down for hours delays results but loses none.  When every row of a job is
+sent, the job becomes ``delivered``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from datetime import timedelta
+
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from sqlalchemy import func, select
+
+from service import metrics
+from service.db.models import Delivery, DeliveryState, Job, JobState, utcnow
+from service.db.session import Database
+from service.settings import Destination, Settings
+
+log = logging.getLogger(__name__)
+
+
+class Exporter:
+    """Polls due outbox rows and sends them, one association per destination per round."""
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="cmb-exporter", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # the outbox is in the DB; the next round tries again
+                log.exception("exporter round failed")
+            self._stop.wait(self.settings.poll_interval_s)
+
+    def run_once(self) -> int:
+        """Send every due row; returns how many were delivered."""
+        now = utcnow()
+        with self.db.session() as s:
+            rows = s.execute(
+                select(Delivery.id, Delivery.destination, Delivery.path)
+                .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
+                .order_by(Delivery.id)
+                .limit(200)
+            ).all()
+        by_dest: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        for row_id, dest, path in rows:
+            by_dest[dest].append((row_id, path))
+        sent = 0
+        for dest, items in by_dest.items():
+            sent += self._send(Destination.parse(dest), items)
+        return sent
+
+    def _send(self, dest: Destination, items: list[tuple[int, str]]) -> int:
+        results: dict[int, str | None] = {}
+        datasets = {}
+        for row_id, path in items:
+            try:
+                datasets[row_id] = dcmread(path)
+            except (OSError, ValueError) as e:
+                results[row_id] = f"cannot read result file: {e}"
+        ae = AE(ae_title=self.settings.ae_title)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.settings.dimse_timeout_s
+        for sop_class, ts in {
+            (str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets.values()
+        }:
+            syntaxes = list(dict.fromkeys([ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+            ae.add_requested_context(sop_class, syntaxes)
+        if datasets:
+            try:
+                assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+            except (OSError, RuntimeError) as e:
+                assoc = None
+                error = f"cannot connect: {e}"
+            else:
+                error = "association rejected or aborted"
+            if assoc is not None and assoc.is_established:
+                try:
+                    for row_id, ds in datasets.items():
+                        status = assoc.send_c_store(ds)
+                        code = getattr(status, "Status", None)
+                        if code is None:
+                            results[row_id] = "no response (timeout or abort)"
+                        elif code in (0x0000, 0xB000, 0xB007, 0xB006):
+                            results[row_id] = None
+                        else:
+                            results[row_id] = f"C-STORE status 0x{code:04X}"
+                finally:
+                    assoc.release()
+            for row_id in datasets:
+                results.setdefault(row_id, error)
+        return self._record(dest, results)
+
+    def _record(self, dest: Destination, results: dict[int, str | None]) -> int:
+        now = utcnow()
+        st = self.settings
+        jobs_touched: set[str] = set()
+        sent = 0
+        with self.db.session() as s:
+            for row_id, error in results.items():
+                d = s.get(Delivery, row_id)
+                if d is None:
+                    continue
+                jobs_touched.add(d.job_id)
+                d.attempts += 1
+                if error is None:
+                    d.state = DeliveryState.SENT
+                    d.delivered_at = now
+                    d.last_error = None
+                    sent += 1
+                    metrics.DELIVERIES.labels("sent").inc()
+                else:
+                    delay = min(
+                        st.export_max_backoff_s, st.export_backoff_s * 2 ** (d.attempts - 1)
+                    )
+                    d.next_attempt_at = now + timedelta(seconds=delay)
+                    d.last_error = error[:500]
+                    metrics.DELIVERIES.labels("failed").inc()
+                    log.warning(
+                        "delivery failed, retry in %.0f s",
+                        delay,
+                        extra={"job_id": d.job_id, "destination": str(dest), "error": error},
+                    )
+            s.flush()
+            for job_id in jobs_touched:
+                pending = s.scalar(
+                    select(func.count()).where(
+                        Delivery.job_id == job_id, Delivery.state == DeliveryState.PENDING
+                    )
+                )
+                job = s.get(Job, job_id)
+                if job is not None and not pending and job.state == JobState.SUCCEEDED:
+                    job.state = JobState.DELIVERED
+                    job.updated_at = now
+                    log.info("job delivered", extra={"job_id": job_id, "destination": str(dest)})
+        return sent

@@ -1,0 +1,87 @@
+"""Prometheus metrics: counters observed in-process, job/queue gauges read from the DB at scrape.
+
+Counters live in one registry per process (`REGISTRY`); the API serves it at
+``/metrics``.  Gauges that describe shared state (jobs by state, queue depth,
+pending deliveries) are computed from the database when scraped, so they are
+right whichever process (serve or a Celery worker) changed the state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from service.db.session import Database
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+INSTANCES_RECEIVED = Counter(
+    "cmb_instances_received",
+    "DICOM instances received, by channel (dimse, rest, stow) and outcome",
+    ["channel", "outcome"],
+    registry=REGISTRY,
+)
+ASSOCIATIONS_REJECTED = Counter(
+    "cmb_associations_rejected", "Associations refused (unknown AE or address)", registry=REGISTRY
+)
+JOB_SECONDS = Histogram(
+    "cmb_job_duration_seconds",
+    "Wall time of one job, by outcome",
+    ["outcome"],
+    buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
+    registry=REGISTRY,
+)
+STAGE_SECONDS = Histogram(
+    "cmb_stage_duration_seconds",
+    "Pipeline stage latencies (from Result.timings_s)",
+    ["stage"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+DELIVERIES = Counter(
+    "cmb_deliveries", "C-STORE sends of results, by outcome", ["outcome"], registry=REGISTRY
+)
+
+
+class DatabaseCollector(Collector):
+    """Jobs by state, queue depth and pending deliveries, read from the DB at scrape time."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def collect(self) -> Iterator[Metric]:
+        from sqlalchemy import func, select
+
+        from service.db.models import Delivery, DeliveryState, Job, JobState
+
+        with self.db.session() as s:
+            rows = s.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+            pending = s.scalar(select(func.count()).where(Delivery.state == DeliveryState.PENDING))
+        counts = {JobState(state).value: int(n) for state, n in rows}
+        jobs = GaugeMetricFamily("cmb_jobs", "Jobs by state", labels=["state"])
+        for state in JobState:
+            jobs.add_metric([state.value], counts.get(state.value, 0))
+        yield jobs
+        yield GaugeMetricFamily(
+            "cmb_queue_depth", "Jobs waiting to run", value=counts.get(JobState.QUEUED.value, 0)
+        )
+        yield GaugeMetricFamily(
+            "cmb_deliveries_pending", "Result files not yet delivered", value=int(pending or 0)
+        )
+
+
+def register_database(db: Database) -> None:
+    """Attach the DB collector once per process."""
+    global _db_collector
+    if _db_collector is not None:
+        REGISTRY.unregister(_db_collector)
+    _db_collector = DatabaseCollector(db)
+    REGISTRY.register(_db_collector)
+
+
+_db_collector: DatabaseCollector | None = None

@@ -1,0 +1,198 @@
+"""`cmb serve` as an object: DB, spool, SCP, stability monitor, worker, outbox, REST API.
+
+`Service.start()` brings every part up (failing loudly on a port in use or a
+database it cannot migrate), `Service.stop()` takes them down in reverse
+order.  With a broker configured, the monitor hands jobs to Celery and no
+embedded worker runs; otherwise the embedded worker does the work.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+
+from service import metrics
+from service.db.models import Job, JobState, utcnow
+from service.db.session import Database
+from service.embedded import EmbeddedWorker
+from service.export import Exporter
+from service.scp import StorageSCP
+from service.settings import Settings
+from service.stability import create_job, stable_studies
+from service.store import Spool
+
+log = logging.getLogger(__name__)
+
+#: A queued job nobody claimed for this long is sent to the broker again (lost message).
+REDISPATCH_AFTER_S = 300.0
+
+
+def ensure_api_key(settings: Settings) -> Settings:
+    """With no key configured, create one in ``<data_dir>/api-key`` (mode 0600) and use it."""
+    if settings.api_keys:
+        return settings
+    path = settings.data_dir / "api-key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(24) + "\n")
+    key = path.read_text().strip()
+    log.warning("no CMB_API_KEYS configured: using the generated key in %s", path)
+    return settings.model_copy(update={"api_keys": [f"local:{key}"]})
+
+
+class Monitor:
+    """Turns stable studies into jobs and (with Celery) dispatches queued jobs."""
+
+    def __init__(self, settings: Settings, db: Database, celery_app: Any = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.celery_app = celery_app
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="cmb-monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # state is in the DB: the next round retries
+                log.exception("monitor round failed")
+            self._stop.wait(self.settings.poll_interval_s)
+
+    def run_once(self) -> list[str]:
+        created = []
+        for study_uid in stable_studies(self.db, self.settings.stable_after):
+            job_id = create_job(self.db, study_uid)
+            if job_id:
+                created.append(job_id)
+                self.dispatch(job_id)
+        if self.celery_app is not None:
+            self._redispatch_stale()
+        return created
+
+    def dispatch(self, job_id: str) -> None:
+        if self.celery_app is None:
+            return  # the embedded worker polls the job table
+        from service.tasks import dispatch
+
+        try:
+            dispatch(self.celery_app, self.settings, job_id)
+        except Exception as e:  # broker down: the job stays queued, the sweep resends it
+            log.error("cannot send job to the broker: %s", e, extra={"job_id": job_id})
+
+    def _redispatch_stale(self) -> None:
+        cutoff = utcnow() - timedelta(seconds=REDISPATCH_AFTER_S)
+        with self.db.session() as s:
+            stale = s.scalars(
+                select(Job.id).where(Job.state == JobState.QUEUED, Job.next_attempt_at <= cutoff)
+            ).all()
+            if stale:
+                s.execute(update(Job).where(Job.id.in_(stale)).values(next_attempt_at=utcnow()))
+        for job_id in stale:
+            log.warning("re-sending a job nobody took", extra={"job_id": job_id})
+            self.dispatch(job_id)
+
+
+class Service:
+    """Every long-running part of `cmb serve`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = ensure_api_key(settings)
+        self.db: Database | None = None
+        self.spool: Spool | None = None
+        self.scp: StorageSCP | None = None
+        self.monitor: Monitor | None = None
+        self.worker: EmbeddedWorker | None = None
+        self.exporter: Exporter | None = None
+        self.celery_app: Any = None
+        self._api_server: Any = None
+        self._api_thread: threading.Thread | None = None
+        self.dicom_port: int | None = None
+        self.api_port: int | None = None
+
+    def start(self) -> None:
+        st = self.settings
+        for d in (st.data_dir, st.spool_dir, st.results_dir):
+            Path(d).mkdir(parents=True, exist_ok=True)
+        self.db = Database(st.db_url)
+        metrics.register_database(self.db)
+        self.spool = Spool(st.spool_dir, self.db, int(st.disk_reserve_mb * 2**20))
+        if st.broker_url:
+            from service.tasks import make_celery
+
+            self.celery_app = make_celery(st)
+        else:
+            self.worker = EmbeddedWorker(st, self.db)
+            self.worker.start()
+        self.monitor = Monitor(st, self.db, self.celery_app)
+        self.monitor.start()
+        self.exporter = Exporter(st, self.db)
+        self.exporter.start()
+        if st.dicom_port:
+            self.scp = StorageSCP(st, self.spool)
+            self.dicom_port = self.scp.start()
+        if st.api_port:
+            self._start_api()
+
+    def _start_api(self) -> None:
+        import uvicorn
+
+        from service.api.app import create_app
+
+        if self.db is None or self.spool is None:
+            raise RuntimeError("start() the database and spool before the API")
+        app = create_app(self.settings, self.db, self.spool, self)
+        config = uvicorn.Config(
+            app,
+            host=self.settings.api_host,
+            port=self.settings.api_port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        self._api_server = server
+        self._api_thread = threading.Thread(target=server.run, name="cmb-api", daemon=True)
+        self._api_thread.start()
+        self.api_port = self.settings.api_port
+
+    def ready(self) -> dict[str, str]:
+        """Problems that make the service not ready (empty dict: ready)."""
+        problems: dict[str, str] = {}
+        if self.settings.dicom_port and (self.scp is None or self.scp.server is None):
+            problems["dicom"] = "the storage SCP is not listening"
+        if self.celery_app is not None:
+            try:
+                with self.celery_app.connection_for_write() as conn:
+                    conn.ensure_connection(max_retries=1, timeout=2)
+            except Exception as e:
+                problems["broker"] = f"broker unreachable: {type(e).__name__}"
+        return problems
+
+    def stop(self) -> None:
+        if self._api_server is not None:
+            self._api_server.should_exit = True
+        if self._api_thread is not None:
+            self._api_thread.join(10)
+        if self.scp is not None:
+            self.scp.stop()
+        for part in (self.monitor, self.worker, self.exporter):
+            if part is not None:
+                part.stop()
+        if self.db is not None:
+            self.db.dispose()

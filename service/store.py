@@ -1,0 +1,247 @@
+"""The durable spool: each instance's bytes as received, fsynced, then recorded in the DB.
+
+The order is the contract of the C-STORE SCP: the file is on disk (file and
+directory fsynced) and its row committed before a success status leaves; a
+crash at any point either loses an instance the sender was never told about, or
+keeps one it was.  A duplicate (same SOP Instance UID, same bytes) changes
+nothing; the same UID with different bytes replaces the file and marks the
+study changed, so it is processed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from sqlalchemy.exc import IntegrityError
+
+from service.db.models import Instance, Series, Study, utcnow
+from service.db.session import Database
+
+log = logging.getLogger(__name__)
+
+#: SOP classes we store (docs/conformance.md, "Network"): MR, Enhanced MR, Legacy Converted MR.
+SUPPORTED_SOP_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image Storage",
+}
+
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class OutOfResourcesError(Exception):
+    """Free disk below the configured reserve (C-STORE status 0xA700)."""
+
+
+class NotStorableError(ValueError):
+    """The bytes are not a DICOM instance we accept (unreadable, missing UIDs, wrong SOP class)."""
+
+
+@dataclass(frozen=True)
+class InstanceIds:
+    """The identifiers the spool needs; nothing else of the dataset is looked at."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    modality: str | None = None
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset, transfer_syntax_uid: str) -> InstanceIds:
+        try:
+            ids = cls(
+                sop_class_uid=str(ds.SOPClassUID),
+                sop_instance_uid=str(ds.SOPInstanceUID),
+                study_instance_uid=str(ds.StudyInstanceUID),
+                series_instance_uid=str(ds.SeriesInstanceUID),
+                transfer_syntax_uid=str(transfer_syntax_uid),
+                modality=str(ds.get("Modality", "")) or None,
+            )
+        except AttributeError as e:
+            raise NotStorableError(f"instance lacks a required UID: {e}") from e
+        for uid in (ids.sop_instance_uid, ids.study_instance_uid, ids.series_instance_uid):
+            if not uid or len(uid) > 64:
+                raise NotStorableError(f"invalid UID {uid!r}")
+        return ids
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    ids: InstanceIds
+    outcome: str  # "stored" | "duplicate" | "replaced"
+
+
+def parse_part10(raw: bytes) -> InstanceIds:
+    """Identifiers of a DICOM Part 10 file (upload, STOW-RS part) without its pixel data."""
+    try:
+        ds = dcmread(io.BytesIO(raw), stop_before_pixels=True, force=False)
+    except (InvalidDicomError, EOFError, ValueError, OSError) as e:
+        raise NotStorableError(f"not a DICOM file: {e}") from e
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if not ts:
+        raise NotStorableError("DICOM file without a Transfer Syntax UID in its file meta")
+    return InstanceIds.from_dataset(ds, str(ts))
+
+
+def _safe(uid: str) -> str:
+    return uid if _UID_RE.match(uid) else hashlib.sha1(uid.encode()).hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Writes instances under ``<spool>/<study>/<series>/<sop>.dcm`` and records them."""
+
+    def __init__(self, root: Path, db: Database, reserve_bytes: int) -> None:
+        self.root = root
+        self.db = db
+        self.reserve_bytes = reserve_bytes
+        root.mkdir(parents=True, exist_ok=True)
+
+    def check_space(self, incoming: int = 0) -> None:
+        free = shutil.disk_usage(self.root).free
+        if free - incoming < self.reserve_bytes:
+            raise OutOfResourcesError(
+                f"free disk {free // 2**20} MiB is below the reserve of "
+                f"{self.reserve_bytes // 2**20} MiB"
+            )
+
+    def path_for(self, ids: InstanceIds) -> Path:
+        return (
+            self.root
+            / _safe(ids.study_instance_uid)
+            / _safe(ids.series_instance_uid)
+            / f"{_safe(ids.sop_instance_uid)}.dcm"
+        )
+
+    def store(self, raw: bytes, ids: InstanceIds, source: str) -> StoreResult:
+        """Write ``raw`` durably and record it; returns only once both are done."""
+        if ids.sop_class_uid not in SUPPORTED_SOP_CLASSES:
+            raise NotStorableError(f"SOP class {ids.sop_class_uid} is not supported")
+        digest = hashlib.sha256(raw).hexdigest()
+        with self.db.session() as s:
+            existing = s.get(Instance, ids.sop_instance_uid)
+            if existing is not None and existing.sha256 == digest:
+                return StoreResult(ids, "duplicate")
+        self.check_space(len(raw))
+        path = self.path_for(ids)
+        self._write(path, raw)
+        for attempt in range(3):
+            try:
+                return self._record(ids, path, digest, len(raw), source)
+            except IntegrityError:
+                # Another association created the same study/series/instance row at once.
+                if attempt == 2:
+                    raise
+        raise RuntimeError("unreachable")
+
+    def _write(self, path: Path, raw: bytes) -> None:
+        created = []
+        for parent in (path.parent.parent, path.parent):
+            if not parent.exists():
+                parent.mkdir(parents=True, exist_ok=True)
+                created.append(parent)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(raw)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+        for d in created:
+            _fsync_dir(d.parent)
+
+    def _record(
+        self, ids: InstanceIds, path: Path, digest: str, size: int, source: str
+    ) -> StoreResult:
+        now = utcnow()
+        calling_ae = source.split(":", 1)[1] if source.startswith("dimse:") else None
+        with self.db.session() as s:
+            study = s.get(Study, ids.study_instance_uid, with_for_update=True)
+            if study is None:
+                study = Study(
+                    study_instance_uid=ids.study_instance_uid,
+                    first_received_at=now,
+                    last_received_at=now,
+                    dirty=True,
+                    calling_ae=calling_ae,
+                )
+                s.add(study)
+                s.flush()
+            series = s.get(Series, ids.series_instance_uid)
+            if series is None:
+                series = Series(
+                    series_instance_uid=ids.series_instance_uid,
+                    study_instance_uid=ids.study_instance_uid,
+                    modality=ids.modality,
+                    n_instances=0,
+                    last_received_at=now,
+                )
+                s.add(series)
+                s.flush()
+            inst = s.get(Instance, ids.sop_instance_uid)
+            if inst is not None and inst.sha256 == digest:
+                return StoreResult(ids, "duplicate")
+            outcome = "replaced" if inst is not None else "stored"
+            if inst is None:
+                inst = Instance(sop_instance_uid=ids.sop_instance_uid)
+                s.add(inst)
+                series.n_instances += 1
+            inst.sop_class_uid = ids.sop_class_uid
+            inst.series_instance_uid = ids.series_instance_uid
+            inst.study_instance_uid = ids.study_instance_uid
+            inst.transfer_syntax_uid = ids.transfer_syntax_uid
+            inst.path = str(path)
+            inst.sha256 = digest
+            inst.size = size
+            inst.source = source[:32]
+            inst.received_at = now
+            series.last_received_at = now
+            study.last_received_at = now
+            study.dirty = True
+            if calling_ae:
+                study.calling_ae = calling_ae
+        log.info(
+            "instance %s",
+            outcome,
+            extra={
+                "sop_instance_uid": ids.sop_instance_uid,
+                "series_instance_uid": ids.series_instance_uid,
+                "study_instance_uid": ids.study_instance_uid,
+                "source": source,
+            },
+        )
+        return StoreResult(ids, outcome)
+
+    def study_paths(self, study_instance_uid: str) -> list[Path]:
+        """Every stored file of a study, sorted (the pipeline's input)."""
+        from sqlalchemy import select
+
+        with self.db.session() as s:
+            rows = s.scalars(
+                select(Instance.path).where(Instance.study_instance_uid == study_instance_uid)
+            ).all()
+        return sorted(Path(p) for p in rows)
