@@ -1,0 +1,125 @@
+"""Network, loss, augmentation and config: shapes, gradients, validation of settings."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from training.augment import AugmentConfig, build_augmentation
+from training.config import TrainConfig, config_from_dict, load_config
+from training.losses import LossConfig, build_loss
+from training.network import NetworkConfig, ProbabilityHead, build_network, check_patch_size
+
+TINY = NetworkConfig(features=(4, 4, 8, 8, 16, 4))
+
+
+def test_network_keeps_spatial_shape_and_outputs_one_logit_channel() -> None:
+    net = build_network(TINY).eval()
+    x = torch.randn(2, 1, 32, 48, 16)
+    with torch.no_grad():
+        y = net(x)
+        p = ProbabilityHead(net)(x)
+    assert y.shape == (2, 1, 32, 48, 16)
+    assert float(p.min()) >= 0.0
+    assert float(p.max()) <= 1.0
+
+
+def test_default_network_is_small_enough_to_ship() -> None:
+    n = sum(p.numel() for p in build_network().parameters())
+    assert n * 4 < 25e6  # float32 weights fit the 25 MB budget of model/weights
+
+
+@pytest.mark.parametrize("bad", [{"features": (4, 4, 8)}, {"dropout": 1.5}, {"norm": "group"}])
+def test_network_config_refuses_bad_values(bad: dict) -> None:
+    with pytest.raises(ValueError, match="must"):
+        NetworkConfig(**bad)
+
+
+def test_patch_size_must_be_a_multiple_of_16() -> None:
+    assert check_patch_size([48, 48, 32]) == (48, 48, 32)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        check_patch_size([40, 48, 48])
+
+
+def test_loss_is_low_for_a_perfect_prediction_and_high_for_all_background() -> None:
+    loss = build_loss(LossConfig())
+    target = torch.zeros(2, 1, 16, 16, 16)
+    target[0, 0, 6:9, 6:9, 6:9] = 1
+    perfect = (target * 2 - 1) * 20  # logits
+    background = torch.full_like(target, -20.0)
+    assert float(loss(perfect, target)) < 0.01
+    assert float(loss(background, target)) > 0.9
+    # batch Dice: a batch of negative patches is defined and near 0 when predicted negative
+    assert float(loss(background, torch.zeros_like(target))) < 0.01
+
+
+def test_loss_gradient_reaches_the_network() -> None:
+    net = build_network(TINY)
+    x = torch.randn(1, 1, 32, 32, 32)
+    y = (torch.rand(1, 1, 32, 32, 32) > 0.95).float()
+    build_loss()(net(x), y).backward()
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    assert grads
+    assert any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_augmentation_keeps_shapes_and_binary_labels_with_every_transform_on() -> None:
+    always: dict[str, Any] = {
+        k: 1.0 for k in AugmentConfig.__dataclass_fields__ if k.startswith("p_")
+    }
+    aug = build_augmentation(AugmentConfig(**always))
+    label = np.zeros((1, 32, 32, 32), dtype=np.float32)
+    label[0, 14:18, 14:18, 14:18] = 1
+    sample = {
+        "image": np.random.default_rng(0).normal(size=(1, 32, 32, 32)).astype(np.float32),
+        "label": label,
+    }
+    out = aug(sample)
+    assert tuple(out["image"].shape) == (1, 32, 32, 32)
+    assert tuple(out["label"].shape) == (1, 32, 32, 32)
+    assert set(np.unique(np.asarray(out["label"]))) <= {0.0, 1.0}
+    assert torch.isfinite(torch.as_tensor(out["image"])).all()
+    assert not np.allclose(np.asarray(out["image"]), sample["image"])
+
+
+def test_disabled_augmentation_is_identity() -> None:
+    aug = build_augmentation(AugmentConfig(enabled=False))
+    image = np.random.default_rng(1).normal(size=(1, 16, 16, 16)).astype(np.float32)
+    out = aug({"image": image, "label": np.zeros_like(image)})
+    np.testing.assert_array_equal(np.asarray(out["image"]), image)
+
+
+def test_augment_config_refuses_probabilities_outside_0_1() -> None:
+    with pytest.raises(ValueError, match="p_noise"):
+        AugmentConfig(p_noise=1.5)
+
+
+def test_config_round_trips_through_json_and_refuses_unknown_keys(tmp_path) -> None:
+    cfg = config_from_dict({"optim": {"epochs": 3}, "network": {"features": [4, 4, 8, 8, 16, 4]}})
+    assert cfg.optim.epochs == 3
+    assert cfg.network.features == (4, 4, 8, 8, 16, 4)
+    path = tmp_path / "c.json"
+    path.write_text(cfg.to_json())
+    again = load_config(path)
+    assert again == cfg
+    assert again.config_hash() == cfg.config_hash()
+    assert cfg.config_hash() != TrainConfig().config_hash()
+    with pytest.raises(ValueError, match="epoch"):
+        config_from_dict({"optim": {"epoch": 3}})
+    path.write_text(json.dumps({"patch_size": [40, 40, 40]}))
+    with pytest.raises(ValueError, match="multiples"):
+        load_config(path)
+
+
+def test_shipped_example_configs_load() -> None:
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "training" / "configs"
+    files = sorted(folder.glob("*.json"))
+    assert files
+    for f in files:
+        load_config(f)

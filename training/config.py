@@ -1,0 +1,171 @@
+"""The training configuration: one typed object, read from a JSON file, saved with every run.
+
+A config file holds any subset of the fields below (nested by section); what
+it leaves out takes the default.  Unknown keys are refused, so a typo cannot
+silently train with a default.  ``config_hash`` (SHA-256 of the canonical JSON
+of the *whole* resolved config) goes into the exported model's metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from training.augment import AugmentConfig
+from training.losses import LossConfig
+from training.network import NetworkConfig, check_patch_size
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the cases come from (standardized layout folders, see training.datasets.layout)."""
+
+    train: tuple[str, ...] = ()
+    val: tuple[str, ...] = ()
+    #: fraction of patches centred on a microbleed (foreground oversampling)
+    fg_fraction: float = 0.5
+    #: max voxels of random jitter of a foreground patch centre, per axis
+    fg_jitter: int = 16
+    #: at most this many validation cases are used (0 = all)
+    max_val_cases: int = 0
+    num_workers: int = 0
+    #: folder for preprocessed (resampled + normalized) cases; "" = <run>/cache
+    cache_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fg_fraction <= 1.0:
+            raise ValueError(f"data.fg_fraction must be in [0, 1], got {self.fg_fraction}")
+        if self.num_workers < 0 or self.max_val_cases < 0 or self.fg_jitter < 0:
+            raise ValueError("data.num_workers, max_val_cases and fg_jitter must be >= 0")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    epochs: int = 50
+    steps_per_epoch: int = 100
+    batch_size: int = 4
+    grad_clip: float = 12.0
+    #: "poly" (nnU-Net's (1 - t)^0.9) or "constant"
+    schedule: str = "poly"
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.epochs <= 0 or self.steps_per_epoch <= 0 or self.batch_size <= 0:
+            raise ValueError("optim.lr, epochs, steps_per_epoch and batch_size must be positive")
+        if self.schedule not in ("poly", "constant"):
+            raise ValueError(f"optim.schedule must be 'poly' or 'constant', got {self.schedule!r}")
+
+
+@dataclass(frozen=True)
+class ValConfig:
+    """Per-epoch detection validation on the fixed held-out set."""
+
+    every: int = 1
+    #: thresholds tried; the exported model stores the best one
+    thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    #: the threshold is chosen to maximise recall at no more than this FP/scan
+    max_fp_per_scan: float = 0.5
+    overlap: float = 0.25
+    #: the metric that selects the best checkpoint: "recall_at_fp" or "f1"
+    select_by: str = "recall_at_fp"
+
+    def __post_init__(self) -> None:
+        if self.every <= 0:
+            raise ValueError("val.every must be positive")
+        if not self.thresholds or any(not 0.0 < t < 1.0 for t in self.thresholds):
+            raise ValueError("val.thresholds must be non-empty values in (0, 1)")
+        if self.select_by not in ("recall_at_fp", "f1"):
+            raise ValueError(f"val.select_by must be recall_at_fp or f1, got {self.select_by!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "cmb_unet"
+    version: str = "0.1.0"
+    seed: int = 0
+    #: model spacing in mm along (slice, row, column); written into the ONNX metadata
+    spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    patch_size: tuple[int, int, int] = (48, 48, 48)
+    #: intensity normalization spec for model.preprocess (None = its default)
+    normalization: dict[str, Any] | None = None
+    amp: bool = True
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    val: ValConfig = field(default_factory=ValConfig)
+
+    def __post_init__(self) -> None:
+        check_patch_size(self.patch_size)
+        if len(self.spacing_mm) != 3 or any(s <= 0 for s in self.spacing_mm):
+            raise ValueError(f"spacing_mm must be 3 positive numbers, got {self.spacing_mm}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def config_hash(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
+    """Construct dataclass ``cls`` from ``data``, recursing into nested dataclasses."""
+    if not isinstance(data, dict):
+        raise ValueError(f"config section {where or 'root'} must be an object")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {unknown} in {where or 'root'}; known: {sorted(fields)}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        default = getattr(cls(), name) if name in fields else None
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}".lstrip("."))
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ValueError(f"bad config section {where or 'root'}: {e}") from e
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    return _build(TrainConfig, data, "")
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a JSON config file (any subset of TrainConfig's fields)."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"config file {p} does not exist") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"config file {p} is not valid JSON: {e}") from e
+    return config_from_dict(data)

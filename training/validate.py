@@ -1,0 +1,201 @@
+"""Detection validation of an exported model on the fixed held-out set.
+
+Runs the *product's* inference path on each validation case
+(``model.infer.predict_probability`` on the ONNX file, then
+``model.candidates.extract_candidates`` at each candidate threshold), matches
+predictions to the true CMBs with the evaluation package
+(``evaluation.matching.match_case``, its default rule), and summarises recall,
+precision and false positives per scan per threshold.  The threshold stored in
+the exported model is the one with the highest recall at no more than
+``max_fp_per_scan`` (ties: the higher threshold); when no threshold gets there,
+the one with the best F1.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evaluation.cases import PredCMB, TruthCMB
+from evaluation.matching import MatchRule, match_case
+from model.candidates import extract_candidates
+from model.infer import predict_probability
+from model.onnx_model import OnnxModel
+from training.data import CaseRef, load_volumes
+
+log = logging.getLogger(__name__)
+
+#: CMBs at least this large (apparent diameter, mm) form the "large" size bin of the issue.
+LARGE_MM = 3.0
+
+
+@dataclass
+class Counts:
+    """Detection counts of a group of scans at one threshold."""
+
+    scans: int = 0
+    truth: int = 0
+    tp: int = 0
+    pred: int = 0
+    truth_large: int = 0
+    tp_large: int = 0
+    positive_scans: int = 0
+    positive_scans_hit: int = 0  # scans with CMBs and at least one prediction
+    negative_scans: int = 0
+    negative_scans_clean: int = 0  # scans without CMBs and without predictions
+
+    def add(self, other: Counts) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def summary(self) -> dict[str, Any]:
+        fp = self.pred - self.tp
+        recall = self.tp / self.truth if self.truth else None
+        precision = self.tp / self.pred if self.pred else None
+        f1 = (
+            2 * recall * precision / (recall + precision)
+            if recall is not None and precision is not None and (recall + precision) > 0
+            else 0.0
+        )
+        return {
+            "scans": self.scans,
+            "cmbs": self.truth,
+            "tp": self.tp,
+            "fp": fp,
+            "recall": recall,
+            "recall_ge3mm": self.tp_large / self.truth_large if self.truth_large else None,
+            "cmbs_ge3mm": self.truth_large,
+            "precision": precision,
+            "f1": f1,
+            "fp_per_scan": fp / self.scans if self.scans else None,
+            "scan_sensitivity": (
+                self.positive_scans_hit / self.positive_scans if self.positive_scans else None
+            ),
+            "scan_specificity": (
+                self.negative_scans_clean / self.negative_scans if self.negative_scans else None
+            ),
+        }
+
+
+@dataclass
+class CaseResult:
+    case_id: str
+    groups: dict[str, str]
+    by_threshold: dict[float, Counts] = field(default_factory=dict)
+
+
+def _groups(record: dict[str, Any]) -> dict[str, str]:
+    acq = record.get("acquisition") or {}
+    thick = acq.get("slice_thickness_mm")
+    if isinstance(thick, int | float):
+        thick_bin = "<=2mm" if thick <= 2.0 else ("2-4mm" if thick <= 4.0 else ">4mm")
+    else:
+        thick_bin = "unknown"
+    field_t = acq.get("field_strength_t")
+    return {
+        "sequence": str(acq.get("sequence", "unknown")),
+        "field_strength_t": f"{field_t:g}T" if isinstance(field_t, int | float) else "unknown",
+        "slice_thickness": thick_bin,
+    }
+
+
+def evaluate_case(
+    ref: CaseRef,
+    model: OnnxModel,
+    thresholds: Sequence[float],
+    *,
+    rule: MatchRule | None = None,
+    overlap: float = 0.5,
+) -> CaseResult:
+    """Counts of one validation case at every threshold."""
+    image, _labels = load_volumes(ref)
+    probability = predict_probability(image, model, overlap=overlap)
+    truth = [
+        TruthCMB.from_json(c, f"{ref.case_id}.cmbs[{n}]")
+        for n, c in enumerate(ref.record.get("cmbs") or [])
+    ]
+    large = [(t.diameter_apparent_mm or t.diameter_mm or 0.0) >= LARGE_MM for t in truth]
+    result = CaseResult(ref.case_id, _groups(ref.record))
+    for threshold in thresholds:
+        _, detections = extract_candidates(probability, threshold)
+        preds = [PredCMB.from_detection(d) for d in detections]
+        match = match_case(truth, preds, rule, case_id=ref.case_id)
+        matched = {p.truth_index for p in match.pairs}
+        result.by_threshold[float(threshold)] = Counts(
+            scans=1,
+            truth=len(truth),
+            tp=match.tp,
+            pred=len(preds),
+            truth_large=sum(large),
+            tp_large=sum(1 for n in matched if large[n]),
+            positive_scans=int(bool(truth)),
+            positive_scans_hit=int(bool(truth) and bool(preds)),
+            negative_scans=int(not truth),
+            negative_scans_clean=int(not truth and not preds),
+        )
+    return result
+
+
+def choose_threshold(per_threshold: dict[float, dict[str, Any]], max_fp_per_scan: float) -> float:
+    """Highest recall at <= max_fp_per_scan (ties: higher threshold); else best F1."""
+    ok = [
+        (s["recall"] or 0.0, t)
+        for t, s in per_threshold.items()
+        if s["fp_per_scan"] is not None and s["fp_per_scan"] <= max_fp_per_scan
+    ]
+    if ok:
+        return max(ok)[1]
+    return max((s["f1"] or 0.0, t) for t, s in per_threshold.items())[1]
+
+
+def validate_model(
+    model_path: str | Path,
+    refs: Sequence[CaseRef],
+    thresholds: Sequence[float],
+    *,
+    max_fp_per_scan: float = 0.5,
+    overlap: float = 0.5,
+    rule: MatchRule | None = None,
+    threads: int | None = None,
+    progress: Callable[[Iterable[CaseRef]], Iterable[CaseRef]] | None = None,
+) -> dict[str, Any]:
+    """Validate an ONNX model file; returns a JSON-able report (see module docstring)."""
+    if not refs:
+        raise ValueError("validation needs at least one case")
+    start = time.monotonic()
+    model = OnnxModel.load(model_path, device="cpu", threads=threads)
+    rule = rule or MatchRule()
+    results = [
+        evaluate_case(ref, model, thresholds, rule=rule, overlap=overlap)
+        for ref in (progress(refs) if progress else refs)
+    ]
+    per_threshold: dict[float, dict[str, Any]] = {}
+    for t in thresholds:
+        total = Counts()
+        for r in results:
+            total.add(r.by_threshold[float(t)])
+        per_threshold[float(t)] = total.summary()
+    chosen = choose_threshold(per_threshold, max_fp_per_scan)
+    strata: dict[str, dict[str, Any]] = {}
+    for key in ("sequence", "field_strength_t", "slice_thickness"):
+        groups: dict[str, Counts] = {}
+        for r in results:
+            groups.setdefault(r.groups[key], Counts()).add(r.by_threshold[chosen])
+        strata[key] = {g: c.summary() for g, c in sorted(groups.items())}
+    summary = dict(per_threshold[chosen])
+    summary["threshold"] = chosen
+    summary["match_rule"] = rule.describe()
+    summary["max_fp_per_scan"] = max_fp_per_scan
+    return {
+        "threshold": chosen,
+        "summary": summary,
+        "per_threshold": {f"{t:g}": s for t, s in per_threshold.items()},
+        "strata": strata,
+        "cases": [r.case_id for r in results],
+        "overlap": overlap,
+        "seconds": round(time.monotonic() - start, 1),
+    }
