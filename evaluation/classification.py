@@ -73,11 +73,13 @@ def classification_metrics(
     }
 
 
-def icc_2_1(a: Sequence[float], b: Sequence[float]) -> float | None:
-    """ICC(2,1) of two raters' values on the same subjects; None when undefined."""
-    x = np.stack([np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)], axis=1)
+def icc_2_1(ratings: npt.ArrayLike) -> float | None:
+    """ICC(2,1) of an (n subjects x k raters) table; None when undefined."""
+    x = np.asarray(ratings, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"icc_2_1 needs an (n subjects x k raters) table, got shape {x.shape}")
     n, k = x.shape
-    if n < 2:
+    if n < 2 or k < 2:
         return None
     grand = x.mean()
     ss_rows = k * float(((x.mean(axis=1) - grand) ** 2).sum())
@@ -135,7 +137,7 @@ def mars_agreement(matches: Sequence[CaseMatch]) -> dict[str, Any] | None:
         out[cat] = {
             "truth_total": int(t.sum()),
             "pred_total": int(p.sum()),
-            "icc_2_1": icc_2_1(t.tolist(), p.tolist()),
+            "icc_2_1": icc_2_1(np.stack([t, p], axis=1)),
             "weighted_kappa": weighted_kappa(
                 _bin_counts(t).tolist(), _bin_counts(p).tolist(), len(COUNT_BINS)
             ),

@@ -1,0 +1,121 @@
+"""`cmb evaluate` end to end on a tiny folder pair."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cmb.cli import main
+from tests.evaluation.conftest import dataset  # noqa: F401  (fixture)
+
+
+def test_cli_writes_every_output(
+    dataset: tuple[Path, Path],  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pred, truth = dataset
+    out = tmp_path / "report"
+    rc = main(
+        [
+            "evaluate",
+            "--pred",
+            str(pred),
+            "--truth",
+            str(truth),
+            "--out",
+            str(out),
+            "--bootstrap",
+            "100",
+            "--match",
+            "center:5",
+        ]
+    )
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "Sensitivity (recall)" in printed
+    assert "0.500" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["schema_version"] == "1.0"
+    assert metrics["detection"]["global"]["recall"]["value"] == 0.5
+    assert metrics["config"]["match"] == "center:5"
+    with (out / "per_cmb.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    assert {r["outcome"] for r in rows} == {"TP", "FP", "FN"}
+    for name in (
+        "report.md",
+        "report.html",
+        "froc.png",
+        "recall_by_size.png",
+        "recall_by_slice_thickness.png",
+        "recall_by_region.png",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "froc.png").read_bytes()[:4] == b"\x89PNG"
+    assert "By CMB mars" in (out / "report.md").read_text()
+
+
+def test_cli_missing_case_fails_with_ids(
+    dataset: tuple[Path, Path],  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pred, truth = dataset
+    shutil.rmtree(pred / "c2")
+    rc = main(
+        ["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(tmp_path / "r")]
+    )
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert "c2" in err
+    assert "without prediction" in err
+    assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def test_cli_bad_rule_and_real_process(dataset: tuple[Path, Path], tmp_path: Path) -> None:  # noqa: F811
+    pred, truth = dataset
+    rc = main(
+        [
+            "evaluate",
+            "--pred",
+            str(pred),
+            "--truth",
+            str(truth),
+            "--out",
+            str(tmp_path / "r"),
+            "--match",
+            "nearest",
+        ]
+    )
+    assert rc != 0
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cmb.cli",
+            "evaluate",
+            "--pred",
+            str(pred),
+            "--truth",
+            str(truth),
+            "--out",
+            str(tmp_path / "r2"),
+            "--bootstrap",
+            "0",
+            "--match",
+            "overlap",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "r2" / "metrics.json").is_file()

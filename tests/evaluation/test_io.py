@@ -1,0 +1,110 @@
+"""Reading truth and predictions; pairing by case id; NIfTI geometry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evaluation.cases import LabelMap
+from evaluation.errors import EvaluationInputError, UnpairedCasesError
+from evaluation.io import (
+    load_predictions,
+    load_truth,
+    pair_cases,
+    read_label_map,
+    resample_like,
+    write_label_map,
+)
+from model.errors import InputError
+from tests.evaluation.conftest import detection, detections_json
+
+
+def test_standard_layout(dataset: tuple[Path, Path]) -> None:
+    pred, truth = dataset
+    t = load_truth(truth)
+    assert sorted(t) == ["c1", "c2"]
+    c1 = t["c1"]
+    assert c1.cmbs[0].label == 1
+    assert c1.cmbs[0].diameter_mm == 3.0
+    assert c1.cmbs[0].match_diameter_mm == 3.5
+    assert c1.cmbs[1].mars == "deep"
+    assert c1.acquisition["field_strength_t"] == 3.0
+    assert c1.split == "val"
+    assert c1.mask is not None
+    assert c1.mask.load().array.max() == 2
+    with pytest.raises(EvaluationInputError, match="no truth cases in split train"):
+        load_truth(truth, split="train")
+    p = load_predictions(pred)
+    assert sorted(p) == ["c1", "c2"]
+    assert [d.id for d in p["c1"].predictions()] == [1, 2]
+    assert p["c1"].labels is not None
+    assert p["c2"].detections == ()
+
+
+def test_label_map_geometry_roundtrip(tmp_path: Path) -> None:
+    aff = np.array(
+        [[0.0, 0.0, -0.9, 10.0], [0.0, 1.1, 0.0, -5.0], [2.5, 0.0, 0.0, 3.0], [0, 0, 0, 1]]
+    )
+    arr = np.zeros((4, 5, 6), np.int32)
+    arr[1, 2, 3] = 7
+    write_label_map(LabelMap(arr, aff), tmp_path / "m.nii.gz")
+    back = read_label_map(tmp_path / "m.nii.gz")
+    assert np.array_equal(back.array, arr)
+    assert np.allclose(back.affine, aff)
+    # resampling onto a finer grid keeps the label at the same LPS position
+    fine = aff.copy()
+    fine[:3, :3] /= 2
+    ref = LabelMap(np.zeros((8, 10, 12), np.int32), fine)
+    moved = resample_like(back, ref)
+    k, j, i = np.argwhere(moved.array == 7).mean(axis=0)
+    assert np.allclose(moved.index_to_lps([k, j, i]), back.index_to_lps([1, 2, 3]), atol=0.8)
+
+
+def test_point_annotations_and_flat_predictions(tmp_path: Path) -> None:
+    points = {"a": [{"center_lps_mm": [1, 2, 3], "diameter_mm": 4}], "b": []}
+    (tmp_path / "points.json").write_text(json.dumps(points))
+    t = load_truth(tmp_path / "points.json")
+    assert t["a"].cmbs[0].center_lps_mm == (1.0, 2.0, 3.0)
+    assert t["a"].cmbs[0].diameter_mm == 4
+    folder = tmp_path / "pts"
+    folder.mkdir()
+    (folder / "a.json").write_text(
+        json.dumps({"cmbs": points["a"], "acquisition": {"sequence": "swi"}})
+    )
+    assert load_truth(folder)["a"].acquisition == {"sequence": "swi"}
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    rejected = detection(2, (1, 1, 1), 0.7, status="rejected", reject_reason="csf")
+    (preds / "a.json").write_text(
+        json.dumps(detections_json([detection(1, (1, 1, 1), 0.8), rejected]))
+    )
+    p = load_predictions(preds)["a"]
+    assert [d.id for d in p.predictions()] == [1]
+    assert [d.id for d in p.predictions(include_rejected=True)] == [1, 2]
+    assert [d.id for d in p.predictions(threshold=0.85)] == []
+
+
+def test_unpaired_cases_are_an_error_listing_ids(dataset: tuple[Path, Path]) -> None:
+    pred, truth = dataset
+    t, p = load_truth(truth), load_predictions(pred)
+    del p["c2"]
+    p["zz"] = p["c1"]
+    with pytest.raises(UnpairedCasesError) as e:
+        pair_cases(t, p)
+    assert isinstance(e.value, InputError)
+    assert "c2" in str(e.value)
+    assert "zz" in str(e.value)
+
+
+def test_bad_inputs(tmp_path: Path) -> None:
+    with pytest.raises(EvaluationInputError, match="does not exist"):
+        load_predictions(tmp_path / "nope")
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(EvaluationInputError, match="cannot read JSON"):
+        load_predictions(tmp_path)
+    (tmp_path / "x.json").write_text(json.dumps({"detections": [{"id": 1}]}))
+    with pytest.raises(EvaluationInputError, match="center_lps_mm"):
+        load_predictions(tmp_path)
