@@ -181,10 +181,17 @@ def _frame_geometry(
         pos, iop, ps = ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.get("PixelSpacing")
         thick, between = ds.get("SliceThickness"), ds.get("SpacingBetweenSlices")
     else:
-        pos = next((i.get("ImagePositionPatient") for i in _groups(ds, frame,
-                    "PlanePositionSequence")), None)  # fmt: skip
-        iop = next((i.get("ImageOrientationPatient") for i in _groups(ds, frame,
-                    "PlaneOrientationSequence")), None)  # fmt: skip
+        pos = next(
+            (i.get("ImagePositionPatient") for i in _groups(ds, frame, "PlanePositionSequence")),
+            None,
+        )
+        iop = next(
+            (
+                i.get("ImageOrientationPatient")
+                for i in _groups(ds, frame, "PlaneOrientationSequence")
+            ),
+            None,
+        )
         measures = next(iter(_groups(ds, frame, "PixelMeasuresSequence")), Dataset())
         ps = measures.get("PixelSpacing")
         thick, between = measures.get("SliceThickness"), measures.get("SpacingBetweenSlices")

@@ -478,17 +478,44 @@ def write_enhanced(
     ds.SOPInstanceUID = sop_uid
     ds.InstanceCreationDate = study.study_date
     ds.InstanceCreationTime = study.study_time
-    _common(ds, study, profile, stacks[0].kind, series_uid, series_number, te0, field_t,
-            patient_position)  # fmt: skip
+    _common(
+        ds,
+        study,
+        profile,
+        stacks[0].kind,
+        series_uid,
+        series_number,
+        te0,
+        field_t,
+        patient_position,
+    )
     kinds = {s.kind for s in stacks}
-    ds.ImageType = _frame_type(profile, stacks[0].kind) if len(kinds) == 1 else [
-        "ORIGINAL", "PRIMARY", "MIXED", "NONE"]  # fmt: skip
+    ds.ImageType = (
+        _frame_type(profile, stacks[0].kind)
+        if len(kinds) == 1
+        else ["ORIGINAL", "PRIMARY", "MIXED", "NONE"]
+    )
     # Enhanced MR keeps these in functional groups / other modules, not at top level.
-    for kw in ("EchoTime", "RepetitionTime", "FlipAngle", "ScanningSequence", "SequenceVariant",
-               "ScanOptions", "SequenceName", "InversionTime", "EchoTrainLength",
-               "NumberOfAverages", "PercentSampling", "PercentPhaseFieldOfView",
-               "PixelBandwidth", "ReceiveCoilName", "TransmitCoilName",
-               "InPlanePhaseEncodingDirection", "ImagedNucleus", "ImagingFrequency"):  # fmt: skip
+    for kw in (
+        "EchoTime",
+        "RepetitionTime",
+        "FlipAngle",
+        "ScanningSequence",
+        "SequenceVariant",
+        "ScanOptions",
+        "SequenceName",
+        "InversionTime",
+        "EchoTrainLength",
+        "NumberOfAverages",
+        "PercentSampling",
+        "PercentPhaseFieldOfView",
+        "PixelBandwidth",
+        "ReceiveCoilName",
+        "TransmitCoilName",
+        "InPlanePhaseEncodingDirection",
+        "ImagedNucleus",
+        "ImagingFrequency",
+    ):
         if kw in ds:
             del ds[kw]
     ds.PulseSequenceName = profile.pulse_sequence_name
@@ -531,9 +558,11 @@ def write_enhanced(
     ds.DimensionOrganizationSequence = DicomSequence([Dataset()])
     ds.DimensionOrganizationSequence[0].DimensionOrganizationUID = dim_org_uid
     ds.DimensionIndexSequence = DicomSequence()
-    for ptr, group in (("StackID", "FrameContentSequence"),
-                       ("InStackPositionNumber", "FrameContentSequence"),
-                       ("EffectiveEchoTime", "MREchoSequence")):  # fmt: skip
+    for ptr, group in (
+        ("StackID", "FrameContentSequence"),
+        ("InStackPositionNumber", "FrameContentSequence"),
+        ("EffectiveEchoTime", "MREchoSequence"),
+    ):
         item = Dataset()
         item.DimensionOrganizationUID = dim_org_uid
         item.DimensionIndexPointer = pydicom.datadict.tag_for_keyword(ptr)
@@ -576,8 +605,9 @@ def write_enhanced(
     per_frame = DicomSequence()
     for stack_index, st in enumerate(stacks, start=1):
         geo = _geometry(st.volume)
-        if not np.allclose(geo.row_cosine + geo.col_cosine,
-                           first_geo.row_cosine + first_geo.col_cosine, atol=1e-6):  # fmt: skip
+        if not np.allclose(
+            geo.row_cosine + geo.col_cosine, first_geo.row_cosine + first_geo.col_cosine, atol=1e-6
+        ):
             raise ValueError("all stacks of an enhanced file need the same orientation")
         te = st.echo_time_ms if st.echo_time_ms is not None else profile.echo_time_ms
         vol = np.asarray(st.volume.array, np.float64)

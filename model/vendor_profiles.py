@@ -114,8 +114,12 @@ def _siemens_types(magnitude: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
 
 
 def _suffixed(base: str) -> dict[str, str]:
-    return {"magnitude": base, "phase": f"{base}_Pha", "minip": f"{base}_MinIP",
-            "mip": f"{base}_MIP"}  # fmt: skip
+    return {
+        "magnitude": base,
+        "phase": f"{base}_Pha",
+        "minip": f"{base}_MinIP",
+        "mip": f"{base}_MIP",
+    }
 
 
 _SIEMENS = {
