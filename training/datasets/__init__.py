@@ -1,0 +1,1 @@
+"""Standardized datasets: one layout for synthetic and imported real data (see layout.py)."""

@@ -1,0 +1,292 @@
+"""Procedural veins: medullary, cortical, deep veins and dural sinuses.
+
+The label maps carry almost no vessels, yet veins cut across on a slice are the
+main microbleed mimic.  Veins are polylines (subject LPS mm) with a radius,
+built from anatomical landmarks:
+
+* medullary veins: from the lateral-ventricle wall radially outwards through the
+  white matter (0.2-0.5 mm), many of them; those running along B0 are cut
+  across on axial slices and look like dots;
+* cortical veins: along sulcal CSF, rising towards the vertex (0.6-2 mm);
+* deep veins: internal cerebral veins on the roof of the third ventricle, the
+  basal veins of Rosenthal around the midbrain, the vein of Galen, the straight
+  sinus; dural sinuses: superior sagittal and transverse sinuses (2-5 mm).
+
+Rendering (on the subject's 1 mm grid, before the acquisition): deoxygenated
+blood is paramagnetic (``dchi`` ~0.45 ppm at Hct 0.4, Y 0.6).  Inside an
+infinite cylinder at angle ``theta`` to B0 the field offset is
+``dchi/6 (3 cos^2 theta - 1) B0``; blood T2* is short (about 45 ms at 1.5 T,
+16 ms at 3 T, 5 ms at 7 T).  Outside, the field ``dchi/2 sin^2 theta (a/rho)^2
+cos 2psi B0`` dephases the tissue; its angular average is
+``J0(x)``, ``x = K/2 sin^2 theta (a/rho)^2`` and is used as ``exp(-x^2/4)``
+(same small-x behaviour, no oscillation).  Partial volume of thin veins uses a
+Gaussian-smoothed disk occupancy.  For SWI the negative-phase mask of the
+intravascular signal is folded into the vein's magnitude.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from training.synth.anatomy import CORTEX, LATERAL_VENTRICLES, WM
+from training.synth.dipole import dephasing_constant, phase_mask
+from training.synth.placement import Anatomy
+
+
+@dataclass(frozen=True)
+class Vein:
+    kind: str  # medullary, cortical, internal_cerebral, basal, galen, straight_sinus, ...
+    points: npt.NDArray[np.float64]  # (n, 3) subject LPS mm
+    radius_mm: float
+
+    def record(self, to_scanner: npt.NDArray[np.float64]) -> dict[str, object]:
+        mid = self.points[len(self.points) // 2]
+        c = to_scanner[:3, :3] @ mid + to_scanner[:3, 3]
+        length = float(np.sum(np.linalg.norm(np.diff(self.points, axis=0), axis=1)))
+        return {
+            "kind": "vein",
+            "vessel": self.kind,
+            "center_lps_mm": [round(float(v), 2) for v in c],
+            "diameter_mm": round(2 * self.radius_mm, 2),
+            "length_mm": round(length, 1),
+        }
+
+
+def _walk(
+    anatomy: Anatomy,
+    rng: np.random.Generator,
+    start: npt.NDArray[np.float64],
+    direction: npt.NDArray[np.float64],
+    length_mm: float,
+    allowed: npt.NDArray[np.bool_],
+    step_mm: float = 2.0,
+    wiggle: float = 0.15,
+    bias: npt.NDArray[np.float64] | None = None,
+) -> npt.NDArray[np.float64]:
+    pts = [start]
+    d = direction / (np.linalg.norm(direction) + 1e-9)
+    for _ in range(int(length_mm / step_mm)):
+        best = None
+        for _try in range(6):
+            cand = d + wiggle * rng.standard_normal(3)
+            if bias is not None:
+                cand = cand + bias
+            cand /= np.linalg.norm(cand) + 1e-9
+            nxt = pts[-1] + step_mm * cand
+            idx = np.rint(anatomy.to_index(nxt)).astype(int)
+            if np.all(idx >= 0) and np.all(idx < allowed.shape) and allowed[tuple(idx)]:
+                best = (nxt, cand)
+                break
+        if best is None:
+            break
+        pts.append(best[0])
+        d = best[1]
+    return np.array(pts)
+
+
+def medullary_veins(anatomy: Anatomy, rng: np.random.Generator, n: int) -> list[Vein]:
+    labels = anatomy.labels
+    wm = np.isin(labels, WM)
+    vent = np.isin(labels, LATERAL_VENTRICLES)
+    # White-matter voxels touching a lateral ventricle (shifted masks, no distance transform).
+    touch = np.zeros_like(vent)
+    for axis in range(3):
+        for shift in (-2, 2):
+            touch |= np.roll(vent, shift, axis=axis)
+    seeds = np.argwhere(wm & touch)
+    out: list[Vein] = []
+    if len(seeds) == 0:
+        return out
+    centres = {side: anatomy.centroid((side,)) for side in LATERAL_VENTRICLES}
+    for _ in range(n):
+        s = anatomy.to_lps(seeds[rng.integers(len(seeds))])
+        left = s[0] > anatomy.centre[0]
+        c = centres[4 if left else 43]
+        if c is None:
+            continue
+        d = s - c
+        d[2] *= rng.uniform(0.5, 2.5)  # many run steeply: cut across on axial slices
+        pts = _walk(anatomy, rng, s, d, rng.uniform(10, 35), wm, step_mm=2.0, wiggle=0.12)
+        if len(pts) >= 3:
+            out.append(Vein("medullary", pts, float(rng.uniform(0.2, 0.5))))
+    return out
+
+
+def cortical_veins(anatomy: Anatomy, rng: np.random.Generator, n: int) -> list[Vein]:
+    labels = anatomy.labels
+    csf = labels == 24
+    cortex = np.isin(labels, CORTEX)
+    near = np.zeros_like(cortex)
+    for axis in range(3):
+        for shift in (-1, 1):
+            near |= np.roll(cortex, shift, axis=axis)
+    sulcal = csf & near
+    seeds = np.argwhere(sulcal)
+    out: list[Vein] = []
+    if len(seeds) == 0:
+        return out
+    up = np.array([0.0, 0.0, 1.0])
+    for _ in range(n):
+        s = anatomy.to_lps(seeds[rng.integers(len(seeds))])
+        if s[2] < anatomy.centre[2] - 20:
+            continue
+        d = rng.standard_normal(3)
+        pts = _walk(
+            anatomy,
+            rng,
+            s,
+            d,
+            rng.uniform(15, 60),
+            csf | near,
+            step_mm=2.0,
+            wiggle=0.3,
+            bias=0.3 * up,
+        )
+        if len(pts) >= 4:
+            out.append(Vein("cortical", pts, float(rng.uniform(0.6, 2.0))))
+    return out
+
+
+def _curve(points: list[npt.NDArray[np.float64]], n: int = 20) -> npt.NDArray[np.float64]:
+    """Quadratic/linear interpolation through landmarks (smooth enough for 1 mm rendering)."""
+    p = np.array(points)
+    t = np.linspace(0, 1, len(p))
+    tt = np.linspace(0, 1, n)
+    return np.stack([np.interp(tt, t, p[:, a]) for a in range(3)], axis=1)
+
+
+def deep_veins(anatomy: Anatomy, rng: np.random.Generator) -> list[Vein]:
+    labels = anatomy.labels
+    out: list[Vein] = []
+    third = np.argwhere(labels == 14)
+    if len(third) < 10:
+        return out
+    pts3 = anatomy.to_lps(third)
+    mid_x = float(np.median(pts3[:, 0]))
+    top = pts3[:, 2].max()
+    ant, post = pts3[:, 1].min(), pts3[:, 1].max()
+    # Internal cerebral veins: paired, 2 mm off midline on the roof of the third ventricle.
+    galen = np.array([mid_x, post + 6.0, top + 4.0])
+    for side in (-1, 1):
+        icv = _curve(
+            [
+                np.array([mid_x + side * 2.0, ant + 2, top + 1.5]),
+                np.array([mid_x + side * 2.0, post, top + 2.0]),
+                galen,
+            ]
+        )
+        out.append(Vein("internal_cerebral", icv, float(rng.uniform(0.9, 1.5))))
+    brain = anatomy.parenchyma
+    allp = np.argwhere(brain)
+    lps = anatomy.to_lps(allp[:: max(1, len(allp) // 40000)])
+    midline = lps[np.abs(lps[:, 0] - mid_x) < 3]
+    back = lps[:, 1].max()
+    # Torcula: back of the brain at the level of the tentorium (top of the cerebellum).
+    cereb = np.argwhere(np.isin(labels, (8, 47)))
+    cereb_top = anatomy.to_lps(cereb).max(axis=0)[2] if len(cereb) else galen[2] - 25
+    torcula = np.array([mid_x, back + 3.0, cereb_top - 3.0])
+    galen_end = galen + np.array([0, 8.0, 4.0])
+    out.append(Vein("galen", _curve([galen, galen_end], 6), float(rng.uniform(1.8, 3.0))))
+    out.append(
+        Vein("straight_sinus", _curve([galen_end, torcula], 12), float(rng.uniform(2.0, 3.0)))
+    )
+    # Superior sagittal sinus: along the top of the midline, 3 mm outside the brain.
+    if len(midline):
+        arc = []
+        c = anatomy.centre
+        for ang in np.linspace(-np.pi / 2 + 0.2, np.pi / 2 + 0.6, 14):
+            d = np.array([0.0, np.sin(ang), np.cos(ang)])
+            proj = (midline - c) @ d
+            arc.append(c + d * (proj.max() + 3.0) + np.array([mid_x - c[0], 0, 0]))
+        arc.append(torcula)
+        out.append(Vein("superior_sagittal_sinus", np.array(arc), float(rng.uniform(3.0, 4.5))))
+    # Transverse sinuses: from the torcula laterally and forwards along the tentorium.
+    for side in (-1, 1):
+        lat = torcula + np.array([side * 35.0, -10.0, -5.0])
+        lat2 = torcula + np.array([side * 50.0, -30.0, -15.0])
+        out.append(
+            Vein("transverse_sinus", _curve([torcula, lat, lat2], 14), float(rng.uniform(2.5, 4.0)))
+        )
+    # Basal veins of Rosenthal: from the ventral diencephalon around the midbrain to Galen.
+    for side, lab in ((1, 28), (-1, 60)):
+        vdc = anatomy.centroid((lab,))
+        if vdc is None:
+            continue
+        start = vdc + np.array([0.0, -8.0, -4.0])
+        around = vdc + np.array([side * 6.0, 8.0, 2.0])
+        out.append(Vein("basal", _curve([start, around, galen]), float(rng.uniform(0.8, 1.3))))
+    # Thalamostriate veins: along the caudothalamic groove to the foramen of Monro.
+    for side, labs in ((1, (10, 11)), (-1, (49, 50))):
+        tc = anatomy.centroid((labs[0],))
+        cc = anatomy.centroid((labs[1],))
+        if tc is None or cc is None:
+            continue
+        groove = (tc + cc) / 2 + np.array([0, 8.0, 6.0])
+        monro = np.array([mid_x + side * 3.0, ant + 2, top + 1.5])
+        out.append(
+            Vein("thalamostriate", _curve([groove, monro], 10), float(rng.uniform(0.6, 1.0)))
+        )
+    return out
+
+
+def render_veins(
+    shape: tuple[int, int, int],
+    affine: npt.NDArray[np.float64],
+    veins: list[Vein],
+    *,
+    b0_dir_subject: npt.NDArray[np.float64],
+    field_strength_t: float,
+    echo_time_ms: float,
+    chi_ppm: float,
+    phase_mask_power: int,
+) -> npt.NDArray[np.float32]:
+    """Multiplicative magnitude factor of all veins on a 1 mm grid."""
+    factor = np.ones(shape, dtype=np.float32)
+    inv = np.linalg.inv(affine)
+    k_rad = dephasing_constant(field_strength_t, echo_time_ms, chi_ppm)
+    t2s_blood_ms = 45.0 * (1.5 / field_strength_t) ** 1.5
+    s_blood = float(np.exp(-echo_time_ms / t2s_blood_ms))
+    sigma = 0.4
+    for vein in veins:
+        a = vein.radius_mm
+        pts = vein.points
+        reach = a + 3.0 * max(1.0, a * np.sqrt(k_rad / 2.0))
+        for p0, p1 in zip(pts[:-1], pts[1:], strict=True):
+            seg = p1 - p0
+            seg_len = float(np.linalg.norm(seg))
+            if seg_len < 1e-6:
+                continue
+            axis = seg / seg_len
+            cos_t = float(abs(axis @ b0_dir_subject))
+            sin2 = 1.0 - cos_t * cos_t
+            idx = np.array([p0, p1]) @ inv[:3, :3].T + inv[:3, 3]
+            lo = np.maximum(np.floor(idx.min(0) - reach).astype(int), 0)
+            hi = np.minimum(np.ceil(idx.max(0) + reach).astype(int) + 1, shape)
+            if np.any(hi <= lo):
+                continue
+            g = np.stack(
+                np.meshgrid(*(np.arange(lo[d], hi[d]) for d in range(3)), indexing="ij"), -1
+            )
+            x = g @ affine[:3, :3].T + affine[:3, 3] - p0
+            t = np.clip(x @ axis, 0.0, seg_len)
+            rho = np.linalg.norm(x - t[..., None] * axis, axis=-1)
+            occ = np.clip(a - rho + 0.5, 0.0, 1.0)
+            if a < 0.7:
+                occ = np.maximum(
+                    occ,
+                    np.minimum(1.0, a * a / (2 * sigma**2) * np.exp(-(rho**2) / (2 * sigma**2))),
+                )
+            phase_in = -k_rad / 6.0 * (3.0 * cos_t * cos_t - 1.0)
+            inside = s_blood * np.exp(1j * phase_in)
+            xd = k_rad / 2.0 * sin2 * (a / np.maximum(rho, a)) ** 2
+            outside = np.exp(-(xd**2) / 4.0)
+            val = (1.0 - occ) * outside + occ * inside
+            mag = np.abs(val).astype(np.float32)
+            if phase_mask_power > 0:
+                mag *= phase_mask(np.angle(val), phase_mask_power)
+            sl = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
+            factor[sl] = np.minimum(factor[sl], mag)
+    return factor
