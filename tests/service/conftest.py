@@ -126,7 +126,7 @@ def storescp(tmp_path: Path, procs: Callable[..., Proc]) -> Iterator[tuple[str, 
     port = free_port()
     out = tmp_path / "dest"
     out.mkdir()
-    procs(["storescp", "-aet", "DEST", "-od", str(out), "+uf", str(port)], tmp_path / "storescp.log")
+    procs(["storescp", "-aet", "DEST", "-od", str(out), str(port)], tmp_path / "storescp.log")
     wait_for(lambda: _listening(port), 10, "storescp to listen")
     yield f"DEST@127.0.0.1:{port}", out
 

@@ -1,0 +1,150 @@
+"""The whole path in one process: SCP -> spool + DB -> stable -> job -> pipeline -> outbox."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from sqlalchemy import select
+
+from service.db.models import Delivery, DeliveryState, Job, JobState
+from service.runtime import Service
+from service.settings import Settings
+from tests.service.conftest import wait_for
+from tests.service.dicom_factory import write_study
+
+pytestmark = [
+    pytest.mark.network,
+    pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk not installed"),
+]
+
+
+@pytest.fixture
+def service_factory() -> Iterator[Callable[[Settings], Service]]:
+    started: list[Service] = []
+
+    def start(settings: Settings) -> Service:
+        svc = Service(settings)
+        started.append(svc)
+        svc.start()
+        return svc
+
+    yield start
+    for svc in started:
+        svc.stop()
+
+
+def _send(folder: Path, port: int, calling: str = "PACS") -> None:
+    cmd = ["storescu", "-aet", calling, "-aec", "CMB_AI", "+sd", "+r", "127.0.0.1", str(port),
+           str(folder)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def _jobs(svc: Service, study: str) -> list[Job]:
+    assert svc.db is not None
+    with svc.db.session() as s:
+        return list(s.scalars(select(Job).where(Job.study_instance_uid == study)))
+
+
+def test_study_flows_to_destination(
+    service_factory: Callable[[Settings], Service],
+    make_settings: Callable[..., Settings],
+    storescp: tuple[str, Path],
+    tmp_path: Path,
+) -> None:
+    dest, dest_dir = storescp
+    svc = service_factory(make_settings(destinations=[dest]))
+    study, _files = write_study(tmp_path / "in", n=3, descriptions=("SWI", "PHASE"))
+    _send(tmp_path / "in", svc.settings.dicom_port)
+
+    job = wait_for(
+        lambda: next((j for j in _jobs(svc, study) if j.state == JobState.DELIVERED), None),
+        60, "the job to be delivered",
+    )
+    assert job.summary["n_detections"] == 2
+    assert job.attempts == 1
+    received = [dcmread(p) for p in dest_dir.iterdir()]
+    assert [ds.Modality for ds in received] == ["SR"]
+    assert received[0].StudyInstanceUID == study
+
+    # The same study again (duplicates): no new job.
+    _send(tmp_path / "in", svc.settings.dicom_port)
+    svc.monitor.run_once()  # type: ignore[union-attr]
+    assert len(_jobs(svc, study)) == 1
+
+    # More of the study arrives: a new job, the old one's results stay.
+    write_study(tmp_path / "more", n=2, study_uid=study, descriptions=("T1",))
+    _send(tmp_path / "more", svc.settings.dicom_port)
+    jobs = wait_for(
+        lambda: [j for j in _jobs(svc, study) if j.state == JobState.DELIVERED]
+        if len([j for j in _jobs(svc, study) if j.state == JobState.DELIVERED]) == 2 else None,
+        60, "the second job to be delivered",
+    )
+    assert sorted(j.n_instances for j in jobs) == [6, 8]
+    # Deterministic output UIDs: the destination holds one SR, replaced, not two.
+    assert len(list(dest_dir.iterdir())) == 1
+
+
+def test_destination_down_then_up_delivers(
+    service_factory: Callable[[Settings], Service],
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    procs: Callable[..., object],
+) -> None:
+    from tests.service.conftest import _listening, free_port
+
+    port = free_port()
+    svc = service_factory(make_settings(destinations=[f"LATE@127.0.0.1:{port}"]))
+    study, _ = write_study(tmp_path / "in", n=2)
+    _send(tmp_path / "in", svc.settings.dicom_port)
+    assert svc.db is not None
+
+    def failed_attempts() -> int:
+        with svc.db.session() as s:  # type: ignore[union-attr]
+            rows = s.scalars(select(Delivery)).all()
+            return sum(r.attempts for r in rows if r.state == DeliveryState.PENDING)
+
+    wait_for(lambda: failed_attempts() >= 2, 60, "two failed delivery attempts")
+    with svc.db.session() as s:
+        d = s.scalars(select(Delivery)).one()
+        assert d.last_error and "connect" in d.last_error.lower() or "rejected" in d.last_error
+        assert s.get(Job, d.job_id).state == JobState.SUCCEEDED
+    out = tmp_path / "late"
+    out.mkdir()
+    procs(["storescp", "-aet", "LATE", "-od", str(out), str(port)], tmp_path / "late.log")
+    wait_for(lambda: _listening(port), 10, "late storescp")
+    job = wait_for(
+        lambda: next((j for j in _jobs(svc, study) if j.state == JobState.DELIVERED), None),
+        30, "delivery after the destination came up",
+    )
+    assert job is not None
+    assert len(list(out.iterdir())) == 1
+
+
+def test_unusable_study_fails_with_reason_and_transient_fault_retries(
+    service_factory: Callable[[Settings], Service],
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+) -> None:
+    svc = service_factory(make_settings(job_max_retries=2))
+    bad, _ = write_study(tmp_path / "bad", n=1, descriptions=("FAIL_CMB",))
+    flaky, _ = write_study(tmp_path / "flaky", n=1, descriptions=("FAIL_TRANSIENT",))
+    _send(tmp_path / "bad", svc.settings.dicom_port)
+    _send(tmp_path / "flaky", svc.settings.dicom_port)
+    job = wait_for(
+        lambda: next((j for j in _jobs(svc, bad) if j.state == JobState.FAILED), None),
+        60, "the unusable study to fail",
+    )
+    assert job.attempts == 1
+    assert job.reason.startswith("NoUsableSeriesError: no SWI")
+    job = wait_for(
+        lambda: next((j for j in _jobs(svc, flaky) if j.state == JobState.FAILED), None),
+        60, "the flaky study to fail after its retries",
+    )
+    assert job.attempts == 3
+    assert "simulated transient fault" in job.reason
