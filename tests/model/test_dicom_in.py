@@ -1,0 +1,191 @@
+"""model.dicom_in: files, folders, zips and NIfTI into studies of stacks; clear errors."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import JPEGLSLossless, generate_uid
+
+from model.dicom_in import load_studies
+from model.errors import InputError
+from model.series_writer import EnhancedStack, StudyMeta, write_enhanced, write_series
+from model.types import SequenceKind
+from tests.helpers.dicom_studies import make_volume
+
+
+def _sr(path: Path, study_uid: str) -> None:
+    """A minimal Basic Text SR: a DICOM object that is not an image."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.BasicTextSRStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.SOPClassUID = pydicom.uid.BasicTextSRStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "SR"
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_folder_files_and_zip_give_the_same_study(tmp_path: Path) -> None:
+    vol = make_volume(shape=(6, 32, 32))
+    paths = write_series(vol, tmp_path / "dicom" / "nested")
+    archive = tmp_path / "study.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in paths:
+            z.write(p, f"DICOM/{p.name}")
+    for inputs in ([tmp_path / "dicom"], paths, [archive]):
+        (study,) = load_studies(inputs)
+        (series,) = study.series
+        loaded = series.load_volume()
+        np.testing.assert_array_equal(loaded.array, vol.array)
+        assert len(series.source_datasets()) == 6
+
+
+def test_series_info_is_filled(tmp_path: Path) -> None:
+    write_series(
+        make_volume(shape=(12, 32, 32)),
+        tmp_path,
+        flavour="ge_swan",
+        echo_time_ms=22.5,
+        field_strength_t=1.5,
+        series_number=4,
+    )
+    (study,) = load_studies([tmp_path])
+    info = study.series[0].info
+    assert info.sequence_kind is SequenceKind.SWI
+    assert info.manufacturer == "GE MEDICAL SYSTEMS"
+    assert info.field_strength_t == 1.5
+    assert info.echo_time_ms == 22.5
+    assert info.echo_times_ms == (22.5,)
+    assert info.pixel_spacing_mm == pytest.approx((0.9, 0.8))
+    assert info.slice_thickness_mm == pytest.approx(2.0)
+    assert info.spacing_between_slices_mm == pytest.approx(2.0)
+    assert info.acquisition_type == "3D"
+    assert info.series_number == 4
+    assert info.sequence_name == "swan SWAN"
+    assert info.image_type == ("ORIGINAL", "PRIMARY", "OTHER")
+    assert (info.n_instances, info.n_frames) == (12, 12)
+
+
+def test_non_image_objects_are_skipped_with_reasons(tmp_path: Path) -> None:
+    study = StudyMeta.synthetic(0)
+    write_series(make_volume(shape=(4, 32, 32)), tmp_path, study=study)
+    _sr(tmp_path / "report.dcm", study.study_instance_uid)
+    (tmp_path / "README.txt").write_text("not dicom")
+    (studied,) = load_studies([tmp_path])
+    reasons = dict(studied.skipped)
+    assert "Basic Text SR" in reasons[str(tmp_path / "report.dcm")]
+    assert reasons[str(tmp_path / "README.txt")] == "not a DICOM file"
+    assert len(studied.series) == 1
+
+
+def test_nothing_readable_is_an_input_error(tmp_path: Path) -> None:
+    _sr(tmp_path / "report.dcm", generate_uid())
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(InputError, match=r"no DICOM or NIfTI image.*Basic Text SR"):
+        load_studies([tmp_path])
+    with pytest.raises(InputError, match="no such file"):
+        load_studies([tmp_path / "absent"])
+    (tmp_path / "bad.zip").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(InputError, match="bad.zip"):
+        load_studies([tmp_path / "bad.zip"])
+
+
+@pytest.mark.parametrize(
+    ("transfer_syntax", "keep"), [(None, 0.6), (None, 0.05), (JPEGLSLossless, 0.7)]
+)
+def test_truncated_file_is_an_input_error_naming_it(
+    tmp_path: Path, transfer_syntax: str | None, keep: float
+) -> None:
+    kwargs = {"transfer_syntax": transfer_syntax} if transfer_syntax else {}
+    paths = write_series(make_volume(shape=(4, 32, 32)), tmp_path, **kwargs)  # type: ignore[arg-type]
+    data = paths[2].read_bytes()
+    paths[2].write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(InputError, match=paths[2].name):
+        load_studies([tmp_path])
+
+
+def test_multi_echo_series_is_split_per_echo(tmp_path: Path) -> None:
+    study = StudyMeta.synthetic(0)
+    uid = "1.2.826.0.1.3680043.8.498.1"
+    for echo, te in ((1, 7.5), (2, 17.5), (3, 27.5)):
+        write_series(
+            make_volume(shape=(8, 32, 32), seed=echo),
+            tmp_path,
+            study=study,
+            flavour="siemens_t2star",
+            series_instance_uid=uid,
+            echo_number=echo,
+            echo_time_ms=te,
+            seed=echo,
+        )
+    (loaded,) = load_studies([tmp_path])
+    assert [s.stack_id for s in loaded.series] == [f"{uid}#echo{n}" for n in (1, 2, 3)]
+    assert [s.info.echo_time_ms for s in loaded.series] == [7.5, 17.5, 27.5]
+    assert all(s.info.echo_times_ms == (7.5, 17.5, 27.5) for s in loaded.series)
+    vol2 = loaded.series[1].load_volume()
+    np.testing.assert_array_equal(vol2.array, make_volume(shape=(8, 32, 32), seed=2).array)
+
+
+def test_enhanced_magnitude_and_phase_frames_become_two_stacks(tmp_path: Path) -> None:
+    mag, pha = make_volume("oblique", seed=1), make_volume("oblique", seed=2)
+    write_enhanced(
+        [EnhancedStack(mag, "magnitude", 18.0), EnhancedStack(pha, "phase", 18.0)],
+        tmp_path,
+        flavour="philips_swip",
+    )
+    (study,) = load_studies([tmp_path])
+    by_id = {s.stack_id.split("#")[1]: s for s in study.series}
+    assert set(by_id) == {"magnitude", "phase"}
+    assert by_id["magnitude"].info.sequence_kind is SequenceKind.SWI
+    assert by_id["phase"].info.sequence_kind is SequenceKind.PHASE
+    slope = float(
+        by_id["phase"]
+        .source_datasets()[0]
+        .SharedFunctionalGroupsSequence[0]
+        .PixelValueTransformationSequence[0]
+        .RescaleSlope
+    )
+    np.testing.assert_allclose(by_id["phase"].load_volume().array, pha.array, atol=slope)
+
+
+def test_ge_magnitude_and_phase_in_one_series_are_split(tmp_path: Path) -> None:
+    study = StudyMeta.synthetic(3)
+    uid = "1.2.826.0.1.3680043.8.498.2"
+    for kind, seed in (("magnitude", 1), ("phase", 2)):
+        write_series(
+            make_volume(seed=seed),
+            tmp_path,
+            flavour="ge_swan",
+            kind=kind,
+            study=study,
+            series_instance_uid=uid,
+            seed=seed,
+        )
+    (loaded,) = load_studies([tmp_path])
+    assert [s.stack_id for s in loaded.series] == [f"{uid}#magnitude", f"{uid}#phase"]
+    assert [s.info.sequence_kind for s in loaded.series] == [SequenceKind.SWI, SequenceKind.PHASE]
+
+
+def test_nifti_input_is_one_stack_in_lps(tmp_path: Path) -> None:
+    data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)  # (i, j, k) in NIfTI
+    ras = np.diag([-0.9, -0.8, 2.0, 1.0])
+    ras[:3, 3] = [10.0, 20.0, -30.0]
+    nib.save(nib.Nifti1Image(data, ras), tmp_path / "t2star.nii.gz")
+    (study,) = load_studies([tmp_path / "t2star.nii.gz"])
+    (series,) = study.series
+    vol = series.load_volume()
+    assert vol.shape == (6, 5, 4)
+    assert vol.array[5, 4, 3] == data[3, 4, 5]
+    lps = vol.index_to_lps([5, 4, 3])
+    expected_ras = ras @ [3, 4, 5, 1]
+    np.testing.assert_allclose(lps, [-expected_ras[0], -expected_ras[1], expected_ras[2]])
+    assert series.source_datasets() == []
