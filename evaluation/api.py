@@ -21,6 +21,7 @@ import numpy as np
 
 from evaluation.cases import CasePrediction, CaseTruth, LabelMap, PredCMB, TruthCMB
 from evaluation.classification import classification_metrics, mars_agreement
+from evaluation.dicom_seg import read_seg_labels
 from evaluation.errors import EvaluationInputError
 from evaluation.froc import FrocCurve, froc
 from evaluation.io import load_predictions, load_truth, pair_cases, read_image, resample_like
@@ -177,6 +178,8 @@ def _prepare(
     pmap = pred.labels.load() if (need_masks and pred.labels is not None) else None
     cmbs = truth.cmbs
     candidates = pred.predictions(include_rejected=config.include_rejected)
+    if need_masks and pmap is None and pred.seg_path is not None:
+        pmap = read_seg_labels(pred.seg_path, candidates)
     if rule.kind is MatchKind.VALDO:
         prob = prob_affine = None
         if pred.probability_path is not None:
@@ -234,7 +237,16 @@ def evaluate_cases(
     all_probs = [p.probability for c in prepared for p in c.candidates]
     if config.threshold is not None:
         all_probs = [v for v in all_probs if v >= config.threshold]
-    curve = froc(matcher, all_probs, config.threshold, config.froc_points)
+    bar = _progress_bar(config, min(len(set(all_probs)), config.froc_points), "FROC")
+    curve = froc(
+        matcher,
+        all_probs,
+        config.threshold,
+        config.froc_points,
+        progress=bar.update if bar is not None else None,
+    )
+    if bar is not None:
+        bar.close()
     scores = [max((p.probability for p in c.candidates), default=0.0) for c in prepared]
     cmb_dice = {(s.case_id, i): v for s in segs for i, v in s.cmb_dice.items()}
     metrics: dict[str, Any] = {
@@ -251,7 +263,7 @@ def evaluate_cases(
         "mars_agreement": mars_agreement(matches),
         "froc": curve.to_json(),
         "stratified": {
-            "scan": stratify_scans(matches, [c.acquisition for c in prepared]),
+            "scan": stratify_scans(matches, [c.acquisition for c in prepared], cmb_dice),
             "cmb": stratify_cmbs(matches, cmb_dice),
         },
     }
@@ -263,7 +275,7 @@ def _progress_bar(config: EvaluationConfig, total: int, desc: str) -> Any:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="case", leave=False)
+    return tqdm(total=total, desc=desc, leave=False)
 
 
 def evaluate(

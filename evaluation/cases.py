@@ -210,6 +210,7 @@ class CasePrediction:
     acquisition: Mapping[str, Any] = field(default_factory=dict)
     labels: MaskSource | None = None  # instance labels, n = detection id
     probability_path: Path | None = None
+    seg_path: Path | None = None  # DICOM SEG, read when there is no labels map
 
     def __post_init__(self) -> None:
         ids = [d.id for d in self.detections]

@@ -1,8 +1,8 @@
 """Reading predictions and truth from disk, and pairing them by case id.
 
 Predictions (``load_predictions``): a folder with, per case, either
-``<case_id>/detections.json`` (optionally with ``labels.nii.gz`` and
-``probability.nii.gz`` beside it) or ``<case_id>.json``; the schema is
+``<case_id>/detections.json`` (optionally with ``labels.nii.gz`` or a DICOM SEG
+``seg.dcm``, and ``probability.nii.gz`` beside it) or ``<case_id>.json``; the schema is
 docs/detections.schema.json.
 
 Truth (``load_truth``), one of:
@@ -41,6 +41,7 @@ from evaluation.errors import EvaluationInputError, UnpairedCasesError
 DETECTIONS_NAME = "detections.json"
 LABELS_NAME = "labels.nii.gz"
 PROBABILITY_NAME = "probability.nii.gz"
+SEG_NAME = "seg.dcm"
 
 
 # --- images ----------------------------------------------------------------------------------
@@ -131,8 +132,10 @@ def read_detections(path: Path, case_id: str) -> CasePrediction:
     detections = tuple(
         PredCMB.from_json(d, f"{path}: detections[{n}]") for n, d in enumerate(data["detections"])
     )
-    labels = probability = None
+    labels = probability = seg = None
     if path.name == DETECTIONS_NAME:
+        if (path.parent / SEG_NAME).is_file():
+            seg = path.parent / SEG_NAME
         if (path.parent / LABELS_NAME).is_file():
             labels = MaskSource(path=path.parent / LABELS_NAME)
         if (path.parent / PROBABILITY_NAME).is_file():
@@ -143,6 +146,7 @@ def read_detections(path: Path, case_id: str) -> CasePrediction:
         acquisition=dict(data.get("acquisition") or {}),
         labels=labels,
         probability_path=probability,
+        seg_path=seg,
     )
 
 

@@ -5,8 +5,8 @@ Two kinds of strata:
 * **Scan strata** (a scan belongs to one value): sequence, field strength, echo
   time, slice thickness, vendor (manufacturer), 2D/3D.  The acquisition comes
   from the truth (cases.jsonl) and, for keys it lacks, from detections.json.
-  Each value gets the global detection metrics of its scans and the per-scan
-  mean recall.  Continuous values are binned (bins below).
+  Each value gets the global detection metrics of its scans, the per-scan
+  mean recall and the mean Dice of its matched CMBs.  Continuous values are binned (bins below).
 * **CMB strata** (each CMB belongs to one value): size bin, MARS category,
   region, lobe.  Recall = TP / n_truth of the true CMBs in the value; precision
   counts a true positive in its *true* CMB's value and a false positive in the
@@ -104,9 +104,12 @@ def _sort_key(value: str) -> tuple[int, float, str]:
 
 
 def stratify_scans(
-    matches: Sequence[CaseMatch], acquisitions: Sequence[Mapping[str, Any]]
+    matches: Sequence[CaseMatch],
+    acquisitions: Sequence[Mapping[str, Any]],
+    cmb_dice: Mapping[tuple[str, int], float] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Detection metrics per value of each scan stratum (see the module docstring)."""
+    """Detection metrics (and Dice per matched CMB) per value of each scan stratum."""
+    cmb_dice = cmb_dice or {}
     out: dict[str, dict[str, Any]] = {}
     for name, key in SCAN_STRATA.items():
         values = [key(a) for a in acquisitions]
@@ -118,6 +121,7 @@ def stratify_scans(
         table: dict[str, Any] = {}
         for value in sorted(groups, key=_sort_key):
             ms = groups[value]
+            ids = {m.case_id for m in ms}
             c = Counts.of(ms)
             table[value] = {
                 **c.to_json(),
@@ -126,6 +130,7 @@ def stratify_scans(
                 "f1": c.f1,
                 "fp_per_scan": c.fp_per_scan,
                 "per_scan_recall": per_scan_metrics(ms)["recall"],
+                "dice_per_cmb": mean_sd([v for (cid, _), v in cmb_dice.items() if cid in ids]),
             }
         out[name] = table
     return out
