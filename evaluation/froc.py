@@ -13,7 +13,8 @@ function, no interpolation; the curve is held flat past its last point).
 
 The candidates come from detections.json, which holds only what passed the
 shipped threshold, so the curve cannot reach below it.  The operating point is
-the matching at the evaluated threshold.
+the matching at the evaluated threshold: ``--threshold`` when given, else the
+shipped one (every kept detection; ``threshold`` null, ``source`` "shipped").
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def _point(threshold: float | None, matches: Sequence[CaseMatch]) -> FrocPoint:
 @dataclass(frozen=True)
 class FrocCurve:
     points: tuple[FrocPoint, ...]  # by decreasing threshold (increasing FP/scan)
-    operating_point: FrocPoint | None
+    operating_point: FrocPoint  # threshold None: the shipped threshold (all candidates)
     n_truth: int
     n_scans: int
 
@@ -87,7 +88,10 @@ class FrocCurve:
             "n_truth": self.n_truth,
             "n_scans": self.n_scans,
             "points": [p.to_json() for p in self.points],
-            "operating_point": self.operating_point.to_json() if self.operating_point else None,
+            "operating_point": {
+                **self.operating_point.to_json(),
+                "source": "shipped" if self.operating_point.threshold is None else "--threshold",
+            },
             "sensitivity_at_fp_per_scan": {f"{r:g}": self.sensitivity_at(r) for r in CPM_RATES},
             "cpm": self.cpm(),
         }
@@ -120,7 +124,8 @@ def froc(
         points.append(_point(t, matcher(t)))
         if progress is not None:
             progress(1)
-    op = None
-    if operating_threshold is not None:
+    if operating_threshold is None:  # as shipped: every candidate counts
+        op = _point(None, matcher(float("-inf")))
+    else:
         op = _point(operating_threshold, matcher(operating_threshold))
     return FrocCurve(tuple(points), op, n_truth, len(no_pred))

@@ -185,9 +185,7 @@ def write_plots(result: EvaluationResult, out_dir: Path) -> list[str]:
     pts = [p for p in curve["points"] if p["sensitivity"] is not None]
     ax.plot([p["fp_per_scan"] for p in pts], [p["sensitivity"] for p in pts], "-o", ms=3)
     op = curve["operating_point"]
-    if op is None and pts:
-        op = pts[-1]
-    if op is not None and op["sensitivity"] is not None:
+    if op["sensitivity"] is not None:
         ax.plot([op["fp_per_scan"]], [op["sensitivity"]], "r*", ms=12, label="operating point")
         ax.legend(loc="lower right")
     ax.set_xlabel("false positives per scan")

@@ -35,8 +35,9 @@ def test_seg_predictions_overlap_rule(tmp_path: Path, geometry: str) -> None:
     rec = {"case_id": "s1", "label": "labels/s1.nii.gz", "cmbs": cmbs}
     (truth / "cases.jsonl").write_text(json.dumps(rec) + "\n")
 
-    r = evaluate(tmp_path / "pred", truth, EvaluationConfig(rule=MatchRule.parse("overlap"),
-                                                            n_bootstrap=0))
+    r = evaluate(
+        tmp_path / "pred", truth, EvaluationConfig(rule=MatchRule.parse("overlap"), n_bootstrap=0)
+    )
     counts = r.metrics["detection"]["global"]["counts"]
     # detection 3 was rejected by the location filter: not in the SEG, not a prediction
     assert (counts["tp"], counts["fp"], counts["fn"]) == (2, 0, 1)

@@ -170,6 +170,8 @@ def test_froc_by_hand() -> None:
     ]
     assert curve.operating_point is not None
     assert (curve.operating_point.sensitivity, curve.operating_point.fp_per_scan) == (0.5, 0.25)
+    shipped = froc(matches, probs).operating_point
+    assert (shipped.threshold, shipped.sensitivity, shipped.fp_per_scan) == (None, 0.5, 0.75)
     assert curve.sensitivity_at(0.125) == 0.5
     assert curve.cpm() == pytest.approx(0.5)
     assert np.isclose(curve.to_json()["sensitivity_at_fp_per_scan"]["8"], 0.5)
