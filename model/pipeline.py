@@ -197,7 +197,7 @@ def _write_study_files(
     write_nifti(result.probability, files["probability"])
     files["labels"] = folder / "labels.nii.gz"
     write_nifti(result.labels.with_array(result.labels.array.astype(np.float32)), files["labels"])
-    if options.outputs and series.is_dicom:
+    if options.outputs and series.nifti_path is None:
         from model.dicom_out import write_outputs
 
         written = write_outputs(result, series.source_datasets(), folder, options.outputs)

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
         help="run a synthetic SWI study through detection and print where the outputs are",
@@ -43,17 +43,29 @@ def run(args: argparse.Namespace) -> int:
     acq = case.record.get("acquisition", {})
     study = StudyMeta.synthetic(seed=args.seed)
     write_series(
-        case.image, study_dir / "swi", flavour="siemens_swi", kind="magnitude", study=study,
-        series_number=5, echo_time_ms=acq.get("echo_time_ms"),
-        field_strength_t=acq.get("field_strength_t"), seed=args.seed,
+        case.image,
+        study_dir / "swi",
+        flavour="siemens_swi",
+        kind="magnitude",
+        study=study,
+        series_number=5,
+        echo_time_ms=acq.get("echo_time_ms"),
+        field_strength_t=acq.get("field_strength_t"),
+        seed=args.seed,
     )
     # A distractor the series selection must ignore: the phase series of the same scan.
     rng = np.random.default_rng(args.seed)
     phase = rng.normal(0.0, 0.3, case.image.shape).astype(np.float32)
     write_series(
-        case.image.with_array(phase), study_dir / "phase", flavour="siemens_swi", kind="phase",
-        study=study, series_number=6, echo_time_ms=acq.get("echo_time_ms"),
-        field_strength_t=acq.get("field_strength_t"), seed=args.seed + 1,
+        case.image.with_array(phase),
+        study_dir / "phase",
+        flavour="siemens_swi",
+        kind="phase",
+        study=study,
+        series_number=6,
+        echo_time_ms=acq.get("echo_time_ms"),
+        field_strength_t=acq.get("field_strength_t"),
+        seed=args.seed + 1,
     )
     truth_path = out / "truth.json"
     truth_path.write_text(json.dumps(case.record, indent=2) + "\n")
@@ -67,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         kept = res.result.kept
         truth = [np.asarray(c["center_lps_mm"]) for c in case.record.get("cmbs", [])]
         found = sum(
-            1 for t in truth
+            1
+            for t in truth
             if any(np.linalg.norm(np.asarray(d.center_lps_mm) - t) <= 5.0 for d in kept)
         )
         print(f"    series used: {res.result.selection.chosen} ({res.result.selection.reason})")

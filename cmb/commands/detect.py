@@ -9,7 +9,7 @@ from pathlib import Path
 from cmb.progress import StageProgress
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "detect",
         help="detect microbleeds in DICOM/NIfTI files (no server)",
@@ -27,10 +27,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--threshold", type=float, default=None, help="override model threshold")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap [0, 1)")
-    p.add_argument("--series", dest="series_uid", default=None, metavar="SERIES_UID",
-                   help="force this series instead of the selection rules' choice")
-    p.add_argument("--outputs", default="seg,sr",
-                   help="DICOM outputs, comma separated from seg,sr,pdf,sc ('' for none)")
+    p.add_argument(
+        "--series",
+        dest="series_uid",
+        default=None,
+        metavar="SERIES_UID",
+        help="force this series instead of the selection rules' choice",
+    )
+    p.add_argument(
+        "--outputs",
+        default="seg,sr",
+        help="DICOM outputs, comma separated from seg,sr,pdf,sc ('' for none)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -43,8 +51,13 @@ def run(args: argparse.Namespace) -> int:
     outputs = tuple(o.strip() for o in args.outputs.split(",") if o.strip())
     try:
         options = PipelineOptions(
-            model_path=args.model, device=args.device, threads=args.threads, tta=args.tta,
-            threshold=args.threshold, overlap=args.overlap, series_uid=args.series_uid,
+            model_path=args.model,
+            device=args.device,
+            threads=args.threads,
+            tta=args.tta,
+            threshold=args.threshold,
+            overlap=args.overlap,
+            series_uid=args.series_uid,
             outputs=outputs,
         )
     except ValueError as e:
