@@ -24,6 +24,7 @@ from scipy import ndimage as ndi
 
 from training.synth.deform import rotation_matrix
 from training.synth.dipole import AcquisitionGrid, phase_mask
+from training.synth.fields import smooth_field
 
 
 def slice_profile(
@@ -132,11 +133,8 @@ def bias_field(
     shape: tuple[int, int, int], rng: np.random.Generator, amplitude: float
 ) -> npt.NDArray[np.float32]:
     """Smooth multiplicative coil-sensitivity field exp(amplitude * N(0,1) smooth)."""
-    coarse = rng.standard_normal((3, 4, 4)).astype(np.float32)
-    field = ndi.zoom(coarse, np.array(shape) / np.array(coarse.shape), order=3, mode="nearest")
-    field = field[: shape[0], : shape[1], : shape[2]]
-    field = (field - field.mean()) / (field.std() + 1e-6)
-    return np.exp(amplitude * field).astype(np.float32)
+    field = smooth_field(shape, rng, (3, 4, 4))
+    return np.exp(np.float32(amplitude) * field).astype(np.float32)
 
 
 def finish(

@@ -16,6 +16,7 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from training.synth.anatomy import MAX_LABEL
+from training.synth.fields import smooth_field
 
 TISSUE_LABELS: dict[str, tuple[int, ...]] = {
     "white_matter": (2, 41, 7, 46, 25, 57, 85),
@@ -108,12 +109,7 @@ def render_tissue(
 ) -> npt.NDArray[np.float32]:
     """Piecewise-constant tissue image with smooth texture and softened label edges."""
     image = intensity_lut(means)[labels]
-    shape = np.array(labels.shape)
-    coarse = np.maximum(shape // 6, 2)
-    noise = rng.standard_normal(tuple(coarse)).astype(np.float32)
-    texture = ndi.zoom(noise, (shape - 1) / (coarse - 1) + 1e-6, order=1)[
-        : shape[0], : shape[1], : shape[2]
-    ]
-    image *= 1.0 + texture_amplitude * texture
+    texture = smooth_field(labels.shape, rng, (12, 12, 12))
+    image *= 1.0 + np.float32(texture_amplitude) * texture
     # Label maps are 1 mm step functions: soften edges to mimic partial volume at 1 mm.
     return ndi.gaussian_filter(image, 0.5, truncate=2.0).astype(np.float32)

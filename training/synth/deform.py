@@ -13,6 +13,7 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from training.synth.anatomy import Subject, flip_lut
+from training.synth.fields import smooth_field
 
 
 def rotation_matrix(deg: tuple[float, float, float]) -> npt.NDArray[np.float64]:
@@ -53,12 +54,11 @@ def deform_subject(
     if elastic_sigma_mm <= 0:
         return np.ascontiguousarray(labels), np.ascontiguousarray(mars)
     shape = np.array(labels.shape)
-    coarse = np.maximum(np.ceil(shape / elastic_spacing_mm).astype(int) + 1, 2)
+    orders = tuple(int(v) for v in np.maximum(np.ceil(shape / elastic_spacing_mm), 2))
     code = labels.astype(np.int32) * 8 + mars.astype(np.int32)
     coords = np.indices(tuple(shape), dtype=np.float32)
     for axis in range(3):
-        disp = rng.normal(0.0, elastic_sigma_mm, size=tuple(coarse)).astype(np.float32)
-        zoomed = ndi.zoom(disp, (shape - 1) / (coarse - 1) + 1e-6, order=1, mode="nearest")
-        coords[axis] += zoomed[: shape[0], : shape[1], : shape[2]]
+        disp = smooth_field(tuple(shape), rng, orders)  # type: ignore[arg-type]
+        coords[axis] += np.float32(elastic_sigma_mm) * disp
     warped = ndi.map_coordinates(code, coords, order=0, mode="nearest")
     return (warped // 8).astype(np.int16), (warped % 8).astype(np.int8)

@@ -78,7 +78,7 @@ class SynthParams:
     cmb_pattern: str = "scattered"
     n_cmbs: int = 0
     cmb_diameter_range_mm: tuple[float, float] = (0.5, 5.0)
-    cmb_chi_range_ppm: tuple[float, float] = (0.5, 2.0)
+    cmb_chi_range_ppm: tuple[float, float] = (1.0, 6.0)
     truth_threshold: float = 0.4  # relative signal loss that a rater calls lesion
 
     def to_json(self) -> dict[str, Any]:

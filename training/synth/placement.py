@@ -54,6 +54,12 @@ class Anatomy:
         self.brain_lo, self.brain_hi = lps_lo, lps_hi
         self.centre = self.to_lps(brain.mean(0))
         self._centroids: dict[tuple[int, ...], npt.NDArray[np.float64]] = {}
+        # Per-label voxel counts and index sums: any centroid in O(1) afterwards.
+        flat = labels.ravel().astype(np.int64)
+        n = int(flat.max()) + 1
+        self._count = np.bincount(flat, minlength=n).astype(np.float64)
+        idx = np.indices(labels.shape).reshape(3, -1)
+        self._sums = np.stack([np.bincount(flat, weights=idx[a], minlength=n) for a in range(3)], 1)
 
     def to_lps(self, index: npt.ArrayLike) -> npt.NDArray[np.float64]:
         idx = np.asarray(index, dtype=np.float64)
@@ -70,12 +76,11 @@ class Anatomy:
         return int(self.labels[tuple(idx)])
 
     def centroid(self, labels: tuple[int, ...]) -> npt.NDArray[np.float64] | None:
-        if labels not in self._centroids:
-            pts = np.argwhere(np.isin(self.labels, labels))
-            if len(pts) == 0:
-                return None
-            self._centroids[labels] = self.to_lps(pts.mean(0))
-        return self._centroids[labels]
+        sel = [lab for lab in labels if lab < len(self._count)]
+        count = float(self._count[sel].sum()) if sel else 0.0
+        if count == 0:
+            return None
+        return self.to_lps(self._sums[sel].sum(0) / count)
 
     def lobe(self, lps: npt.NDArray[np.float64], label: int) -> str | None:
         """Approximate lobe of a lobar site from its position (no lobar parcellation exists)."""
