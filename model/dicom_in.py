@@ -55,6 +55,10 @@ _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 class _SkipError(Exception):
     """An object that is readable but not an image stack member (reason in args[0])."""
 
+    def __init__(self, reason: str, study_uid: str | None = None) -> None:
+        super().__init__(reason)
+        self.study_uid = study_uid
+
 
 @dataclass(frozen=True)
 class _Item:
@@ -213,7 +217,8 @@ def _items(ds: Dataset, source: SourceRef) -> list[_Item]:
     sop_class = str(ds.SOPClassUID)
     if sop_class not in IMAGE_SOP_CLASSES:
         name = UID(sop_class).name or sop_class
-        raise _SkipError(f"not a cross-sectional image ({name})")
+        study_uid = ds.get("StudyInstanceUID")
+        raise _SkipError(f"not a cross-sectional image ({name})", str(study_uid or "") or None)
     _check_pixel_data(ds, source)
     if "StudyInstanceUID" not in ds or "SeriesInstanceUID" not in ds:
         raise InputError(f"{source}: image without StudyInstanceUID/SeriesInstanceUID")
@@ -278,25 +283,22 @@ def _split(items: list[_Item]) -> list[tuple[str, list[_Item], tuple[float, ...]
         by_kind[item.kind].append(item)
     stacks: list[tuple[str, list[_Item], tuple[float, ...]]] = []
     for kind, kind_items in sorted(by_kind.items(), key=lambda kv: _KIND_ORDER.get(kv[0], 9)):
-        if all(i.echo_number is not None for i in kind_items):
-            echo_of = {id(i): int(i.echo_number or 0) for i in kind_items}
-        else:
-            times = sorted({i.echo_time for i in kind_items if i.echo_time is not None})
-            echo_of = {
-                id(i): (times.index(i.echo_time) + 1 if i.echo_time is not None else 0)
-                for i in kind_items
-            }
-        echo_times = tuple(sorted({i.echo_time for i in kind_items if i.echo_time is not None}))
-        by_echo: dict[int, list[_Item]] = defaultdict(list)
+        by_echo: dict[tuple[int, float], list[_Item]] = defaultdict(list)
         for item in kind_items:
-            by_echo[echo_of[id(item)]].append(item)
-        for echo, echo_items in sorted(by_echo.items()):
+            key = (item.echo_number or 0, item.echo_time if item.echo_time is not None else -1.0)
+            by_echo[key].append(item)
+        keys = sorted(by_echo, key=lambda k: (k[1], k[0]))
+        numbers = [k[0] for k in keys]
+        # Label echoes by EchoNumbers when they tell the groups apart, else by TE rank.
+        use_numbers = all(numbers) and len(set(numbers)) == len(numbers)
+        echo_times = tuple(sorted({i.echo_time for i in kind_items if i.echo_time is not None}))
+        for rank, key in enumerate(keys, start=1):
             suffix = ""
             if len(by_kind) > 1:
                 suffix += f"#{kind}"
-            if len(by_echo) > 1:
-                suffix += f"#echo{echo}"
-            stacks.append((suffix, echo_items, echo_times))
+            if len(keys) > 1:
+                suffix += f"#echo{key[0] if use_numbers else rank}"
+            stacks.append((suffix, by_echo[key], echo_times))
     return stacks
 
 
@@ -368,7 +370,7 @@ def load_studies(inputs: Sequence[str | Path]) -> list[Study]:
     if not inputs:
         raise InputError("no input given")
     studies: dict[str, Study] = {}
-    skipped: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str, str | None]] = []  # (path, reason, study uid if known)
     by_series: dict[tuple[str, str], list[_Item]] = defaultdict(list)
     for source in _expand(inputs):
         if source.member is None and _is_nifti(source.path):
@@ -379,7 +381,7 @@ def load_studies(inputs: Sequence[str | Path]) -> list[Study]:
             ds = _read_dataset(source)
             items = _items(ds, source)
         except _SkipError as skip:
-            skipped.append((str(source), str(skip.args[0])))
+            skipped.append((str(source), str(skip.args[0]), skip.study_uid))
             continue
         for item in items:
             by_series[(item.study_uid, item.series_uid)].append(item)
@@ -399,13 +401,14 @@ def load_studies(inputs: Sequence[str | Path]) -> list[Study]:
                 series.info = replace(info, spacing_between_slices_mm=round(spacing, 4))
             study.series.append(series)
     if not studies:
-        detail = "; ".join(f"{p}: {r}" for p, r in skipped[:5])
+        detail = "; ".join(f"{p}: {r}" for p, r, _ in skipped[:5])
         more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
         raise InputError(f"no DICOM or NIfTI image found in the input ({detail}{more})")
     result = sorted(studies.values(), key=lambda s: s.study_instance_uid)
     for study in result:
         study.series.sort(key=lambda s: (s.info.series_number or 0, s.stack_id))
-        study.skipped = [(p, r) for p, r in skipped]
+        # Objects of a known other study stay with it; unreadable ones are listed everywhere.
+        study.skipped = [(p, r) for p, r, uid in skipped if uid in (None, study.study_instance_uid)]
     if not any(study.series for study in result):
         raise InputError("no image series found in the input")
     return result

@@ -190,3 +190,34 @@ def test_nifti_input_is_one_stack_in_lps(tmp_path: Path) -> None:
     expected_ras = ras @ [3, 4, 5, 1]
     np.testing.assert_allclose(lps, [-expected_ras[0], -expected_ras[1], expected_ras[2]])
     assert series.source_datasets() == []
+
+
+def test_echoes_with_the_same_echo_number_are_split_by_echo_time(tmp_path: Path) -> None:
+    study = StudyMeta.synthetic(4)
+    uid = "1.2.826.0.1.3680043.8.498.3"
+    for te, seed in ((30.0, 1), (12.0, 2)):
+        write_series(
+            make_volume(seed=seed),
+            tmp_path,
+            flavour="generic_t2star_2d",
+            study=study,
+            series_instance_uid=uid,
+            echo_time_ms=te,
+            seed=seed,
+        )
+    (loaded,) = load_studies([tmp_path])
+    assert [(s.stack_id, s.info.echo_time_ms) for s in loaded.series] == [
+        (f"{uid}#echo1", 12.0),
+        (f"{uid}#echo2", 30.0),
+    ]
+
+
+def test_skipped_objects_stay_with_their_study(tmp_path: Path) -> None:
+    first, second = StudyMeta.synthetic(5), StudyMeta.synthetic(6)
+    write_series(make_volume(seed=1), tmp_path / "a", study=first, seed=1)
+    write_series(make_volume(seed=2), tmp_path / "b", study=second, seed=2)
+    _sr(tmp_path / "a" / "sr.dcm", first.study_instance_uid)
+    studies = {s.study_instance_uid: s for s in load_studies([tmp_path])}
+    skipped = [p for p, _ in studies[first.study_instance_uid].skipped]
+    assert skipped == [str(tmp_path / "a" / "sr.dcm")]
+    assert studies[second.study_instance_uid].skipped == []
