@@ -22,6 +22,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -306,12 +307,15 @@ _KIND_ORDER = {"magnitude": 0, "phase": 1, "fieldmap": 2, "real": 3, "imaginary"
 
 
 def _series_info(
-    stack_items: list[_Item], series_uid: str, echo_times: tuple[float, ...]
+    stack_items: list[_Item],
+    series_uid: str,
+    echo_times: tuple[float, ...],
+    rules: dict[str, Any] | None,
 ) -> tuple[SeriesInfo, str]:
     first = stack_items[0]
     ds, frame_item = first.header, first.frame_item
     features = replace(header_features(ds, frame_item), image_kind=first.kind)
-    kind, reason = classify(features)
+    kind, reason = classify(features, rules)
     thickness = first.frame.slice_thickness
     number = ds.get("SeriesNumber")
     info = SeriesInfo(
@@ -365,8 +369,13 @@ def _nifti_study(path: Path) -> Study:
     return Study(study_instance_uid=uid, series=[series])
 
 
-def load_studies(inputs: Sequence[str | Path]) -> list[Study]:
-    """Read DICOM (files, folders, zips) and NIfTI inputs into studies of stacks."""
+def load_studies(inputs: Sequence[str | Path], rules: dict[str, Any] | None = None) -> list[Study]:
+    """Read DICOM (files, folders, zips) and NIfTI inputs into studies of stacks.
+
+    ``rules`` replaces the packaged classification table
+    (``model.series_classify.load_rules(path)``); pass the same table to
+    `model.selection.select_series`.
+    """
     if not inputs:
         raise InputError("no input given")
     studies: dict[str, Study] = {}
@@ -389,7 +398,7 @@ def load_studies(inputs: Sequence[str | Path]) -> list[Study]:
         study = studies.setdefault(study_uid, Study(study_instance_uid=study_uid))
         stacks = _split(items)
         for suffix, stack_items, times in stacks:
-            info, reason = _series_info(stack_items, series_uid, times)
+            info, reason = _series_info(stack_items, series_uid, times, rules)
             series = Series(
                 info=info,
                 stack_id=series_uid + suffix,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,22 @@ def test_rules_table_is_valid_data() -> None:
     kinds = {rule["kind"] for rule in rules["classification"]}
     assert {"swi", "t2star", "phase", "minip", "localizer", "derived", "other"} <= kinds
     assert rules["selection"]["accept_kinds"] == ["swi", "t2star"]
+
+
+def test_a_site_rules_table_changes_classification_and_preference(tmp_path: Path) -> None:
+    study = StudyMeta.synthetic(7)
+    swi = _write(tmp_path, "siemens_swi", 1, study)
+    short_te = _write(tmp_path, "siemens_t2star", 2, study, echo_time_ms=7.0)
+    (default_study,) = load_studies([tmp_path])
+    assert select_series(default_study)[0].series_instance_uid == swi
+
+    rules = copy.deepcopy(load_rules())
+    rules["selection"]["kind_rank"] = {"t2star": 0, "swi": 1}
+    for rule in rules["classification"]:
+        if rule["name"] == "t2star-gre":
+            rule["when"]["all"][1]["echo_time_ms_min"] = 5.0
+    (site_study,) = load_studies([tmp_path], rules=rules)
+    chosen, selection = select_series(site_study, rules=rules)
+    assert chosen.series_instance_uid == short_te
+    assert chosen.info.sequence_kind is SequenceKind.T2STAR
+    assert "T2*-GRE is preferred over SWI" in selection.rejected[0].reason
