@@ -221,3 +221,19 @@ def test_skipped_objects_stay_with_their_study(tmp_path: Path) -> None:
     skipped = [p for p, _ in studies[first.study_instance_uid].skipped]
     assert skipped == [str(tmp_path / "a" / "sr.dcm")]
     assert studies[second.study_instance_uid].skipped == []
+
+
+def test_enhanced_multi_echo_is_split_per_echo(tmp_path: Path) -> None:
+    echoes = [make_volume(seed=s) for s in (1, 2)]
+    write_enhanced(
+        [
+            EnhancedStack(echoes[1], "magnitude", 24.0, echo_number=2),
+            EnhancedStack(echoes[0], "magnitude", 8.0, echo_number=1),
+        ],
+        tmp_path,
+        flavour="philips_swip",
+    )
+    (study,) = load_studies([tmp_path])
+    assert [s.stack_id.split("#")[1] for s in study.series] == ["echo1", "echo2"]
+    assert [s.info.echo_time_ms for s in study.series] == [8.0, 24.0]
+    np.testing.assert_array_equal(study.series[0].load_volume().array, echoes[0].array)
