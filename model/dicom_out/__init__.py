@@ -103,10 +103,14 @@ def write_outputs(
 
                 pdf = report_pdf(identity, source, findings, keys)
                 (out_dir / "report.pdf").write_bytes(pdf)
-                written["pdf"] = _save(build_pdf(identity, layout, pdf, keys), out_dir / "report.dcm")
+                written["pdf"] = _save(
+                    build_pdf(identity, layout, pdf, keys), out_dir / "report.dcm"
+                )
             if pdf_html:
                 html_path = out_dir / "report.html"
-                html_path.write_text(report_html(identity, source, findings, keys), encoding="utf-8")
+                html_path.write_text(
+                    report_html(identity, source, findings, keys), encoding="utf-8"
+                )
                 written["html"] = html_path
         if "sc" in wanted and keys:
             from model.dicom_out.sc import build_sc

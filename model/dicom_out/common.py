@@ -106,7 +106,9 @@ def add_ihe_equipment(ds: Dataset, identity: Identity, *, private_codes: bool = 
     items = list(ds.get("ContributingEquipmentSequence", []))
     items.append(_equipment_item(identity, datetime.datetime.now(datetime.UTC)))
     ds.ContributingEquipmentSequence = DicomSequence(items)
-    declared = {str(i.CodingSchemeDesignator) for i in ds.get("CodingSchemeIdentificationSequence", [])}
+    declared = {
+        str(i.CodingSchemeDesignator) for i in ds.get("CodingSchemeIdentificationSequence", [])
+    }
     wanted = (codes.IHE_SCHEME, codes.PRIVATE_SCHEME) if private_codes else (codes.IHE_SCHEME,)
     schemes = tuple(s for s in wanted if s not in declared)
     if schemes:

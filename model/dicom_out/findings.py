@@ -77,8 +77,20 @@ class Summary:
         return [(f"{h} {lobe}".strip(), n) for (h, lobe), n in self.by_lobe.items()]
 
 
-_REGION_PREFIXES = ("ctx-lh-", "ctx-rh-", "ctx_lh_", "ctx_rh_", "left-", "right-", "lh-", "rh-",
-                    "left_", "right_", "left ", "right ")
+_REGION_PREFIXES = (
+    "ctx-lh-",
+    "ctx-rh-",
+    "ctx_lh_",
+    "ctx_rh_",
+    "left-",
+    "right-",
+    "lh-",
+    "rh-",
+    "left_",
+    "right_",
+    "left ",
+    "right ",
+)
 
 
 def structure_of(region: str | None) -> str:
@@ -88,7 +100,7 @@ def structure_of(region: str | None) -> str:
     low = region.strip().lower()
     for prefix in _REGION_PREFIXES:
         if low.startswith(prefix):
-            low = low[len(prefix):]
+            low = low[len(prefix) :]
             break
     return low.replace("-", " ").replace("_", " ").strip()
 

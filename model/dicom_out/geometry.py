@@ -44,7 +44,7 @@ def _frame_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
         seq = ds[groups].value
         item = seq[frame - 1] if groups.startswith("PerFrame") else seq[0]
         if sequence in item and len(item[sequence].value) > 0:
-            return item[sequence].value[0]  # type: ignore[no-any-return]
+            return item[sequence].value[0]  # type: ignore[no-any-return,unused-ignore]
     return None
 
 
@@ -139,11 +139,11 @@ class SourceLayout:
             self.datasets: list[Dataset] = [ds]
             n = int(ds.get("NumberOfFrames", 1))
             self.planes = n
-            candidates = [(ds, f, f - 1) for f in range(1, n + 1)]
+            candidates: list[tuple[Dataset, int | None, int]] = [
+                (ds, f, f - 1) for f in range(1, n + 1)
+            ]
             if used:
-                candidates = [
-                    c for c in candidates if (str(ds.SOPInstanceUID), c[1]) in used
-                ]
+                candidates = [c for c in candidates if (str(ds.SOPInstanceUID), c[1]) in used]
         else:
             uids = [s.sop_instance_uid for s in volume.slices]
             by_uid = {str(ds.SOPInstanceUID): ds for ds in source_datasets}

@@ -39,7 +39,9 @@ def _source_items(layout: SourceLayout, keys: list[KeyImage]) -> list[Dataset]:
     return list(seen.values())
 
 
-def build_pdf(identity: Identity, layout: SourceLayout, pdf: bytes, keys: list[KeyImage]) -> hd.SOPClass:
+def build_pdf(
+    identity: Identity, layout: SourceLayout, pdf: bytes, keys: list[KeyImage]
+) -> hd.SOPClass:
     """The Encapsulated PDF object (not yet written)."""
     source = layout.datasets[0]
     ds = hd.SOPClass(

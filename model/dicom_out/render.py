@@ -9,6 +9,7 @@ PACS viewer shows the source series: a reader can find the slice again.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -69,7 +70,9 @@ def orientation_letters(frame: SourceFrame) -> dict[str, str]:
     }
 
 
-def _frame_pixels(frame: SourceFrame, cache: dict[str, npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
+def _frame_pixels(
+    frame: SourceFrame, cache: dict[str, npt.NDArray[np.float32]]
+) -> npt.NDArray[np.float32]:
     uid = frame.sop_instance_uid
     if uid not in cache:
         if "PixelData" not in frame.dataset:
@@ -89,7 +92,7 @@ def key_images(
         centre = f.detection.center_lps_mm
         frame = layout.frame_through(centre)
         pixels = _frame_pixels(frame, cache)
-        labels = frame.take(seg_map)
+        labels = np.asarray(frame.take(seg_map), dtype=np.int64)
         lo, hi = np.percentile(pixels, [0.5, 99.5])
         out.append(
             KeyImage(
@@ -111,21 +114,34 @@ def draw(ax: Axes, key: KeyImage, *, zoom_mm: float | None = None, labels: bool 
     rows, cols = key.pixels.shape
     extent = (-0.5 * dc, (cols - 0.5) * dc, (rows - 0.5) * dr, -0.5 * dr)  # mm, row 0 on top
     ax.imshow(
-        key.pixels, cmap="gray", vmin=key.window[0], vmax=key.window[1],
-        extent=extent, interpolation="bilinear",
+        key.pixels,
+        cmap="gray",
+        vmin=key.window[0],
+        vmax=key.window[1],
+        extent=extent,
+        interpolation="bilinear",
     )
     colour = tuple(c / 255.0 for c in key.finding.colour)
     yy, xx = np.mgrid[0:rows, 0:cols]
     if key.mask.any():
-        ax.contour(xx * dc, yy * dr, key.mask.astype(float), levels=[0.5], colors=[colour],
-                   linewidths=1.2)
+        ax.contour(
+            xx * dc, yy * dr, key.mask.astype(float), levels=[0.5], colors=[colour], linewidths=1.2
+        )
     if key.others.any():
-        ax.contour(xx * dc, yy * dr, key.others.astype(float), levels=[0.5], colors=["white"],
-                   linewidths=0.6, linestyles="dotted")
+        ax.contour(
+            xx * dc,
+            yy * dr,
+            key.others.astype(float),
+            levels=[0.5],
+            colors=["white"],
+            linewidths=0.6,
+            linestyles="dotted",
+        )
     cy, cx = key.centre_rc[0] * dr, key.centre_rc[1] * dc
     radius = max(2.5 * key.finding.detection.diameter_mm, 4.0)
-    ax.add_patch(Circle((cx, cy), radius, fill=False, edgecolor=colour, linewidth=1.0,
-                        linestyle="--"))
+    ax.add_patch(
+        Circle((cx, cy), radius, fill=False, edgecolor=colour, linewidth=1.0, linestyle="--")
+    )
     if zoom_mm:
         half = min(zoom_mm, rows * dr, cols * dc) / 2.0
         ax.set_xlim(cx - half, cx + half)
@@ -134,17 +150,27 @@ def draw(ax: Axes, key: KeyImage, *, zoom_mm: float | None = None, labels: bool 
     y1, y0 = ax.get_ylim()
     ax.set_axis_off()
     if labels:
-        ax.text(cx + radius * 0.8, cy - radius * 0.8, key.finding.name, color=colour,
-                fontsize=8, fontweight="bold", ha="left", va="bottom")
+        ax.text(
+            cx + radius * 0.8,
+            cy - radius * 0.8,
+            key.finding.name,
+            color=colour,
+            fontsize=8,
+            fontweight="bold",
+            ha="left",
+            va="bottom",
+        )
         letters = orientation_letters(key.frame)
-        style = dict(color="yellow", fontsize=8, fontweight="bold")
+        style: dict[str, Any] = {"color": "yellow", "fontsize": 8, "fontweight": "bold"}
         ax.text(x0, (y0 + y1) / 2, " " + letters["left"], ha="left", va="center", **style)
         ax.text(x1, (y0 + y1) / 2, letters["right"] + " ", ha="right", va="center", **style)
         ax.text((x0 + x1) / 2, y0, letters["top"], ha="center", va="top", **style)
         ax.text((x0 + x1) / 2, y1, letters["bottom"], ha="center", va="bottom", **style)
 
 
-def render_rgb(key: KeyImage, *, width_px: int = 512, caption: bool = True) -> npt.NDArray[np.uint8]:
+def render_rgb(
+    key: KeyImage, *, width_px: int = 512, caption: bool = True
+) -> npt.NDArray[np.uint8]:
     """The key image as an RGB array (full slice, overlay burned in)."""
     dr, dc = key.frame.pixel_spacing
     rows, cols = key.pixels.shape
@@ -155,10 +181,24 @@ def render_rgb(key: KeyImage, *, width_px: int = 512, caption: bool = True) -> n
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     draw(ax, key)
     if caption:
-        fig.text(0.01, 0.01, key.caption.replace("\n", "  "), color="white", fontsize=7,
-                 ha="left", va="bottom")
-        fig.text(0.01, 0.99, "AI RESULT - VERIFY ON SOURCE IMAGES", color="orange",
-                 fontsize=7, ha="left", va="top")
+        fig.text(
+            0.01,
+            0.01,
+            key.caption.replace("\n", "  "),
+            color="white",
+            fontsize=7,
+            ha="left",
+            va="bottom",
+        )
+        fig.text(
+            0.01,
+            0.99,
+            "AI RESULT - VERIFY ON SOURCE IMAGES",
+            color="orange",
+            fontsize=7,
+            ha="left",
+            va="top",
+        )
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
     return np.ascontiguousarray(rgba[..., :3])

@@ -13,8 +13,11 @@ import html
 import io
 import textwrap
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 
+import matplotlib
 import numpy as np
+from matplotlib import font_manager
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 from pydicom.dataset import Dataset
@@ -41,13 +44,30 @@ MAX_KEY_IMAGES = 24
 ZOOM_MM = 50.0
 
 
+#: Fonts tried in order for every glyph (matplotlib font fallback): DejaVu has
+#: Latin, Greek and Cyrillic; the CJK fonts cover Japanese, Chinese and Korean
+#: patient names.  Families that are not installed are skipped.
+FONT_FALLBACK = ("DejaVu Sans", "Noto Sans CJK JP", "Droid Sans Fallback", "WenQuanYi Zen Hei")
+
+
+def _installed_fonts() -> list[str]:
+    names = {f.name for f in font_manager.fontManager.ttflist}
+    return [f for f in FONT_FALLBACK if f in names] or ["sans-serif"]
+
+
+def _fonts() -> AbstractContextManager[None]:
+    return matplotlib.rc_context({"font.family": _installed_fonts(), "pdf.fonttype": 42})
+
+
 def _text(ds: Dataset, keyword: str, default: str = "-") -> str:
     value = ds.get(keyword)
     return str(value) if value not in (None, "") else default
 
 
 def _date(value: str) -> str:
-    return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else value
+    return (
+        f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else value
+    )
 
 
 def header_lines(identity: Identity, source: Dataset) -> list[tuple[str, str]]:
@@ -55,21 +75,34 @@ def header_lines(identity: Identity, source: Dataset) -> list[tuple[str, str]]:
     s = r.series
     spacing = (
         f"{s.pixel_spacing_mm[0]:.2f} x {s.pixel_spacing_mm[1]:.2f} mm"
-        if s.pixel_spacing_mm else "-"
+        if s.pixel_spacing_mm
+        else "-"
     )
     thick = f", slice thickness {s.slice_thickness_mm:.2f} mm" if s.slice_thickness_mm else ""
     return [
-        ("Patient", f"{_text(source, 'PatientName')}  (ID {_text(source, 'PatientID')}, "
-                    f"born {_date(_text(source, 'PatientBirthDate'))}, sex {_text(source, 'PatientSex')})"),
-        ("Study", f"{_text(source, 'StudyDescription')}  {_date(_text(source, 'StudyDate'))}, "
-                  f"accession {_text(source, 'AccessionNumber')}"),
-        ("Series analysed", f"#{s.series_number if s.series_number is not None else '-'} "
-                            f"{s.series_description or '-'} ({s.sequence_kind.value})"),
-        ("Acquisition", f"{s.manufacturer or '-'}, "
-                        f"{s.field_strength_t if s.field_strength_t else '-'} T, "
-                        f"TE {s.echo_time_ms if s.echo_time_ms else '-'} ms, "
-                        f"{s.acquisition_type or '-'}, {spacing}{thick}, "
-                        f"{s.n_instances} instances"),
+        (
+            "Patient",
+            f"{_text(source, 'PatientName')}  (ID {_text(source, 'PatientID')}, "
+            f"born {_date(_text(source, 'PatientBirthDate'))}, sex {_text(source, 'PatientSex')})",
+        ),
+        (
+            "Study",
+            f"{_text(source, 'StudyDescription')}  {_date(_text(source, 'StudyDate'))}, "
+            f"accession {_text(source, 'AccessionNumber')}",
+        ),
+        (
+            "Series analysed",
+            f"#{s.series_number if s.series_number is not None else '-'} "
+            f"{s.series_description or '-'} ({s.sequence_kind.value})",
+        ),
+        (
+            "Acquisition",
+            f"{s.manufacturer or '-'}, "
+            f"{s.field_strength_t if s.field_strength_t else '-'} T, "
+            f"TE {s.echo_time_ms if s.echo_time_ms else '-'} ms, "
+            f"{s.acquisition_type or '-'}, {spacing}{thick}, "
+            f"{s.n_instances} instances",
+        ),
         ("Series choice", r.selection.reason or "-"),
         ("Model", f"{r.model.name} {r.model.version} (sha256 {r.model.sha256[:12]})"),
     ]
@@ -83,8 +116,10 @@ def conclusion(summary: Summary, rejected: int) -> str:
         if summary.by_mars.get(None):
             parts.append(f"{summary.by_mars[None]} unclassified")
         noun = "microbleed" if summary.total == 1 else "microbleeds"
-        text = (f"{summary.total} cerebral {noun} found ({', '.join(parts)}); "
-                f"distribution: {summary.pattern}.")
+        text = (
+            f"{summary.total} cerebral {noun} found ({', '.join(parts)}); "
+            f"distribution: {summary.pattern}."
+        )
     if rejected:
         text += f" {rejected} candidate(s) rejected by the location filter are not reported."
     return text
@@ -96,11 +131,18 @@ def table_rows(keys: list[KeyImage]) -> list[list[str]]:
         f = k.finding
         d = f.detection
         c = d.center_lps_mm
-        rows.append([
-            f.name, f.location_text[:44], f.mars_text, f"{d.diameter_mm:.1f}",
-            f"{d.volume_mm3:.1f}", f"{d.probability:.2f}", k.where,
-            f"{c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f}",
-        ])
+        rows.append(
+            [
+                f.name,
+                f.location_text[:44],
+                f.mars_text,
+                f"{d.diameter_mm:.1f}",
+                f"{d.volume_mm3:.1f}",
+                f"{d.probability:.2f}",
+                k.where,
+                f"{c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f}",
+            ]
+        )
     return rows
 
 
@@ -114,8 +156,13 @@ def _table(fig: Figure, rows: list[list[str]], top: float, height: float) -> Non
     if not rows:
         return
     n = len(rows) + 1
-    table = ax.table(cellText=rows, colLabels=TABLE_HEADER, colWidths=_COL_WIDTHS,
-                     loc="upper center", cellLoc="left")
+    table = ax.table(
+        cellText=rows,
+        colLabels=TABLE_HEADER,
+        colWidths=_COL_WIDTHS,
+        loc="upper center",
+        cellLoc="left",
+    )
     table.auto_set_font_size(False)
     table.set_fontsize(7.5)
     table.scale(1.0, min(1.25, height * 11.69 / (0.2 * n)))
@@ -132,8 +179,13 @@ def _first_page(
     summary = summary_of(findings)
     rejected = len(identity.result.detections) - len(findings)
     fig = Figure(figsize=A4)
-    fig.text(0.06, 0.955, "Cerebral microbleed detection - automated report", fontsize=15,
-             fontweight="bold")
+    fig.text(
+        0.06,
+        0.955,
+        "Cerebral microbleed detection - automated report",
+        fontsize=15,
+        fontweight="bold",
+    )
     fig.text(0.06, 0.935, "AI result, not verified by a physician", fontsize=9, color="#b35900")
     y = 0.905
     for label, value in header_lines(identity, source):
@@ -154,8 +206,14 @@ def _first_page(
         fig.text(0.06, y, f"By lobe / structure   {lobes}"[:140], fontsize=9)
         y -= 0.03
         _table(fig, rows, y, y - 0.11)
-    fig.text(0.06, 0.03, "\n".join(textwrap.wrap(INTENDED_USE, 150)), fontsize=7,
-             color="#444444", va="bottom")
+    fig.text(
+        0.06,
+        0.03,
+        "\n".join(textwrap.wrap(INTENDED_USE, 150)),
+        fontsize=7,
+        color="#444444",
+        va="bottom",
+    )
     return fig
 
 
@@ -163,7 +221,7 @@ def _table_pages(rows: list[list[str]]) -> Iterator[Figure]:
     for start in range(0, len(rows), TABLE_ROWS_PER_PAGE):
         fig = Figure(figsize=A4)
         fig.text(0.06, 0.955, "Cerebral microbleeds (continued)", fontsize=12, fontweight="bold")
-        _table(fig, rows[start:start + TABLE_ROWS_PER_PAGE], 0.93, 0.85)
+        _table(fig, rows[start : start + TABLE_ROWS_PER_PAGE], 0.93, 0.85)
         yield fig
 
 
@@ -175,7 +233,7 @@ def _key_pages(keys: list[KeyImage], total: int) -> Iterator[Figure]:
         if len(shown) < total:
             title += f" (first {len(shown)} of {total} CMBs; all are in the SEG and SR)"
         fig.text(0.06, 0.962, title, fontsize=12, fontweight="bold")
-        for slot, key in enumerate(shown[start:start + KEYS_PER_PAGE]):
+        for slot, key in enumerate(shown[start : start + KEYS_PER_PAGE]):
             top = 0.94 - slot * 0.232
             ax_full = fig.add_axes((0.06, top - 0.2, 0.42, 0.2))
             ax_full.set_facecolor("black")
@@ -186,13 +244,20 @@ def _key_pages(keys: list[KeyImage], total: int) -> Iterator[Figure]:
                 w for line in key.caption.split("\n") for w in textwrap.wrap(line, 30)
             )
             fig.text(0.72, top - 0.02, caption, fontsize=8, va="top")
-            fig.text(0.72, top - 0.02 - 0.013 * (caption.count("\n") + 2),
-                     f"left: whole slice; middle: close-up ({ZOOM_MM:.0f} mm)", fontsize=7, color="#555555",
-                     va="top")
+            fig.text(
+                0.72,
+                top - 0.02 - 0.013 * (caption.count("\n") + 2),
+                f"left: whole slice; middle: close-up ({ZOOM_MM:.0f} mm)",
+                fontsize=7,
+                color="#555555",
+                va="top",
+            )
         yield fig
 
 
-def report_pdf(identity: Identity, source: Dataset, findings: list[Finding], keys: list[KeyImage]) -> bytes:
+def report_pdf(
+    identity: Identity, source: Dataset, findings: list[Finding], keys: list[KeyImage]
+) -> bytes:
     """The PDF report as bytes (no creation timestamp: same input, same bytes)."""
     rows = table_rows(keys)
     buf = io.BytesIO()
@@ -202,7 +267,7 @@ def report_pdf(identity: Identity, source: Dataset, findings: list[Finding], key
         "Creator": "cmb-detect",
         "CreationDate": None,
     }
-    with PdfPages(buf, metadata=metadata) as pdf:  # type: ignore[arg-type]
+    with _fonts(), PdfPages(buf, metadata=metadata) as pdf:
         pdf.savefig(_first_page(identity, source, findings, rows[:TABLE_ROWS_FIRST_PAGE]))
         for fig in _table_pages(rows[TABLE_ROWS_FIRST_PAGE:]):
             pdf.savefig(fig)
@@ -219,21 +284,31 @@ def _png_data_uri(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def report_html(identity: Identity, source: Dataset, findings: list[Finding], keys: list[KeyImage]) -> str:
+def report_html(
+    identity: Identity, source: Dataset, findings: list[Finding], keys: list[KeyImage]
+) -> str:
     """The same content as a self-contained HTML page (images inline)."""
     e = html.escape
     summary = summary_of(findings)
     rejected = len(identity.result.detections) - len(findings)
-    head = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in header_lines(identity, source))
+    head = "".join(
+        f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in header_lines(identity, source)
+    )
     rows = "".join(
         "<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in table_rows(keys)
     )
     table = (
-        "<table class='cmb'><tr>" + "".join(f"<th>{e(h)}</th>" for h in TABLE_HEADER) + "</tr>"
-        + rows + "</table>" if findings else ""
+        "<table class='cmb'><tr>"
+        + "".join(f"<th>{e(h)}</th>" for h in TABLE_HEADER)
+        + "</tr>"
+        + rows
+        + "</table>"
+        if findings
+        else ""
     )
     images = "".join(
-        f"<figure><img alt='{e(k.finding.name)}' src='{_png_data_uri(render_rgb(k, caption=False))}'>"
+        f"<figure><img alt='{e(k.finding.name)}' "
+        f"src='{_png_data_uri(render_rgb(k, caption=False))}'>"
         f"<figcaption>{e(k.caption)}</figcaption></figure>"
         for k in keys[:MAX_KEY_IMAGES]
     )
@@ -242,7 +317,8 @@ def report_html(identity: Identity, source: Dataset, findings: list[Finding], ke
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Cerebral microbleed detection report</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}
-th{{text-align:left;padding-right:1em}} table.cmb td,table.cmb th{{border:1px solid #ccc;padding:2px 6px}}
+th{{text-align:left;padding-right:1em}}
+table.cmb td,table.cmb th{{border:1px solid #ccc;padding:2px 6px}}
 figure{{display:inline-block;margin:0.5em}} img{{width:320px}} .warn{{color:#b35900}}</style></head>
 <body><h1>Cerebral microbleed detection - automated report</h1>
 <p class="warn">AI result, not verified by a physician</p>

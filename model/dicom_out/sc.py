@@ -39,7 +39,7 @@ def build_sc(identity: Identity, keys: list[KeyImage]) -> list[hd.sc.SCImage]:
             sop_instance_uid=identity.uids.instance("sc", n),
             instance_number=n,
             manufacturer="cmb-detect",
-            pixel_spacing=(rows * dr / rgb.shape[0], cols * dc / rgb.shape[1]),  # type: ignore[arg-type]
+            pixel_spacing=(rows * dr / rgb.shape[0], cols * dc / rgb.shape[1]),
             patient_orientation=(letters["right"], letters["bottom"]),
             transfer_syntax_uid=ExplicitVRLittleEndian,
             series_description=identity.series_description("sc"),

@@ -184,7 +184,9 @@ def _finding_groups(
     return groups
 
 
-def _summary_group(findings: list[Finding], identity: Identity) -> MeasurementsAndQualitativeEvaluations:
+def _summary_group(
+    findings: list[Finding], identity: Identity
+) -> MeasurementsAndQualitativeEvaluations:
     summary = summary_of(findings)
     count = codes.NO_UNITS
     measurements = [Measurement(name=codes.NUMBER_OF_LESIONS, value=summary.total, unit=count)]
@@ -207,9 +209,7 @@ def _summary_group(findings: list[Finding], identity: Identity) -> MeasurementsA
             )
         )
     evaluations = [
-        QualitativeEvaluation(
-            codes.CMB_PRESENCE, codes.PRESENT if summary.total else codes.ABSENT
-        ),
+        QualitativeEvaluation(codes.CMB_PRESENCE, codes.PRESENT if summary.total else codes.ABSENT),
         QualitativeEvaluation(codes.PATTERN, codes.PATTERN_VALUES[summary.pattern]),
     ]
     return MeasurementsAndQualitativeEvaluations(

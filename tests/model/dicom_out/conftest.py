@@ -74,7 +74,7 @@ def ball(shape: tuple[int, int, int], centre: tuple[int, int, int], radius: floa
 @dataclass
 class Case:
     result: Result
-    datasets: list[pydicom.Dataset]
+    datasets: list[pydicom.FileDataset]
     files: list[Path]
     centres_kji: dict[int, tuple[int, int, int]]
 
@@ -192,4 +192,4 @@ def axial_case(make_case: Callable[..., Case]) -> Case:
     return make_case("axial")
 
 
-__all__ = ["JPEG2000Lossless", "Case", "DetectionStatus", "build_case"]
+__all__ = ["Case", "DetectionStatus", "JPEG2000Lossless", "build_case"]

@@ -6,8 +6,15 @@ from tests.model.dicom_out.conftest import Case
 
 
 def _f(n: int, mars: MarsCategory | None, region: str = "") -> Finding:
-    d = Detection(id=n, center_lps_mm=(0, 0, 0), diameter_mm=3, volume_mm3=10, probability=0.9,
-                  mars=mars, region=region)
+    d = Detection(
+        id=n,
+        center_lps_mm=(0, 0, 0),
+        diameter_mm=3,
+        volume_mm3=10,
+        probability=0.9,
+        mars=mars,
+        region=region,
+    )
     return Finding(number=n, detection=d)
 
 

@@ -53,7 +53,7 @@ def assert_centres_land_in_segments(case: Case, seg_path: Path) -> None:
         # and the frame references the source instance at that position
         ref = seg.PerFrameFunctionalGroupsSequence[f].DerivationImageSequence[0]
         src = ref.SourceImageSequence[0]
-        k, j, i = case.centres_kji[det.id]
+        k = case.centres_kji[det.id][0]
         expected = case.result.labels.slices[k]
         assert src.ReferencedSOPInstanceUID == expected.sop_instance_uid
         if expected.frame_number is not None:

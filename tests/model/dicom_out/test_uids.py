@@ -13,7 +13,11 @@ def test_uids_are_deterministic_valid_and_distinct() -> None:
     assert a.series("seg") == b.series("seg")
     assert a.instance("sc", 2) == b.instance("sc", 2)
     uids = {a.series(k) for k in ("seg", "sr", "pdf", "sc")} | {
-        a.instance("seg"), a.instance("sc", 1), a.instance("sc", 2), a.tracking(1), a.device()
+        a.instance("seg"),
+        a.instance("sc", 1),
+        a.instance("sc", 2),
+        a.tracking(1),
+        a.device(),
     }
     assert len(uids) == 9
     for uid in uids:

@@ -18,9 +18,14 @@ from tests.model.dicom_out.conftest import Case
 ALL = ("seg", "sr", "pdf", "sc")
 #: dciodvfy warnings reviewed and accepted (reasons in docs/dicom-outputs.md).
 ACCEPTED_WARNINGS = (
-    re.compile(r"Unrecognized defined term <99CMB> for value 1 of attribute <Coding Scheme Designator>"),
+    re.compile(
+        r"Unrecognized defined term <99CMB> for value 1 of attribute <Coding Scheme Designator>"
+    ),
     re.compile(r"Attribute is not present in standard DICOM IOD - \(0x0018,0x1002\) UI Device UID"),
-    re.compile(r"Dicom dataset contains attributes not present in standard DICOM IOD - this is a Standard Extended SOP Class"),
+    re.compile(
+        r"Dicom dataset contains attributes not present in standard DICOM IOD - "
+        r"this is a Standard Extended SOP Class"
+    ),
 )
 
 
@@ -35,8 +40,12 @@ def _tool(name: str) -> str:
 
 
 def _dciodvfy(path: Path) -> list[str]:
-    proc = subprocess.run([_tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
-    return [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith(("Error", "Warning"))]
+    proc = subprocess.run(
+        [_tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60
+    )
+    return [
+        ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith(("Error", "Warning"))
+    ]
 
 
 def _all_files(written: dict[str, Path | list[Path]]) -> list[Path]:
@@ -49,7 +58,12 @@ def _all_files(written: dict[str, Path | list[Path]]) -> list[Path]:
 
 @pytest.mark.parametrize(
     ("geometry", "options"),
-    [("axial", {}), ("oblique", {"enhanced": True}), ("feet_first", {}), ("axial", {"with_cmbs": False})],
+    [
+        ("axial", {}),
+        ("oblique", {"enhanced": True}),
+        ("feet_first", {}),
+        ("axial", {"with_cmbs": False}),
+    ],
 )
 def test_dciodvfy_reports_no_errors(
     make_case: Callable[..., Case], tmp_path: Path, geometry: str, options: dict[str, object]
@@ -62,9 +76,7 @@ def test_dciodvfy_reports_no_errors(
         lines = _dciodvfy(path)
         errors = [ln for ln in lines if ln.startswith("Error")]
         assert not errors, f"{path.name}: {errors}"
-        unexpected = [
-            ln for ln in lines if not any(p.search(ln) for p in ACCEPTED_WARNINGS)
-        ]
+        unexpected = [ln for ln in lines if not any(p.search(ln) for p in ACCEPTED_WARNINGS)]
         assert not unexpected, f"{path.name}: unreviewed warnings {unexpected}"
 
 
@@ -79,9 +91,18 @@ def test_dcmqi_reads_back_same_mask_and_geometry(
     out = tmp_path / "dcmqi"
     out.mkdir()
     proc = subprocess.run(
-        [_tool("segimage2itkimage"), "--inputDICOM", str(seg_path), "--outputDirectory", str(out),
-         "-t", "nrrd"],
-        capture_output=True, text=True, timeout=120,
+        [
+            _tool("segimage2itkimage"),
+            "--inputDICOM",
+            str(seg_path),
+            "--outputDirectory",
+            str(out),
+            "-t",
+            "nrrd",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     labels = case.result.labels
@@ -89,8 +110,10 @@ def test_dcmqi_reads_back_same_mask_and_geometry(
         image = sitk.ReadImage(str(out / f"{number}.nrrd"))
         arr = sitk.GetArrayFromImage(image)  # [z, y, x]
         theirs = np.array(
-            [image.TransformIndexToPhysicalPoint((int(x), int(y), int(z)))
-             for z, y, x in np.argwhere(arr > 0)]
+            [
+                image.TransformIndexToPhysicalPoint((int(x), int(y), int(z)))
+                for z, y, x in np.argwhere(arr > 0)
+            ]
         )
         ours = labels.index_to_lps(np.argwhere(labels.array == det_id))
         assert len(theirs) == len(ours) > 0
@@ -102,30 +125,37 @@ def test_dcmqi_reads_back_same_mask_and_geometry(
 
 
 def test_highdicom_reads_back_per_source_instance(axial_case: Case, tmp_path: Path) -> None:
-    seg_path = write_outputs(axial_case.result, axial_case.datasets, tmp_path / "o", ("seg",))["seg"]
-    seg = hd.seg.segread(seg_path)
+    seg_path = write_outputs(axial_case.result, axial_case.datasets, tmp_path / "o", ("seg",))[
+        "seg"
+    ]
+    seg = hd.seg.segread(seg_path)  # type: ignore[arg-type]
     assert seg.number_of_segments == 2
     desc = seg.get_segment_description(1)
     assert desc.segment_label.startswith("CMB 1")
     assert desc.tracking_id == "CMB 1"
     uids = [s.sop_instance_uid for s in axial_case.result.labels.slices]
     pixels = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=uids, segment_numbers=[1, 2], combine_segments=True,
+        source_sop_instance_uids=uids,
+        segment_numbers=[1, 2],
+        combine_segments=True,
         skip_overlap_checks=True,
     )
-    expected = np.where(np.isin(axial_case.result.labels.array, [1, 2]),
-                        axial_case.result.labels.array, 0)
+    expected = np.where(
+        np.isin(axial_case.result.labels.array, [1, 2]), axial_case.result.labels.array, 0
+    )
     np.testing.assert_array_equal(pixels, expected.astype(pixels.dtype))
 
 
 def test_highdicom_reads_back_enhanced(make_case: Callable[..., Case], tmp_path: Path) -> None:
     case = make_case("negated", enhanced=True)
     seg_path = write_outputs(case.result, case.datasets, tmp_path / "o", ("seg",))["seg"]
-    seg = hd.seg.segread(seg_path)
+    seg = hd.seg.segread(seg_path)  # type: ignore[arg-type]
     pixels = seg.get_pixels_by_source_frame(
         source_sop_instance_uid=str(case.datasets[0].SOPInstanceUID),
         source_frame_numbers=list(range(1, 11)),
-        segment_numbers=[1, 2], combine_segments=True, skip_overlap_checks=True,
+        segment_numbers=[1, 2],
+        combine_segments=True,
+        skip_overlap_checks=True,
         assert_missing_frames_are_empty=True,  # empty frames are omitted by design
     )
     expected = np.where(np.isin(case.result.labels.array, [1, 2]), case.result.labels.array, 0)
@@ -133,14 +163,17 @@ def test_highdicom_reads_back_enhanced(make_case: Callable[..., Case], tmp_path:
 
 
 def _dsrdump(path: Path) -> str:
-    proc = subprocess.run([_tool("dsrdump"), "-Ee", str(path)], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [_tool("dsrdump"), "-Ee", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
 
 def test_dsrdump_lists_every_cmb_with_its_numbers(axial_case: Case, tmp_path: Path) -> None:
-    sr_path = write_outputs(axial_case.result, axial_case.datasets, tmp_path / "o", ("seg", "sr"))["sr"]
+    sr_path = write_outputs(axial_case.result, axial_case.datasets, tmp_path / "o", ("seg", "sr"))[
+        "sr"
+    ]
     text = _dsrdump(sr_path)  # type: ignore[arg-type]
     kept = [d for d in axial_case.result.detections if d.kept]
     groups = text.split('"Measurement Group"')
