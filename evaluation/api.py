@@ -188,6 +188,9 @@ def _prepare(
         candidates, pmap = valdo_predictions(
             pred, prob, prob_affine, pmap, include_rejected=config.include_rejected
         )
+    if tmap is not None and pmap is None and not candidates:
+        # nothing predicted: the predicted mask is empty, whether or not a file was written
+        pmap = LabelMap(np.zeros(tmap.array.shape, dtype=np.int32), tmap.affine)
     if tmap is not None and pmap is not None:
         pmap = resample_like(pmap, tmap)
     iou = None

@@ -95,6 +95,22 @@ def test_in_memory_with_model_detections() -> None:
     assert r2.scalars()["precision"] == 0.5
 
 
+def test_no_prediction_means_an_empty_predicted_mask() -> None:
+    t = np.zeros(SHAPE, np.int32)
+    cube(t, (4, 4, 4), 1)
+    truth = {
+        "x": CaseTruth(
+            "x",
+            (TruthCMB((-4.0, -4.0, -4.0), label=1),),
+            mask=MaskSource(label_map=LabelMap(t, affine())),
+        )
+    }
+    preds = {"x": CasePrediction("x", ())}  # no detection, no labels file
+    seg = evaluate_cases(truth, preds, EvaluationConfig(n_bootstrap=0)).metrics["segmentation"]
+    assert seg["dice_per_scan"]["mean"] == 0.0
+    assert seg["abs_volume_difference_mm3"]["mean"] == pytest.approx(27.0)
+
+
 def test_valdo_uses_probability_components(tmp_path: Path) -> None:
     """VALDO: elements are components of probability >= 0.5, compared by centre of mass."""
     truth_dir, pred_dir = tmp_path / "t", tmp_path / "p" / "v1"
@@ -113,7 +129,7 @@ def test_valdo_uses_probability_components(tmp_path: Path) -> None:
     prob[3:6, 3:6, 3:6] = 0.7  # on the CMB
     prob[12, 12, 12] = 0.9  # a one-voxel FP component
     prob[8, 2, 2] = 0.4  # below 0.5: not an element
-    import SimpleITK as sitk  # noqa: N813
+    import SimpleITK as sitk
 
     from evaluation.io import to_sitk
 
