@@ -24,6 +24,7 @@ from model.types import RejectedSeries, SequenceKind, SeriesSelection
 
 __all__ = ["select_series", "target_echo_time_ms"]
 
+_GEOMETRY = "inconsistent geometry: "
 _KIND_NAMES = {
     SequenceKind.SWI: "SWI",
     SequenceKind.T2STAR: "T2*-GRE",
@@ -112,7 +113,7 @@ def _rejection(series: Series, rules: dict[str, Any]) -> str | None:
     try:
         series.geometry()
     except GeometryError as e:
-        return f"inconsistent geometry: {e}"
+        return f"{_GEOMETRY}{str(e).removeprefix(series.label + ': ')}"
     return None
 
 
@@ -151,13 +152,19 @@ def select_series(
         else:
             rejected.append(RejectedSeries(series.stack_id, reason))
     if not candidates:
-        listing = "; ".join(
-            f"{s.label}: {r.reason}" for s, r in zip(study.series, rejected, strict=True)
-        )
+        pairs = list(zip(study.series, rejected, strict=True))
+        listing = "; ".join(f"{s.label}: {r.reason}" for s, r in pairs) or "no series"
         uid = study.study_instance_uid
-        raise NoUsableSeriesError(
-            f"no usable GRE/SWI series in study {uid}: {listing or 'no series'}"
-        )
+        broken = [(s, r) for s, r in pairs if r.reason.startswith(_GEOMETRY)]
+        if broken:
+            # The series the user wanted exists but cannot be read as a grid: say so
+            # (GeometryError) rather than "no usable series".
+            broken_series, broken_rejection = broken[0]
+            raise GeometryError(
+                f"{broken_series.label}: {broken_rejection.reason.removeprefix(_GEOMETRY)} "
+                f"(no other usable GRE/SWI series in study {uid}: {listing})"
+            )
+        raise NoUsableSeriesError(f"no usable GRE/SWI series in study {uid}: {listing}")
     candidates.sort(key=lambda c: c.key)
     best = candidates[0]
     for other in candidates[1:]:

@@ -195,3 +195,13 @@ def test_a_site_rules_table_changes_classification_and_preference(tmp_path: Path
     assert chosen.series_instance_uid == short_te
     assert chosen.info.sequence_kind is SequenceKind.T2STAR
     assert "T2*-GRE is preferred over SWI" in selection.rejected[0].reason
+
+
+def test_only_candidate_with_broken_geometry_is_a_geometry_error(tmp_path: Path) -> None:
+    study = StudyMeta.synthetic(8)
+    _write(tmp_path, "siemens_t1", 1, study)
+    _write(tmp_path, "siemens_swi", 2, study)
+    _PATHS[(tmp_path, 2)][5].unlink()
+    (loaded,) = load_studies([tmp_path])
+    with pytest.raises(GeometryError, match=r"^series 2 .*missing slice.*series 1 .*inversion"):
+        select_series(loaded)
