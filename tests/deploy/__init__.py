@@ -1,0 +1,1 @@
+"""Tests of the deployment files: Orthanc routing, compose/Dockerfile consistency."""
