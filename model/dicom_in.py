@@ -117,8 +117,10 @@ def _read_bytes(source: SourceRef) -> bytes:
 
 def _read_dataset(source: SourceRef) -> Dataset:
     """The complete dataset; `_SkipError` for non-DICOM files, `InputError` for broken DICOM."""
-    data = _read_bytes(source)
     name = source.member or source.path.name
+    if Path(name).name.startswith("._") or "__MACOSX/" in name:
+        raise _SkipError("macOS resource fork (AppleDouble file), not DICOM")
+    data = _read_bytes(source)
     has_prefix = len(data) >= 132 and data[128:132] == b"DICM"
     looks_dicom = has_prefix or Path(name).suffix.lower() in _DICOM_SUFFIXES
     if Path(name).name.upper() == "DICOMDIR":

@@ -42,6 +42,7 @@ def test_folder_files_and_zip_give_the_same_study(tmp_path: Path) -> None:
     with zipfile.ZipFile(archive, "w") as z:
         for p in paths:
             z.write(p, f"DICOM/{p.name}")
+            z.writestr(f"__MACOSX/DICOM/._{p.name}", b"\x00\x05\x16\x07 resource fork")
     for inputs in ([tmp_path / "dicom"], paths, [archive]):
         (study,) = load_studies(inputs)
         (series,) = study.series
