@@ -179,6 +179,45 @@ def build_case(
     return Case(result=result, datasets=datasets, files=files, centres_kji=centres)
 
 
+def result_for_volume(
+    volume: Volume,
+    info: SeriesInfo,
+    centres_kji: dict[int, tuple[int, int, int]],
+    radius_mm: float = 2.0,
+) -> Result:
+    """A Result with kept lobar CMBs (balls of ``radius_mm``) at the given voxels of ``volume``."""
+    kk, jj, ii = np.indices(volume.shape)
+    labels = np.zeros(volume.shape, dtype=np.float32)
+    detections = []
+    for det_id, kji in centres_kji.items():
+        offsets = np.stack([kk - kji[0], jj - kji[1], ii - kji[2]], axis=-1).astype(float)
+        dist = np.linalg.norm(offsets @ volume.affine[:3, :3].T, axis=-1)
+        mask = dist <= max(radius_mm, 0.5 * min(volume.spacing) + 1e-3)
+        labels[mask] = det_id
+        detections.append(
+            Detection(
+                id=det_id,
+                center_lps_mm=tuple(float(x) for x in volume.index_to_lps(kji)),  # type: ignore[arg-type]
+                diameter_mm=2 * radius_mm,
+                volume_mm3=float(mask.sum() * volume.voxel_volume_mm3),
+                probability=0.9,
+                n_voxels=int(mask.sum()),
+                mars=MarsCategory.LOBAR,
+                lobe="parietal",
+                hemisphere="left",
+            )
+        )
+    return Result(
+        study_instance_uid=volume.study_instance_uid,
+        series=info,
+        selection=SeriesSelection(chosen=info.series_instance_uid, reason="test"),
+        detections=detections,
+        probability=volume.with_array((labels > 0).astype(np.float32)),
+        labels=volume.with_array(labels),
+        model=ModelInfo(name="cmb-unet", version="1.2.0", sha256="ab" * 32),
+    )
+
+
 @pytest.fixture
 def make_case(tmp_path: Path) -> Callable[..., Case]:
     def make(geometry: str = "axial", **kwargs: object) -> Case:
