@@ -1,0 +1,212 @@
+"""The location filter: where each candidate is, which are implausible, the MARS rating.
+
+Public entry points (called by :mod:`model.pipeline` after candidate extraction):
+
+* :func:`parcellate` -> label map (FreeSurfer ids) on the volume's grid;
+* :func:`locate_and_filter` fills ``region``/``mars``/``lobe``/``hemisphere`` of
+  every detection and rejects implausible ones with a reason code;
+* :func:`mars_rating` -> counts per MARS category, lobe and hemisphere,
+  definite vs possible, and the overall pattern.
+
+See ``docs/location-filter.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from model.location import rules
+from model.location.lobes import BrainFrame, brain_frame, lobe_of
+from model.location.parcellation import parcellate
+from model.location.rating import mars_rating
+from model.location.region import Region, RegionParams, region_of
+from model.types import Detection, MarsCategory, SeriesInfo, Volume
+
+
+@dataclass(frozen=True)
+class LocationConfig:
+    """Every threshold and switch of the location filter (defaults documented in docs/)."""
+
+    # region
+    neighbourhood_margin_mm: float = 2.0
+    neighbourhood_min_radius_mm: float = 2.0
+    min_parenchyma_fraction: float = 0.3
+    periventricular_mm: float = 10.0
+    capsule_mm: float = 6.0
+    callosal_mm: float = 3.0
+    # lobes
+    lobe_margin_mm: float = 6.0
+    insula_putamen_mm: float = 15.0
+    occipital_fraction: float = 0.2
+    # rules
+    outside_brain: bool = True
+    csf: bool = True
+    csf_soft_on_swi: bool = True
+    csf_soft_min_probability: float = 0.9
+    choroid_plexus: bool = True
+    choroid_max_mm: float = 2.0
+    pineal: bool = True
+    pineal_radius_mm: float = 8.0
+    symmetric_calcification: bool = True
+    symmetry_tolerance_mm: float = 8.0
+    too_large: bool = True
+    max_diameter_mm: float = 10.0
+    tubular: bool = True
+    tubular_elongation: float = 3.0
+    tubular_min_length_mm: float = 6.0
+    tubular_min_slices: int = 3
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                continue
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ValueError(
+                    f"LocationConfig.{f.name} must be a non-negative number, got {value!r}"
+                )
+        for name in ("min_parenchyma_fraction", "csf_soft_min_probability", "occipital_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(
+                    f"LocationConfig.{name} must be in [0, 1], got {getattr(self, name)}"
+                )
+        if self.tubular_elongation < 1.0:
+            raise ValueError("LocationConfig.tubular_elongation must be >= 1")
+
+    @property
+    def region_params(self) -> RegionParams:
+        return RegionParams(
+            margin_mm=self.neighbourhood_margin_mm,
+            min_radius_mm=self.neighbourhood_min_radius_mm,
+            min_parenchyma_fraction=self.min_parenchyma_fraction,
+            periventricular_mm=self.periventricular_mm,
+            capsule_mm=self.capsule_mm,
+            callosal_mm=self.callosal_mm,
+        )
+
+    def only(self, rule: str) -> LocationConfig:
+        """This configuration with every rule off except ``rule`` (for measuring one rule)."""
+        if rule not in rules.REASON_CODES:
+            raise ValueError(f"unknown rule {rule!r}; expected one of {rules.REASON_CODES}")
+        switches = {code: code == rule for code in rules.REASON_CODES}
+        return LocationConfig(
+            **{**{f.name: getattr(self, f.name) for f in fields(self)}, **switches}
+        )
+
+
+def _side(frame: BrainFrame | None, point: tuple[float, float, float]) -> str | None:
+    if frame is None:
+        return "left" if point[0] > 0 else "right"  # LPS x: patient left positive
+    u = frame.coords(point)[0]
+    if abs(u) < 2.0:
+        return "midline"
+    return "left" if u > 0 else "right"
+
+
+def locate(
+    detections: list[Detection], parcellation: Volume, config: LocationConfig | None = None
+) -> tuple[dict[int, Region], BrainFrame | None]:
+    """Region of every detection and the brain frame (fills region/mars/lobe/hemisphere)."""
+    cfg = config or LocationConfig()
+    frame = brain_frame(parcellation)
+    regions: dict[int, Region] = {}
+    for det in detections:
+        reg = region_of(
+            parcellation,
+            det.center_lps_mm,
+            det.diameter_mm,
+            cfg.region_params,
+            side_of_midline=_side(frame, det.center_lps_mm),
+        )
+        regions[det.id] = reg
+        det.region = reg.name
+        det.region_label = reg.label
+        det.mars = reg.mars
+        det.hemisphere = reg.hemisphere
+        det.lobe = None
+        if reg.mars is MarsCategory.LOBAR and frame is not None:
+            det.lobe = lobe_of(
+                det.center_lps_mm,
+                reg.label,
+                reg.hemisphere,
+                frame,
+                reg.distance_putamen_mm,
+                margin_mm=cfg.lobe_margin_mm,
+                insula_putamen_mm=cfg.insula_putamen_mm,
+                occipital_fraction=cfg.occipital_fraction,
+            )
+    return regions, frame
+
+
+def locate_and_filter(
+    detections: list[Detection],
+    labels: Volume,
+    parcellation: Volume,
+    series_info: SeriesInfo,
+    config: LocationConfig | None = None,
+) -> dict[int, Region]:
+    """Locate every detection and reject the implausible ones (see :mod:`model.location.rules`).
+
+    ``labels`` is the candidate label volume (voxel value = ``Detection.id``),
+    used for the shape of each candidate; ``parcellation`` a label map from
+    :func:`parcellate`, on any grid.  Returns the region of every detection.
+    """
+    cfg = config or LocationConfig()
+    regions, frame = locate(detections, parcellation, cfg)
+    symmetric = (
+        rules.symmetric_pairs(detections, regions, frame, cfg.symmetry_tolerance_mm)
+        if cfg.symmetric_calcification
+        else set()
+    )
+    for det in detections:
+        if not det.kept:
+            continue
+        reason = _first_rule(det, regions[det.id], frame, labels, series_info, cfg, symmetric)
+        if reason is not None:
+            det.reject(reason)
+    return regions
+
+
+def _first_rule(
+    det: Detection,
+    reg: Region,
+    frame: BrainFrame | None,
+    labels: Volume,
+    series: SeriesInfo,
+    cfg: LocationConfig,
+    symmetric: set[int],
+) -> str | None:
+    if cfg.outside_brain and rules.is_outside_brain(reg):
+        return rules.OUTSIDE_BRAIN
+    if cfg.choroid_plexus and rules.is_choroid_plexus(
+        reg, det.center_lps_mm, frame, cfg.choroid_max_mm
+    ):
+        return rules.CHOROID_PLEXUS
+    if cfg.csf and rules.is_csf(
+        reg, det, series.sequence_kind, cfg.csf_soft_min_probability, cfg.csf_soft_on_swi
+    ):
+        return rules.CSF
+    if cfg.pineal and rules.is_pineal(det.center_lps_mm, frame, cfg.pineal_radius_mm):
+        return rules.PINEAL
+    if cfg.symmetric_calcification and det.id in symmetric:
+        return rules.SYMMETRIC_CALCIFICATION
+    if cfg.too_large and det.diameter_mm > cfg.max_diameter_mm:
+        return rules.TOO_LARGE
+    if cfg.tubular:
+        shape = rules.candidate_shape(labels, det.id)
+        if rules.is_tubular(
+            shape, det, cfg.tubular_elongation, cfg.tubular_min_length_mm, cfg.tubular_min_slices
+        ):
+            return rules.TUBULAR
+    return None
+
+
+__all__ = [
+    "LocationConfig",
+    "Region",
+    "locate",
+    "locate_and_filter",
+    "mars_rating",
+    "parcellate",
+]
