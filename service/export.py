@@ -26,6 +26,9 @@ from service.settings import Destination, Settings
 
 log = logging.getLogger(__name__)
 
+#: Output kinds that are DICOM files and go to the destinations.
+DICOM_KINDS = ("seg", "sr", "pdf", "sc")
+
 
 class Exporter:
     """Polls due outbox rows and sends them, one association per destination per round."""
@@ -53,8 +56,43 @@ class Exporter:
                 log.exception("exporter round failed")
             self._stop.wait(self.settings.poll_interval_s)
 
+    def enqueue(self) -> int:
+        """Outbox rows for succeeded jobs that have none yet (one per destination and file).
+
+        Done here, in `cmb serve`, rather than by the worker that ran the job:
+        the destinations are the listener's configuration, not the workers'.
+        """
+        if not self.settings.destinations:
+            return 0
+        now = utcnow()
+        n = 0
+        with self.db.session() as s:
+            has_rows = select(Delivery.id).where(Delivery.job_id == Job.id).exists()
+            jobs = s.scalars(
+                select(Job).where(Job.state == JobState.SUCCEEDED, ~has_rows).limit(100)
+            ).all()
+            for job in jobs:
+                for dest in self.settings.destinations:
+                    for kind in DICOM_KINDS:
+                        path = (job.outputs or {}).get(kind)
+                        if path:
+                            s.add(
+                                Delivery(
+                                    job_id=job.id,
+                                    destination=dest,
+                                    kind=kind,
+                                    path=path,
+                                    state=DeliveryState.PENDING,
+                                    attempts=0,
+                                    next_attempt_at=now,
+                                )
+                            )
+                            n += 1
+        return n
+
     def run_once(self) -> int:
-        """Send every due row; returns how many were delivered."""
+        """Queue new results, send every due row; returns how many were delivered."""
+        self.enqueue()
         now = utcnow()
         with self.db.session() as s:
             rows = s.execute(

@@ -2,10 +2,11 @@
 
 The same four steps serve the Celery task and the embedded worker:
 `claim` (DB compare-and-set to ``running``), `run_pipeline` (no DB access, can
-run in a child process), then `finish_success` (outputs recorded, outbox rows
-queued) or `finish_failure` (a ``CmbError`` is terminal: the study cannot be
-analysed and the reason is shown over REST; anything else is retried with
-exponential back-off up to ``job_max_retries`` times, then terminal too).
+run in a child process), then `finish_success` (outputs recorded; the exporter
+of `cmb serve` queues them for its destinations) or `finish_failure` (a
+``CmbError`` is terminal: the study cannot be analysed and the reason is shown
+over REST; anything else is retried with exponential back-off up to
+``job_max_retries`` times, then terminal too).
 
 Idempotency: a job that already finished is never claimed again; a re-run
 writes into the job's own folder, which the pipeline replaces atomically.
@@ -22,18 +23,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 
 from service import metrics
-from service.db.models import Delivery, DeliveryState, Instance, Job, JobState, utcnow
+from service.db.models import Instance, Job, JobState, utcnow
 from service.db.session import Database
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROCESSOR = "model.pipeline:process"
-#: Output kinds that are DICOM files and go to the destinations.
-DICOM_KINDS = ("seg", "sr", "pdf", "sc")
 
 
 class JobFailedError(Exception):
@@ -148,7 +147,7 @@ def run_pipeline(spec: JobSpec, processor: str = DEFAULT_PROCESSOR) -> dict[str,
 
 
 def finish_success(db: Database, settings: Settings, job_id: str, report: dict[str, Any]) -> None:
-    """Record the outputs and queue one outbox row per (destination, DICOM file)."""
+    """Record the outputs; the exporter of `cmb serve` then queues them for its destinations."""
     now = utcnow()
     files: dict[str, str] = report["files"]
     summary: dict[str, Any] = report["summary"]
@@ -157,21 +156,6 @@ def finish_success(db: Database, settings: Settings, job_id: str, report: dict[s
         if job is None or job.state != JobState.RUNNING:
             log.warning("job result ignored: no longer running", extra={"job_id": job_id})
             return
-        s.execute(delete(Delivery).where(Delivery.job_id == job_id))
-        for dest in settings.destinations:
-            for kind in DICOM_KINDS:
-                if kind in files:
-                    s.add(
-                        Delivery(
-                            job_id=job_id,
-                            destination=dest,
-                            kind=kind,
-                            path=files[kind],
-                            state=DeliveryState.PENDING,
-                            attempts=0,
-                            next_attempt_at=now,
-                        )
-                    )
         job.state = JobState.SUCCEEDED
         job.reason = None
         job.outputs = files

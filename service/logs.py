@@ -58,3 +58,5 @@ def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
     root.setLevel(level)
     # pynetdicom logs whole datasets at DEBUG (patient data): keep it at WARNING.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # highdicom narrates every module it copies: noise at INFO.
+    logging.getLogger("highdicom").setLevel(logging.WARNING)

@@ -5,7 +5,7 @@ Reliability settings, and why:
 * ``acks_late`` + ``reject_on_worker_lost``: the message is acknowledged only
   after the task returns; a worker killed mid-job (OOM, node lost) puts it back
   on the queue and another worker takes the job over (it is still ``running``
-  in the DB; a redelivered message may claim it).
+  in the DB, and the task claims running jobs too).
 * ``worker_prefetch_multiplier=1``: a worker holds one job at a time per
   process, so a slow GPU does not hoard a queue.
 * bounded retries: a transient fault re-queues the job with ``countdown`` =
@@ -76,8 +76,11 @@ def _context() -> tuple[Settings, Database]:
 def _run_job(self: Task, job_id: str) -> str:
     settings, db = _context()
     worker_id = f"celery@{socket.gethostname()}:{os.getpid()}"
-    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-    spec = jobs.claim(db, settings, job_id, worker_id, allow_running=redelivered)
+    # A job still "running" here was held by a worker that died (the broker gave the message
+    # back); take it over.  A rare duplicate message (the monitor's re-send of a job nobody
+    # took) can make two runs overlap: both write the same outputs atomically and only the
+    # first finish is recorded, so the cost is compute, not correctness.
+    spec = jobs.claim(db, settings, job_id, worker_id, allow_running=True)
     if spec is None:
         return "skipped"
     try:

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "worker",
         help="run a Celery worker for detection jobs (needs CMB_BROKER_URL and a shared DB)",

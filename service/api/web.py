@@ -63,7 +63,7 @@ def render_key_image(db: Database, job: Job, det: dict[str, Any], out: Path) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    import SimpleITK as sitk  # noqa: N813
+    import SimpleITK as sitk
 
     series_uid = (job.summary or {}).get("series_instance_uid")
     with db.session() as s:

@@ -86,7 +86,11 @@ class Proc:
         self.log = log
         self._fh = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.p = subprocess.Popen(
-            args, stdout=self._fh, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+            args,
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
             start_new_session=True,
         )
 
@@ -119,7 +123,7 @@ def procs() -> Iterator[Callable[..., Proc]]:
 
 
 @pytest.fixture
-def storescp(tmp_path: Path, procs: Callable[..., Proc]) -> Iterator[tuple[str, Path]]:
+def storescp(tmp_path: Path, procs: Callable[..., Proc]) -> tuple[str, Path]:
     """A dcmtk storescp destination: ('DEST@127.0.0.1:PORT', folder it writes to)."""
     if shutil.which("storescp") is None:
         pytest.skip("dcmtk storescp is not installed")
@@ -128,7 +132,7 @@ def storescp(tmp_path: Path, procs: Callable[..., Proc]) -> Iterator[tuple[str, 
     out.mkdir()
     procs(["storescp", "-aet", "DEST", "-od", str(out), str(port)], tmp_path / "storescp.log")
     wait_for(lambda: _listening(port), 10, "storescp to listen")
-    yield f"DEST@127.0.0.1:{port}", out
+    return f"DEST@127.0.0.1:{port}", out
 
 
 def _listening(port: int) -> bool:

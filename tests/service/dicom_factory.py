@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -23,7 +23,7 @@ def mr_dataset(
     """One small MR slice with the identifiers (and a fake patient the logs must not show)."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class_uid)
     sop_uid = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

@@ -3,7 +3,8 @@
 It writes detections.json and one DICOM Basic Text SR per study (so the outbox
 has a real file to C-STORE), and fails on request: a series described
 ``FAIL_CMB`` raises NoUsableSeriesError (terminal), ``FAIL_TRANSIENT`` raises
-RuntimeError (retried), ``SLEEP`` sleeps 30 s (time limit).
+RuntimeError (retried), ``SLEEP`` sleeps 30 s (time limit), ``SLEEP_ONCE`` sleeps 60 s on its first
+attempt only (a worker killed meanwhile).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from model.errors import NoUsableSeriesError
 from model.types import (
@@ -57,7 +58,7 @@ class StudyOutputs:
 def _sr(study_uid: str, series_uid: str, source: Dataset) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = BASIC_TEXT_SR
+    ds.file_meta.MediaStorageSOPClassUID = UID(BASIC_TEXT_SR)
     # Deterministic for the input series, as the real outputs are.
     uid = generate_uid(entropy_srcs=[series_uid, "fake-sr"])
     ds.file_meta.MediaStorageSOPInstanceUID = uid
@@ -90,6 +91,10 @@ def process(
         raise RuntimeError("simulated transient fault")
     if "SLEEP" in descriptions:
         time.sleep(30)
+    marker = Path(out_dir).parent / "slept-once"
+    if "SLEEP_ONCE" in descriptions and not marker.exists():
+        marker.write_text("the next attempt runs normally")
+        time.sleep(60)
     chosen = next(
         (uid for uid, dss in by_series.items() if dss[0].get("SeriesDescription") == "SWI"),
         next(iter(by_series)),

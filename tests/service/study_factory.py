@@ -28,18 +28,41 @@ def write_phantom_study(root: Path, seed: int = 3) -> PhantomStudy:
     """SWI magnitude with 3 dark spheres, its phase series and a T1: 3 series, 60 files."""
     affine = np.diag([*SPACING, 1.0])
     affine[:3, 3] = [-24.0, -24.0, -20.0]
-    centres = [affine[:3, :3] @ np.array(c, float) + affine[:3, 3]
-               for c in ([8, 16, 16], [10, 32, 30], [14, 20, 36])]
+    centres = [
+        affine[:3, :3] @ np.array(c, float) + affine[:3, 3]
+        for c in ([8, 16, 16], [10, 32, 30], [14, 20, 36])
+    ]
     volume = sphere_phantom((20, 48, 48), affine, centres, [2.0, 2.5, 2.0], noise=2.0, seed=seed)
     study = StudyMeta.synthetic(seed)
     rng = np.random.default_rng(seed)
-    swi = write_series(volume, root / "swi", flavour="siemens_swi", kind="magnitude",
-                       study=study, series_number=5, seed=seed)
+    swi = write_series(
+        volume,
+        root / "swi",
+        flavour="siemens_swi",
+        kind="magnitude",
+        study=study,
+        series_number=5,
+        seed=seed,
+    )
     noise = rng.normal(0.0, 1.0, volume.shape).astype(np.float32)
-    write_series(volume.with_array(noise), root / "phase", flavour="siemens_swi", kind="phase",
-                 study=study, series_number=6, seed=seed + 1)
-    write_series(volume.with_array(200 - volume.array), root / "t1", flavour="siemens_t1",
-                 kind="magnitude", study=study, series_number=2, seed=seed + 2)
+    write_series(
+        volume.with_array(noise),
+        root / "phase",
+        flavour="siemens_swi",
+        kind="phase",
+        study=study,
+        series_number=6,
+        seed=seed + 1,
+    )
+    write_series(
+        volume.with_array(200 - volume.array),
+        root / "t1",
+        flavour="siemens_t1",
+        kind="magnitude",
+        study=study,
+        series_number=2,
+        seed=seed + 2,
+    )
     from pydicom import dcmread
 
     first = dcmread(swi[0], stop_before_pixels=True)
@@ -68,9 +91,9 @@ def sr_cmb_count(ds: object) -> tuple[int, int]:
             meaning = names[0].CodeMeaning if names else ""
             if item.ValueType == "NUM" and meaning.startswith("Number of lesions"):
                 lesions.append(float(item.MeasuredValueSequence[0].NumericValue))
-            if item.ValueType == "TEXT" and meaning == "Tracking Identifier":
-                if str(item.TextValue).startswith("CMB ") and str(item.TextValue)[4:].isdigit():
-                    trackers.add(str(item.TextValue))
+            value = str(getattr(item, "TextValue", ""))
+            if meaning == "Tracking Identifier" and value[:4] == "CMB " and value[4:].isdigit():
+                trackers.add(value)
             walk(item)
 
     walk(ds)

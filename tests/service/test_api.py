@@ -47,8 +47,14 @@ def _run_queued(settings: Settings, db: Database, job_id: str) -> None:
 )
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("get", "/jobs"), ("get", "/jobs/x"), ("get", "/jobs/x/results/sr"), ("post", "/studies"),
-     ("post", "/dicomweb/studies"), ("get", "/ui")],
+    [
+        ("get", "/jobs"),
+        ("get", "/jobs/x"),
+        ("get", "/jobs/x/results/sr"),
+        ("post", "/studies"),
+        ("post", "/dicomweb/studies"),
+        ("get", "/ui"),
+    ],
 )
 def test_data_routes_refuse_missing_or_wrong_key(
     api: tuple, headers: dict[str, str], method: str, path: str
@@ -73,7 +79,8 @@ def test_upload_files_and_zip_then_status_and_download(api: tuple, tmp_path: Pat
     client, settings, db = api
     study, files = write_study(tmp_path / "a", n=3)
     r = client.post(
-        "/studies", headers=H,
+        "/studies",
+        headers=H,
         files=[("files", (p.name, p.read_bytes(), "application/dicom")) for p in files]
         + [("files", ("notes.txt", b"not dicom", "text/plain"))],
     )
@@ -104,7 +111,9 @@ def test_upload_files_and_zip_then_status_and_download(api: tuple, tmp_path: Pat
     with zipfile.ZipFile(buf, "w") as zf:
         for p in files2:
             zf.write(p, f"dir/{p.name}")
-    r = client.post("/studies", headers=H, files=[("files", ("s.zip", buf.getvalue(), "application/zip"))])
+    r = client.post(
+        "/studies", headers=H, files=[("files", ("s.zip", buf.getvalue(), "application/zip"))]
+    )
     assert r.status_code == 202
     assert r.json()["stored"] == 2
 
@@ -112,7 +121,10 @@ def test_upload_files_and_zip_then_status_and_download(api: tuple, tmp_path: Pat
     assert [j["study_instance_uid"] for j in listing] == [study2]
     listing = client.get("/jobs", headers=H, params={"since": "2000-01-01T00:00:00"}).json()
     assert len(listing["jobs"]) == 2
-    assert client.get("/jobs", headers=H, params={"until": "2000-01-01T00:00:00Z"}).json()["jobs"] == []
+    assert (
+        client.get("/jobs", headers=H, params={"until": "2000-01-01T00:00:00Z"}).json()["jobs"]
+        == []
+    )
 
     with db.session() as s:
         audit = s.scalars(select(AuditEntry).order_by(AuditEntry.id)).all()
@@ -123,7 +135,9 @@ def test_upload_files_and_zip_then_status_and_download(api: tuple, tmp_path: Pat
 def test_failed_job_reason_is_visible(api: tuple, tmp_path: Path) -> None:
     client, settings, db = api
     _study, files = write_study(tmp_path / "a", n=1, descriptions=("FAIL_CMB",))
-    r = client.post("/studies", headers=H, files=[("files", (files[0].name, files[0].read_bytes()))])
+    r = client.post(
+        "/studies", headers=H, files=[("files", (files[0].name, files[0].read_bytes()))]
+    )
     job_id = r.json()["studies"][0]["job_id"]
     spec = jobs.claim(db, settings, job_id, "test")
     assert spec is not None

@@ -39,8 +39,18 @@ def service_factory() -> Iterator[Callable[[Settings], Service]]:
 
 
 def _send(folder: Path, port: int, calling: str = "PACS") -> None:
-    cmd = ["storescu", "-aet", calling, "-aec", "CMB_AI", "+sd", "+r", "127.0.0.1", str(port),
-           str(folder)]
+    cmd = [
+        "storescu",
+        "-aet",
+        calling,
+        "-aec",
+        "CMB_AI",
+        "+sd",
+        "+r",
+        "127.0.0.1",
+        str(port),
+        str(folder),
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
 
@@ -64,7 +74,8 @@ def test_study_flows_to_destination(
 
     job = wait_for(
         lambda: next((j for j in _jobs(svc, study) if j.state == JobState.DELIVERED), None),
-        60, "the job to be delivered",
+        60,
+        "the job to be delivered",
     )
     assert job.summary["n_detections"] == 2
     assert job.attempts == 1
@@ -81,9 +92,13 @@ def test_study_flows_to_destination(
     write_study(tmp_path / "more", n=2, study_uid=study, descriptions=("T1",))
     _send(tmp_path / "more", svc.settings.dicom_port)
     jobs = wait_for(
-        lambda: [j for j in _jobs(svc, study) if j.state == JobState.DELIVERED]
-        if len([j for j in _jobs(svc, study) if j.state == JobState.DELIVERED]) == 2 else None,
-        60, "the second job to be delivered",
+        lambda: (
+            [j for j in _jobs(svc, study) if j.state == JobState.DELIVERED]
+            if len([j for j in _jobs(svc, study) if j.state == JobState.DELIVERED]) == 2
+            else None
+        ),
+        60,
+        "the second job to be delivered",
     )
     assert sorted(j.n_instances for j in jobs) == [6, 8]
     # Deterministic output UIDs: the destination holds one SR, replaced, not two.
@@ -112,15 +127,19 @@ def test_destination_down_then_up_delivers(
     wait_for(lambda: failed_attempts() >= 2, 60, "two failed delivery attempts")
     with svc.db.session() as s:
         d = s.scalars(select(Delivery)).one()
-        assert d.last_error and "connect" in d.last_error.lower() or "rejected" in d.last_error
-        assert s.get(Job, d.job_id).state == JobState.SUCCEEDED
+        assert d.last_error is not None
+        assert "connect" in d.last_error.lower() or "rejected" in d.last_error
+        job = s.get(Job, d.job_id)
+        assert job is not None
+        assert job.state == JobState.SUCCEEDED
     out = tmp_path / "late"
     out.mkdir()
     procs(["storescp", "-aet", "LATE", "-od", str(out), str(port)], tmp_path / "late.log")
     wait_for(lambda: _listening(port), 10, "late storescp")
     job = wait_for(
         lambda: next((j for j in _jobs(svc, study) if j.state == JobState.DELIVERED), None),
-        30, "delivery after the destination came up",
+        30,
+        "delivery after the destination came up",
     )
     assert job is not None
     assert len(list(out.iterdir())) == 1
@@ -138,13 +157,15 @@ def test_unusable_study_fails_with_reason_and_transient_fault_retries(
     _send(tmp_path / "flaky", svc.settings.dicom_port)
     job = wait_for(
         lambda: next((j for j in _jobs(svc, bad) if j.state == JobState.FAILED), None),
-        60, "the unusable study to fail",
+        60,
+        "the unusable study to fail",
     )
     assert job.attempts == 1
     assert job.reason.startswith("NoUsableSeriesError: no SWI")
     job = wait_for(
         lambda: next((j for j in _jobs(svc, flaky) if j.state == JobState.FAILED), None),
-        60, "the flaky study to fail after its retries",
+        60,
+        "the flaky study to fail after its retries",
     )
     assert job.attempts == 3
     assert "simulated transient fault" in job.reason

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -38,7 +39,7 @@ def scp(
     db.dispose()
 
 
-def _assoc(settings: Settings, calling: str = "PACS", contexts: tuple[str, ...] = ()) -> object:
+def _assoc(settings: Settings, calling: str = "PACS", contexts: tuple[str, ...] = ()) -> Any:
     ae = AE(ae_title=calling)
     ae.add_requested_context(Verification)
     for uid in contexts or (MRImageStorage,):
@@ -47,7 +48,7 @@ def _assoc(settings: Settings, calling: str = "PACS", contexts: tuple[str, ...] 
 
 
 def test_echo_and_store_are_durable_and_recorded(scp: tuple) -> None:
-    _listener, settings, db, spool = scp
+    _listener, settings, db, _spool = scp
     assoc = _assoc(settings)
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0
@@ -112,7 +113,7 @@ def test_handler_fault_is_a_status_and_the_association_lives(
         calls["n"] += 1
         if calls["n"] == 1:
             raise OSError("simulated disk fault")
-        return original(*args, **kw)  # type: ignore[arg-type]
+        return original(*args, **kw)
 
     monkeypatch.setattr(spool, "store", flaky)
     assoc = _assoc(settings)
@@ -127,8 +128,18 @@ def test_handler_fault_is_a_status_and_the_association_lives(
 def test_dcmtk_storescu_sends_a_study(scp: tuple, tmp_path: Path) -> None:
     _listener, settings, db, _spool = scp
     study, files = write_study(tmp_path / "study", n=4, descriptions=("SWI", "PHASE"))
-    cmd = ["storescu", "-aet", "STORESCU", "-aec", settings.ae_title, "+sd", "+r",
-           "127.0.0.1", str(settings.dicom_port), str(tmp_path / "study")]
+    cmd = [
+        "storescu",
+        "-aet",
+        "STORESCU",
+        "-aec",
+        settings.ae_title,
+        "+sd",
+        "+r",
+        "127.0.0.1",
+        str(settings.dicom_port),
+        str(tmp_path / "study"),
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 0, run.stderr
     with db.session() as s:
@@ -140,8 +151,18 @@ def test_dcmtk_storescu_sends_a_study(scp: tuple, tmp_path: Path) -> None:
 def test_dcmtk_storescu_unknown_ae_fails(scp: tuple, tmp_path: Path) -> None:
     _listener, settings, _db, _spool = scp
     write_study(tmp_path / "study", n=1)
-    cmd = ["storescu", "-aet", "NOBODY", "-aec", settings.ae_title, "+sd", "+r",
-           "127.0.0.1", str(settings.dicom_port), str(tmp_path / "study")]
+    cmd = [
+        "storescu",
+        "-aet",
+        "NOBODY",
+        "-aec",
+        settings.ae_title,
+        "+sd",
+        "+r",
+        "127.0.0.1",
+        str(settings.dicom_port),
+        str(tmp_path / "study"),
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode != 0
     assert "Calling AE Title Not Recognized" in run.stdout + run.stderr

@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import httpx
 import pytest
 from pydicom import dcmread
 
-from tests.service.conftest import KEY, REPO, API_KEY, Proc, _listening, free_port, wait_for
+from tests.service.conftest import API_KEY, KEY, REPO, Proc, _listening, free_port, wait_for
 from tests.service.study_factory import sr_cmb_count, write_model, write_phantom_study
 
 pytestmark = [
@@ -59,14 +59,36 @@ class Served:
 
 
 def start_serve(
-    procs: Callable[..., Proc], tmp_path: Path, destination: str, model: Path,
-    env: dict[str, str] | None = None, name: str = "serve",
+    procs: Callable[..., Proc],
+    tmp_path: Path,
+    destination: str,
+    model: Path,
+    env: dict[str, str] | None = None,
+    name: str = "serve",
 ) -> Served:
     dicom_port, api_port = free_port(), free_port()
-    cmd = [sys.executable, "-m", "cmb.cli", "serve", "--data-dir", str(tmp_path / name),
-           "--dicom-port", str(dicom_port), "--ae-title", "CMB_AI", "--destination", destination,
-           "--api-port", str(api_port), "--stable-after", "1", "--allow-ae", "PACS",
-           "--model", str(model)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cmb.cli",
+        "serve",
+        "--data-dir",
+        str(tmp_path / name),
+        "--dicom-port",
+        str(dicom_port),
+        "--ae-title",
+        "CMB_AI",
+        "--destination",
+        destination,
+        "--api-port",
+        str(api_port),
+        "--stable-after",
+        "1",
+        "--allow-ae",
+        "PACS",
+        "--model",
+        str(model),
+    ]
     proc = procs(cmd, tmp_path / f"{name}.log", env or serve_env())
     served = Served(proc, dicom_port, api_port)
 
@@ -83,8 +105,18 @@ def start_serve(
 
 
 def storescu(folder: Path, port: int, calling: str = "PACS") -> subprocess.CompletedProcess[str]:
-    cmd = ["storescu", "-aet", calling, "-aec", "CMB_AI", "+sd", "+r", "127.0.0.1", str(port),
-           str(folder)]
+    cmd = [
+        "storescu",
+        "-aet",
+        calling,
+        "-aec",
+        "CMB_AI",
+        "+sd",
+        "+r",
+        "127.0.0.1",
+        str(port),
+        str(folder),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -121,7 +153,8 @@ def test_serve_end_to_end_embedded(
 
     jobs = wait_for(
         lambda: [j for j in served.get("/jobs").json()["jobs"] if j["state"] == "delivered"],
-        30, "the job to be marked delivered",
+        30,
+        "the job to be marked delivered",
     )
     assert len(jobs) == 1
     job = jobs[0]
@@ -140,8 +173,11 @@ def test_serve_end_to_end_embedded(
     log = served.proc.output()
     for secret in (study.patient_name, study.patient_id):
         assert secret not in log
-    assert any(json.loads(line).get("msg") == "job succeeded"
-               for line in log.splitlines() if line.startswith("{"))
+    assert any(
+        json.loads(line).get("msg") == "job succeeded"
+        for line in log.splitlines()
+        if line.startswith("{")
+    )
 
 
 def test_rest_upload_and_stow_rs(
@@ -154,7 +190,9 @@ def test_rest_upload_and_stow_rs(
     study = write_phantom_study(tmp_path / "study")
 
     # STOW-RS with a standard DICOMweb client (bearer token).
-    client = DICOMwebClient(url=served.api + "/dicomweb", headers={"Authorization": f"Bearer {KEY}"})
+    client = DICOMwebClient(
+        url=served.api + "/dicomweb", headers={"Authorization": f"Bearer {KEY}"}
+    )
     datasets = [dcmread(p) for p in sorted((study.root / "swi").iterdir())]
     response = client.store_instances(datasets)
     assert len(response.ReferencedSOPSequence) == len(datasets)
@@ -163,9 +201,16 @@ def test_rest_upload_and_stow_rs(
         wrong.store_instances(datasets[:1])
 
     job = wait_for(
-        lambda: next((j for j in served.get("/jobs").json()["jobs"]
-                      if j["state"] in ("succeeded", "delivered", "failed")), None),
-        120, "the STOW-RS job to finish",
+        lambda: next(
+            (
+                j
+                for j in served.get("/jobs").json()["jobs"]
+                if j["state"] in ("succeeded", "delivered", "failed")
+            ),
+            None,
+        ),
+        120,
+        "the STOW-RS job to finish",
     )
     assert job["state"] in ("succeeded", "delivered"), job["reason"]
     assert job["summary"]["n_detections"] == study.n_cmbs
