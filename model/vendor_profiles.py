@@ -153,6 +153,29 @@ PROFILES: dict[str, VendorProfile] = {
         swi=True,
         **_SIEMENS,  # type: ignore[arg-type]
     ),
+    "siemens_swi_mag": VendorProfile(
+        # The plain magnitude series of the same Siemens SWI acquisition ("_Mag"):
+        # T2*-weighted GRE, without the phase-mask weighting, no SWI in ImageType.
+        name="siemens_swi_mag",
+        protocol_name="t2_swi_tra_p2",
+        descriptions={
+            "magnitude": "t2_swi_tra_p2_Mag_Images",
+            "phase": "t2_swi_tra_p2_Pha_Images",
+            "minip": "t2_swi_tra_p2_mIP_Images(SW)",
+            "mip": "t2_swi_tra_p2_MIP_Images(SW)",
+        },
+        image_types=_siemens_types(("ORIGINAL", "PRIMARY", "M", "ND", "NORM")),
+        scanning_sequence=("GR",),
+        sequence_variant=("SP",),
+        acquisition_type="3D",
+        repetition_time_ms=27.0,
+        echo_time_ms=20.0,
+        flip_angle_deg=15.0,
+        field_strength_t=3.0,
+        sequence_name="*swi3d1r",
+        pulse_sequence_name="swi3d1r",
+        **_SIEMENS,  # type: ignore[arg-type]
+    ),
     "siemens_t2star": VendorProfile(
         name="siemens_t2star",
         protocol_name="t2_fl2d_tra_hemo",

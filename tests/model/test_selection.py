@@ -205,3 +205,15 @@ def test_only_candidate_with_broken_geometry_is_a_geometry_error(tmp_path: Path)
     (loaded,) = load_studies([tmp_path])
     with pytest.raises(GeometryError, match=r"^series 2 .*missing slice.*series 1 .*inversion"):
         select_series(loaded)
+
+
+def test_siemens_swi_images_win_over_the_plain_magnitude_of_the_same_scan(tmp_path: Path) -> None:
+    study = StudyMeta.synthetic(9)
+    mag = _write(tmp_path, "siemens_swi_mag", 1, study)
+    swi = _write(tmp_path, "siemens_swi", 2, study)
+    (loaded,) = load_studies([tmp_path])
+    chosen, selection = select_series(loaded)
+    assert chosen.series_instance_uid == swi
+    by_uid = {s.series_instance_uid: s for s in loaded.series}
+    assert by_uid[mag].info.sequence_kind is SequenceKind.T2STAR
+    assert "SWI is preferred over T2*-GRE" in selection.rejected[0].reason
