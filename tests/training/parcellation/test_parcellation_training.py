@@ -23,7 +23,7 @@ TINY_NET = ParcNetConfig(features=(4, 4, 8, 8, 16, 4))
 
 
 def toy_label_map() -> LabelMap:
-    """A 48^3 'head' on a 2 mm canonical grid: scalp, cortex, WM, ventricles, left/right thalamus."""
+    """A 48^3 'head' on a 2 mm canonical grid: scalp, cortex, WM, ventricles, thalami."""
     arr = np.zeros((48, 48, 48), np.int16)
     k, j, i = np.mgrid[:48, :48, :48]
     r = np.sqrt((k - 24) ** 2 + (j - 24) ** 2 + (i - 24) ** 2)
