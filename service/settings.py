@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     # DICOM listener
     ae_title: str = Field("CMB_AI", description="our AE title")
     dicom_host: str = Field("0.0.0.0", description="address the Storage SCP listens on")
-    dicom_port: int = Field(11112, ge=1, le=65535, description="Storage SCP port (0: disabled)")
+    dicom_port: int = Field(11112, ge=0, le=65535, description="Storage SCP port (0: disabled)")
     allow_ae: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="calling AE titles allowed to associate; empty: any (see docs/service.md)",

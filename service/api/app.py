@@ -18,7 +18,7 @@ from sqlalchemy import select, text
 
 from service import metrics
 from service.api import web
-from service.api.auth import audit, require_key
+from service.api.auth import audit, require_key, set_cookie_if_asked
 from service.api.upload import UploadReport, split_multipart_related, store_files
 from service.db.models import Delivery, Job, JobState
 from service.db.session import Database
@@ -83,6 +83,7 @@ def create_app(settings: Settings, db: Database, spool: Spool, service: Any = No
     @app.middleware("http")
     async def _audit(request: Request, call_next: Any) -> Any:
         response = await call_next(request)
+        set_cookie_if_asked(request, response)
         audit(db, request, response.status_code)
         return response
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 
-from fastapi import HTTPException, Request, status
+from fastapi import HTTPException, Request, Response, status
 
 from service.db.models import AuditEntry, utcnow
 from service.db.session import Database
@@ -38,7 +38,11 @@ def presented_key(request: Request, *, allow_cookie: bool = False) -> str | None
     if authz.lower().startswith("bearer "):
         return authz[7:].strip()
     if allow_cookie:
-        return request.query_params.get("api_key") or request.cookies.get(COOKIE)
+        if "api_key" in request.query_params:
+            # A browser link with the key: keep it in a cookie for the page's images.
+            request.state.set_cookie = request.query_params["api_key"]
+            return request.query_params["api_key"]
+        return request.cookies.get(COOKIE)
     return None
 
 
@@ -71,6 +75,12 @@ def require_key(request: Request) -> str:
 
 def require_key_or_cookie(request: Request) -> str:
     return authenticate(request, allow_cookie=True)
+
+
+def set_cookie_if_asked(request: Request, response: Response) -> None:
+    key = getattr(request.state, "set_cookie", None)
+    if key and getattr(request.state, "principal", None):
+        response.set_cookie(COOKIE, key, httponly=True, samesite="strict")
 
 
 def audit(db: Database, request: Request, status_code: int) -> None:

@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from sqlalchemy import select
 
-from service.api.auth import COOKIE, require_key_or_cookie
+from service.api.auth import require_key_or_cookie
 from service.db.models import Instance, Job
 from service.db.session import Database
 
@@ -94,12 +94,8 @@ def render_key_image(db: Database, job: Job, det: dict[str, Any], out: Path) -> 
 def register(app: FastAPI, db: Database) -> None:
     @app.get("/ui", include_in_schema=False, response_model=None)
     def ui_jobs(request: Request, _: str = Depends(require_key_or_cookie)) -> Any:
-        if "api_key" in request.query_params:  # keep the key in a cookie, drop it from the URL
-            resp = RedirectResponse("/ui", status_code=303)
-            resp.set_cookie(
-                COOKIE, request.query_params["api_key"], httponly=True, samesite="strict"
-            )
-            return resp
+        if "api_key" in request.query_params:  # the middleware keeps it in a cookie
+            return RedirectResponse("/ui", status_code=303)
         with db.session() as s:
             jobs = s.scalars(select(Job).order_by(Job.created_at.desc()).limit(200)).all()
         rows = "".join(

@@ -1,0 +1,55 @@
+"""The spool: durable write, DB record, idempotent duplicates, replacement, refusals."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from service.db.models import Instance, Study
+from service.db.session import Database
+from service.store import NotStorableError, OutOfResourcesError, Spool, parse_part10
+from tests.service.dicom_factory import CT_IMAGE_STORAGE, mr_dataset
+
+
+def _raw(ds: object) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)  # type: ignore[attr-defined]
+    return buf.getvalue()
+
+
+def test_store_duplicate_and_replace(spool: Spool, db: Database) -> None:
+    ds = mr_dataset(generate_uid(), generate_uid(), 0)
+    raw = _raw(ds)
+    ids = parse_part10(raw)
+    first = spool.store(raw, ids, "rest:test")
+    assert first.outcome == "stored"
+    path = spool.path_for(ids)
+    assert path.read_bytes() == raw
+    assert path.parent.parent.parent == spool.root
+    assert spool.store(raw, ids, "rest:test").outcome == "duplicate"
+    with db.session() as s:
+        s.execute(Study.__table__.update().values(dirty=False))
+    ds.InstanceNumber = 99  # same UID, new bytes: replaces and marks the study changed
+    raw2 = _raw(ds)
+    assert spool.store(raw2, parse_part10(raw2), "rest:test").outcome == "replaced"
+    assert path.read_bytes() == raw2
+    with db.session() as s:
+        assert len(s.scalars(select(Instance)).all()) == 1
+        assert s.get(Study, ids.study_instance_uid).dirty  # type: ignore[union-attr]
+    assert not list(path.parent.glob(".*.tmp"))
+
+
+def test_refusals(spool: Spool) -> None:
+    with pytest.raises(NotStorableError, match="not a DICOM file"):
+        parse_part10(b"\x00" * 200)
+    ct = _raw(mr_dataset(generate_uid(), generate_uid(), 0, sop_class_uid=CT_IMAGE_STORAGE))
+    with pytest.raises(NotStorableError, match="not supported"):
+        spool.store(ct, parse_part10(ct), "rest:test")
+    spool.reserve_bytes = shutil.disk_usage(spool.root).total + 1
+    raw = _raw(mr_dataset(generate_uid(), generate_uid(), 0))
+    with pytest.raises(OutOfResourcesError, match="below the reserve"):
+        spool.store(raw, parse_part10(raw), "rest:test")
