@@ -176,14 +176,16 @@ def render_rgb(
     rows, cols = key.pixels.shape
     aspect = (rows * dr) / (cols * dc)
     height_px = round(width_px * aspect)
-    fig = Figure(figsize=(width_px / 100.0, height_px / 100.0), dpi=100, facecolor="black")
+    band_px = 34 if caption else 0  # black band under the image for the caption
+    total = height_px + band_px
+    fig = Figure(figsize=(width_px / 100.0, total / 100.0), dpi=100, facecolor="black")
     canvas = FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax = fig.add_axes((0.0, band_px / total, 1.0, height_px / total))
     draw(ax, key)
     if caption:
         fig.text(
             0.01,
-            0.01,
+            18 / total,
             key.caption.replace("\n", "  "),
             color="white",
             fontsize=7,
@@ -192,12 +194,12 @@ def render_rgb(
         )
         fig.text(
             0.01,
-            0.99,
+            4 / total,
             "AI RESULT - VERIFY ON SOURCE IMAGES",
             color="orange",
             fontsize=7,
             ha="left",
-            va="top",
+            va="bottom",
         )
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())

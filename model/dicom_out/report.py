@@ -125,6 +125,10 @@ def conclusion(summary: Summary, rejected: int) -> str:
     return text
 
 
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 def table_rows(keys: list[KeyImage]) -> list[list[str]]:
     rows = []
     for k in keys:
@@ -147,7 +151,7 @@ def table_rows(keys: list[KeyImage]) -> list[list[str]]:
 
 
 TABLE_HEADER = ["#", "Location", "MARS", "Ø mm", "Vol. mm³", "Prob.", "Slice", "Centre LPS mm"]
-_COL_WIDTHS = [0.07, 0.33, 0.1, 0.07, 0.09, 0.06, 0.1, 0.18]
+_COL_WIDTHS = [0.07, 0.31, 0.13, 0.06, 0.08, 0.06, 0.1, 0.19]
 
 
 def _table(fig: Figure, rows: list[list[str]], top: float, height: float) -> None:

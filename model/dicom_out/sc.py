@@ -24,8 +24,7 @@ def build_sc(identity: Identity, keys: list[KeyImage]) -> list[hd.sc.SCImage]:
     out = []
     for n, key in enumerate(keys, start=1):
         rgb = render_rgb(key, width_px=WIDTH_PX)
-        dr, dc = key.frame.pixel_spacing
-        rows, cols = key.pixels.shape
+        mm_per_px = key.pixels.shape[1] * key.frame.pixel_spacing[1] / rgb.shape[1]
         letters = orientation_letters(key.frame)
         ref = key.frame.dataset
         sc = hd.sc.SCImage.from_ref_dataset(
@@ -39,7 +38,7 @@ def build_sc(identity: Identity, keys: list[KeyImage]) -> list[hd.sc.SCImage]:
             sop_instance_uid=identity.uids.instance("sc", n),
             instance_number=n,
             manufacturer="cmb-detect",
-            pixel_spacing=(rows * dr / rgb.shape[0], cols * dc / rgb.shape[1]),
+            pixel_spacing=(mm_per_px, mm_per_px),  # square: the aspect ratio is kept
             patient_orientation=(letters["right"], letters["bottom"]),
             transfer_syntax_uid=ExplicitVRLittleEndian,
             series_description=identity.series_description("sc"),

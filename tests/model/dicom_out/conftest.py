@@ -186,13 +186,22 @@ def result_for_volume(
     radius_mm: float = 2.0,
 ) -> Result:
     """A Result with kept lobar CMBs (balls of ``radius_mm``) at the given voxels of ``volume``."""
-    kk, jj, ii = np.indices(volume.shape)
     labels = np.zeros(volume.shape, dtype=np.float32)
     detections = []
+    reach = [int(np.ceil(radius_mm / sp)) + 1 for sp in volume.spacing]
     for det_id, kji in centres_kji.items():
-        offsets = np.stack([kk - kji[0], jj - kji[1], ii - kji[2]], axis=-1).astype(float)
+        lo = [max(c - r, 0) for c, r in zip(kji, reach, strict=True)]
+        hi = [min(c + r + 1, n) for c, r, n in zip(kji, reach, volume.shape, strict=True)]
+        box = np.stack(
+            np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"),
+            axis=-1,
+        )
+        offsets = (box - np.asarray(kji)).astype(float)
         dist = np.linalg.norm(offsets @ volume.affine[:3, :3].T, axis=-1)
-        mask = dist <= max(radius_mm, 0.5 * min(volume.spacing) + 1e-3)
+        mask = np.zeros(volume.shape, dtype=bool)
+        mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = dist <= max(
+            radius_mm, 0.5 * min(volume.spacing) + 1e-3
+        )
         labels[mask] = det_id
         detections.append(
             Detection(
