@@ -1,0 +1,43 @@
+/*
+ * OHIF viewer configuration for the CMB demo stack (docker-compose.yml).
+ *
+ * The viewer and Orthanc's DICOMweb API are served from one origin by the
+ * `viewer` reverse proxy (deploy/nginx/viewer.conf): "/" is OHIF, "/dicom-web"
+ * and "/wado" go to Orthanc.  One origin means no CORS set-up in Orthanc.
+ * OHIF shows our DICOM SEG as a segmentation overlay and our TID 1500 SR as
+ * measurements (the CMB centres) with its default extensions.
+ */
+window.config = {
+  routerBasename: '/',
+  showStudyList: true,
+  extensions: [],
+  modes: [],
+  maxNumberOfWebWorkers: 3,
+  showWarningMessageForCrossOrigin: false,
+  showCPUFallbackMessage: true,
+  strictZSpacingForVolumeViewport: true,
+  defaultDataSourceName: 'orthanc',
+  dataSources: [
+    {
+      namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
+      sourceName: 'orthanc',
+      configuration: {
+        friendlyName: 'Orthanc (CMB demo PACS)',
+        name: 'orthanc',
+        wadoUriRoot: '/wado',
+        qidoRoot: '/dicom-web',
+        wadoRoot: '/dicom-web',
+        qidoSupportsIncludeField: false,
+        imageRendering: 'wadors',
+        thumbnailRendering: 'wadors',
+        enableStudyLazyLoad: true,
+        supportsFuzzyMatching: false,
+        supportsWildcard: true,
+        staticWado: false,
+        singlepart: 'bulkdata,video',
+        omitQuotationForMultipartRequest: true,
+        bulkDataURI: { enabled: true, relativeResolution: 'studies' },
+      },
+    },
+  ],
+};
