@@ -37,6 +37,8 @@ class DataConfig:
     num_workers: int = 0
     #: folder for preprocessed (resampled + normalized) cases; "" = <run>/cache
     cache_dir: str = ""
+    #: re-read the folders each epoch and add new cases (a generator still filling the pool)
+    rescan: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.fg_fraction <= 1.0:

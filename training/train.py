@@ -18,6 +18,7 @@ ships.  Works on CPU, one GPU (AMP), or under ``torchrun`` (DDP, ``training.ddp`
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
@@ -35,11 +36,19 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from model.errors import InputError
 from training import ddp
 from training.augment import build_augmentation
 from training.config import TrainConfig, config_from_dict
-from training.data import PatchDataset, data_hash, list_cases, prepare_cases
-from training.export import build_metadata, export_onnx, load_init_weights
+from training.data import (
+    CaseRef,
+    PatchDataset,
+    PreparedCase,
+    data_hash,
+    list_cases,
+    prepare_cases,
+)
+from training.export import build_metadata, export_onnx, load_init_weights, set_metadata
 from training.losses import build_loss
 from training.network import build_network, count_parameters
 from training.validate import validate_model
@@ -149,17 +158,10 @@ def train(
     # ---------------------------------------------------------------- data
     metadata = build_metadata(config)
     cache = Path(config.data.cache_dir) if config.data.cache_dir else run / "cache"
-    train_refs = list_cases(config.data.train)
-    if not train_refs:
-        raise ValueError("no training cases: give data.train folders in the config or --data")
-    leaked = [
-        r.case_id for r in train_refs if r.record.get("split") in ("val", "validation", "test")
-    ]
-    if leaked:
-        raise ValueError(f"training folders hold held-out cases (split val/test): {leaked[:5]}")
-    val_refs = list_cases(config.data.val) if config.data.val else []
-    if config.data.max_val_cases:
-        val_refs = val_refs[: config.data.max_val_cases]
+    if config.data.rescan and info.distributed:
+        raise ValueError("data.rescan (a growing pool) is for single-process runs, not DDP")
+    train_refs = _train_refs(config)
+    val_refs = _val_refs(config)
     train_hash = data_hash(train_refs)
     if info.is_main:
         cases = prepare_cases(
@@ -175,31 +177,9 @@ def train(
     log.info(
         "%d training cases, %d microbleeds; %d validation cases", len(cases), n_inst, len(val_refs)
     )
-
-    per_epoch = config.optim.steps_per_epoch * config.optim.batch_size * info.world_size
-    dataset = PatchDataset(
-        cases,
-        config.patch_size,
-        per_epoch,
-        fg_fraction=config.data.fg_fraction,
-        fg_jitter=config.data.fg_jitter,
-        seed=config.seed,
-        transform=build_augmentation(config.augment),
-    )
-    sampler: DistributedSampler[Any] | None = (
-        DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=False)
-        if info.distributed
-        else None
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=config.optim.batch_size,
-        sampler=sampler,
-        shuffle=False,
-        num_workers=config.data.num_workers,
-        drop_last=True,
-        pin_memory=info.device.type == "cuda",
-    )
+    if info.distributed:
+        log.info("DDP rank %d of %d on %s", info.rank, info.world_size, info.device)
+    dataset, sampler, loader = _loader(config, cases, info)
 
     # ---------------------------------------------------------------- model
     net = build_network(config.network)
@@ -247,6 +227,16 @@ def train(
     epoch = start_epoch - 1
     for epoch in range(start_epoch, config.optim.epochs):
         t0 = time.monotonic()
+        if config.data.rescan and epoch > start_epoch:
+            grown = _rescan(config, train_refs)
+            if grown is not None:
+                train_refs = grown
+                train_hash = data_hash(train_refs)
+                cases = prepare_cases(train_refs, metadata, cache)
+                dataset, sampler, loader = _loader(config, cases, info)
+                log.info("pool grew to %d training cases", len(cases))
+            if not config.data.max_val_cases or len(val_refs) < config.data.max_val_cases:
+                val_refs = _val_refs(config)
         dataset.set_epoch(epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -291,13 +281,17 @@ def train(
                 build_metadata(config, training_data_hash=train_hash, trained_on=hardware),
                 candidate,
             )
+            n_val = len(val_refs)
             validation = validate_model(
                 candidate,
                 val_refs,
                 config.val.thresholds,
                 max_fp_per_scan=config.val.max_fp_per_scan,
                 overlap=config.val.overlap,
-                progress=lambda xs: _progress(xs, "validate", progress, total=len(val_refs)),
+                threads=torch.get_num_threads(),
+                progress=functools.partial(
+                    _progress, desc="validate", enabled=progress, total=n_val
+                ),
             )
             summary = validation["summary"]
             score = score_of(summary, config.val.select_by, config.val.max_fp_per_scan)
@@ -305,6 +299,16 @@ def train(
             row["score"] = round(score, 6)
             if best_score is None or score > best_score:
                 best_score, best_val, improved = score, validation, True
+                set_metadata(
+                    candidate,
+                    build_metadata(
+                        config,
+                        threshold=float(validation["threshold"]),
+                        metrics=summary,
+                        training_data_hash=train_hash,
+                        trained_on=hardware,
+                    ),
+                )
                 candidate.replace(run / "best.onnx")
             log.info(
                 "epoch %d: loss %.4f, recall %s, FP/scan %s at threshold %s (score %.4f%s)",
@@ -353,6 +357,61 @@ def train(
         best_checkpoint=best_path if best_path.is_file() else None,
         last_checkpoint=last_path,
     )
+
+
+def _train_refs(config: TrainConfig) -> list[CaseRef]:
+    refs = list_cases(config.data.train)
+    if not refs:
+        raise ValueError("no training cases: give data.train folders in the config or --data")
+    leaked = [r.case_id for r in refs if r.record.get("split") in ("val", "validation", "test")]
+    if leaked:
+        raise ValueError(f"training folders hold held-out cases (split val/test): {leaked[:5]}")
+    return refs
+
+
+def _val_refs(config: TrainConfig) -> list[CaseRef]:
+    refs = list_cases(config.data.val) if config.data.val else []
+    return refs[: config.data.max_val_cases] if config.data.max_val_cases else refs
+
+
+def _rescan(config: TrainConfig, current: list[CaseRef]) -> list[CaseRef] | None:
+    """The training cases now in the folders, if more than ``current`` (a growing pool)."""
+    try:
+        refs = _train_refs(config)
+    except InputError as e:  # a generator is appending a line right now: try next epoch
+        log.warning("rescan skipped: %s", e)
+        return None
+    return refs if len(refs) > len(current) else None
+
+
+def _loader(
+    config: TrainConfig, cases: list[PreparedCase], info: ddp.DistInfo
+) -> tuple[PatchDataset, DistributedSampler[Any] | None, DataLoader[dict[str, torch.Tensor]]]:
+    per_epoch = config.optim.steps_per_epoch * config.optim.batch_size * info.world_size
+    dataset = PatchDataset(
+        cases,
+        config.patch_size,
+        per_epoch,
+        fg_fraction=config.data.fg_fraction,
+        fg_jitter=config.data.fg_jitter,
+        seed=config.seed,
+        transform=build_augmentation(config.augment),
+    )
+    sampler: DistributedSampler[Any] | None = (
+        DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=False)
+        if info.distributed
+        else None
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=config.optim.batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=config.data.num_workers,
+        drop_last=True,
+        pin_memory=info.device.type == "cuda",
+    )
+    return dataset, sampler, loader
 
 
 def _write_csv(path: Path, row: dict[str, Any]) -> None:

@@ -44,6 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--epochs", type=int, default=None, help="override optim.epochs")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (1 is fastest on a busy shared CPU)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -62,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
             f"training needs the `training` extra (torch, monai): pip install '.[training]' ({e})"
         ) from e
     logging.getLogger("training").setLevel(logging.INFO)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         config = load_config(args.config)
         data = config.data

@@ -1,0 +1,158 @@
+"""Patch data and the training loop on a tiny dataset: cache, sampling, run folder, resume, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.onnx_model import OnnxModel
+from tests.helpers.tiny_cmb_layout import write_tiny_layout
+from training.config import TrainConfig, config_from_dict
+from training.data import PatchDataset, crop, data_hash, list_cases, prepare_cases
+from training.export import build_metadata
+from training.train import train
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return (
+        write_tiny_layout(root / "train", 3, split="train"),
+        write_tiny_layout(root / "val", 2, split="val", seed0=100),
+    )
+
+
+def tiny_config(train_dir: Path, val_dir: Path, **optim: int) -> TrainConfig:
+    return config_from_dict(
+        {
+            "patch_size": [32, 32, 32],
+            "network": {"features": [4, 4, 8, 8, 16, 4]},
+            "augment": {"enabled": False},
+            "optim": {"epochs": 2, "steps_per_epoch": 3, "batch_size": 2, "lr": 0.01, **optim},
+            "data": {"train": [str(train_dir)], "val": [str(val_dir)], "fg_fraction": 0.7},
+            "val": {"every": 1, "thresholds": [0.3, 0.5], "overlap": 0.0},
+        }
+    )
+
+
+def test_crop_pads_outside_the_array() -> None:
+    a = np.arange(27, dtype=np.float32).reshape(3, 3, 3)
+    out = crop(a, (0, 0, 0), (2, 2, 2), fill=-1)
+    assert out[0, 0, 0] == -1
+    assert out[1, 1, 1] == a[0, 0, 0]
+    assert crop(a, (10, 10, 10), (2, 2, 2), fill=-1).min() == -1
+
+
+def test_prepared_cases_are_on_the_model_grid_normalized_and_cached(layout, tmp_path) -> None:
+    train_dir, _ = layout
+    refs = list_cases([train_dir])
+    assert [r.n_cmbs for r in refs] == [2, 2, 0]
+    meta = build_metadata(TrainConfig())
+    cases = prepare_cases(refs, meta, tmp_path)
+    case = cases[0]
+    assert case.image.shape == (48, 56, 56)  # 24 slices of 2 mm -> 48 of 1 mm
+    assert isinstance(case.image, np.memmap)
+    head = np.asarray(case.image) > -2  # z-scored over the Otsu (head) mask
+    assert abs(float(np.asarray(case.image)[head].mean())) < 0.5
+    for c in case.centers:  # each CMB centre (from the record) lies in the target
+        assert case.target[tuple(np.round(c).astype(int))] == 1
+    stamp = sorted(p.stat().st_mtime_ns for p in tmp_path.rglob("image.npy"))
+    prepare_cases(refs, meta, tmp_path)  # second call reads the cache
+    assert sorted(p.stat().st_mtime_ns for p in tmp_path.rglob("image.npy")) == stamp
+    assert data_hash(refs) == data_hash(list(reversed(refs)))
+
+
+def test_patches_are_reproducible_and_oversample_foreground(layout, tmp_path) -> None:
+    train_dir, _ = layout
+    cases = prepare_cases(list_cases([train_dir]), build_metadata(TrainConfig()), tmp_path)
+    ds = PatchDataset(cases, (32, 32, 32), 40, fg_fraction=1.0, fg_jitter=4, seed=3)
+    a, b = ds[5], ds[5]
+    assert a["image"].shape == (1, 32, 32, 32)
+    assert torch.equal(a["image"], b["image"])
+    ds.set_epoch(1)
+    assert not torch.equal(ds[5]["image"], a["image"])
+    assert all(float(ds[i]["label"].sum()) > 0 for i in range(10))
+    bg = PatchDataset(cases, (32, 32, 32), 40, fg_fraction=0.0, seed=3)
+    fractions = [float(bg[i]["label"].mean()) for i in range(10)]
+    assert np.mean(fractions) < 0.01
+
+
+def test_training_run_writes_logs_checkpoints_and_a_validated_model(layout, tmp_path) -> None:
+    train_dir, val_dir = layout
+    cfg = tiny_config(train_dir, val_dir)
+    result = train(cfg, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert result.epochs_done == 2
+    assert json.loads((run / "config.json").read_text()) == cfg.to_dict()
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert all(float(r["train_loss"]) > 0 for r in rows)
+    assert all(r["threshold"] in ("0.3", "0.5") for r in rows)
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert (run / "checkpoints" / "last.pt").is_file()
+    assert result.best_checkpoint is not None
+    model = OnnxModel.load(run / "best.onnx", device="cpu")
+    assert model.metadata.threshold in (0.3, 0.5)
+    assert model.metadata.metrics is not None
+    assert "recall" in model.metadata.metrics
+
+    # resume continues at epoch 3 with the same config (epochs raised)
+    more = cfg.replace(optim=cfg.optim.__class__(**{**cfg.to_dict()["optim"], "epochs": 3}))
+    with pytest.raises(ValueError, match="config differs"):
+        train(more, run, resume=True, progress=False)
+    (run / "config.json").write_text(more.to_json())
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    ckpt["config"] = more.to_dict()
+    torch.save(ckpt, run / "checkpoints" / "last.pt")
+    again = train(more, run, resume=True, progress=False)
+    assert again.epochs_done == 3
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+
+
+def test_loss_goes_down_on_an_easy_task(layout, tmp_path) -> None:
+    train_dir, _ = layout
+    cfg = config_from_dict(
+        {**tiny_config(train_dir, train_dir).to_dict(), "data": {"train": [str(train_dir)]}}
+    )
+    cfg = cfg.replace(
+        optim=cfg.optim.__class__(**{**cfg.to_dict()["optim"], "epochs": 4, "steps_per_epoch": 6})
+    )
+    train(cfg, tmp_path / "run", progress=False)
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    losses = [float(r["train_loss"]) for r in rows]
+    assert losses[-1] < losses[0]
+
+
+def test_training_refuses_held_out_cases_in_the_training_folders(layout, tmp_path) -> None:
+    _, val_dir = layout
+    cfg = tiny_config(val_dir, val_dir)
+    with pytest.raises(ValueError, match="held-out"):
+        train(cfg, tmp_path / "run", progress=False)
+
+
+def test_cli_train_then_export_with_validation(layout, tmp_path) -> None:
+    from cmb.cli import main
+
+    train_dir, val_dir = layout
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(tiny_config(train_dir, val_dir, epochs=1).to_json())
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(cfg_file), "--out", str(run), "--no-progress"]) == 0
+    out = tmp_path / "m.onnx"
+    ckpt = str(run / "checkpoints" / "last.pt")
+    assert main(["export", ckpt, "--out", str(out), "--val-data", str(val_dir)]) == 0
+    meta = OnnxModel.load(out, device="cpu").metadata
+    report = json.loads((tmp_path / "m.metrics.json").read_text())
+    assert meta.threshold == report["threshold"]
+    assert report["validation"]["summary"]["scans"] == 2
+    # fine-tuning from the exported model is one command with --init
+    run2 = tmp_path / "run2"
+    args = ["train", "--config", str(cfg_file), "--out", str(run2), "--init", str(out)]
+    assert main([*args, "--no-progress"]) == 0
+    assert main(["export", str(tmp_path / "missing.pt"), "--out", str(out)]) != 0
