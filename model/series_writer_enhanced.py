@@ -143,21 +143,11 @@ def write_enhanced(
     ):
         if kw in ds:
             del ds[kw]
-    ds.PulseSequenceName = profile.pulse_sequence_name
-    ds.EchoPulseSequence = "GRADIENT"
-    ds.MultiPlanarExcitation = "NO"
-    ds.PhaseContrast = "NO"
-    ds.TimeOfFlightContrast = "NO"
-    ds.SteadyStatePulseSequence = "NONE"
-    ds.EchoPlanarPulseSequence = "NO"
-    ds.SaturationRecovery = "NO"
-    ds.SpectrallySelectedSuppression = "NONE"
-    ds.OversamplingPhase = "NONE"
-    ds.GeometryOfKSpaceTraversal = "RECTILINEAR"
-    ds.SegmentedKSpaceTraversal = "SINGLE"
-    ds.RectilinearPhaseEncodeReordering = "LINEAR"
-    ds.CoverageOfKSpace = "FULL"
-    ds.NumberOfKSpaceTrajectories = 1
+    if str(ds.ImageType[0]) != "DERIVED":
+        # The MR Pulse Sequence module is for ORIGINAL/MIXED images only (PS3.3 C.8.13.4).
+        _add_pulse_sequence(ds, profile)
+    else:
+        del ds.MRAcquisitionType
     ds.ResonantNucleus = "1H"
     ds.KSpaceFiltering = "NONE"
     ds.ApplicableSafetyStandardAgency = "IEC"
@@ -175,6 +165,9 @@ def write_enhanced(
     ds.AcquisitionContextSequence = DicomSequence()
     for kw in ("AcquisitionDate", "AcquisitionTime"):
         del ds[kw]
+    for kw in ("Manufacturer", "ManufacturerModelName", "SoftwareVersions"):
+        if not ds.get(kw):
+            setattr(ds, kw, "UNKNOWN")  # type 1 in the Enhanced General Equipment module
     ds.InstanceNumber = 1
     ds.ContentDate = study.study_date
     ds.Rows, ds.Columns = stacks[0].volume.shape[1], stacks[0].volume.shape[2]
@@ -279,6 +272,26 @@ def write_enhanced(
     path = out_dir / file_name(sop_uid)
     ds.save_as(path, enforce_file_format=True)
     return [path]
+
+
+def _add_pulse_sequence(ds: Dataset, profile: VendorProfile) -> None:
+    """MR Pulse Sequence module of a gradient-echo acquisition."""
+    ds.PulseSequenceName = profile.pulse_sequence_name
+    ds.EchoPulseSequence = "GRADIENT"
+    ds.MultiPlanarExcitation = "NO"
+    ds.PhaseContrast = "NO"
+    ds.TimeOfFlightContrast = "NO"
+    ds.SteadyStatePulseSequence = "NONE"
+    ds.EchoPlanarPulseSequence = "NO"
+    ds.SaturationRecovery = "NO"
+    ds.SpectrallySelectedSuppression = "NONE"
+    ds.OversamplingPhase = "NONE"
+    ds.GeometryOfKSpaceTraversal = "RECTILINEAR"
+    ds.SegmentedKSpaceTraversal = "SINGLE"
+    ds.RectilinearPhaseEncodeReordering = "LINEAR"
+    if profile.acquisition_type == "3D":
+        ds.CoverageOfKSpace = "FULL"  # type 1C: 3D acquisitions only
+    ds.NumberOfKSpaceTrajectories = 1
 
 
 def _add_shared_mr_macros(shared: Dataset, profile: VendorProfile) -> None:

@@ -133,12 +133,15 @@ def test_enhanced_holds_magnitude_and_phase_frames(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools not installed")
 @pytest.mark.parametrize("enhanced", [False, True])
-def test_dciodvfy_finds_no_errors(tmp_path: Path, enhanced: bool) -> None:
-    vol = make_volume("feet_first", shape=(3, 32, 32))
+@pytest.mark.parametrize("kind", ["magnitude", "minip"])
+@pytest.mark.parametrize("flavour", sorted(PROFILES))
+def test_dciodvfy_finds_no_errors(tmp_path: Path, flavour: str, kind: str, enhanced: bool) -> None:
+    vol = make_volume("feet_first", shape=(2, 32, 32))
     paths = write_series(
         vol,
         tmp_path,
-        flavour="siemens_swi",
+        flavour=flavour,
+        kind=kind,
         enhanced=enhanced,
         transfer_syntax=ExplicitVRLittleEndian,
         patient_position="FFS",
