@@ -20,18 +20,25 @@ from model.types import SequenceKind
 from tests.helpers.dicom_studies import make_volume
 
 
-def _sr(path: Path, study_uid: str) -> None:
-    """A minimal Basic Text SR: a DICOM object that is not an image."""
+def _sr(path: Path, study_uid: str, sop_class: str = pydicom.uid.BasicTextSRStorage) -> None:
+    """A minimal non-image object (Basic Text SR by default)."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.BasicTextSRStorage
+    ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.UID(sop_class)
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    ds.SOPClassUID = pydicom.uid.BasicTextSRStorage
+    ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = generate_uid()
     ds.Modality = "SR"
+    if sop_class == pydicom.uid.SegmentationStorage:
+        # A SEG carries pixel data; it must still not be taken for an image stack.
+        ds.Modality = "SEG"
+        ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 8, 8, 7
+        ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.PixelData = bytes(64)
     ds.save_as(path, enforce_file_format=True)
 
 
@@ -81,10 +88,18 @@ def test_non_image_objects_are_skipped_with_reasons(tmp_path: Path) -> None:
     study = StudyMeta.synthetic(0)
     write_series(make_volume(shape=(4, 32, 32)), tmp_path, study=study)
     _sr(tmp_path / "report.dcm", study.study_instance_uid)
+    _sr(tmp_path / "seg.dcm", study.study_instance_uid, pydicom.uid.SegmentationStorage)
+    _sr(
+        tmp_path / "gsps.dcm",
+        study.study_instance_uid,
+        pydicom.uid.GrayscaleSoftcopyPresentationStateStorage,
+    )
     (tmp_path / "README.txt").write_text("not dicom")
     (studied,) = load_studies([tmp_path])
     reasons = dict(studied.skipped)
     assert "Basic Text SR" in reasons[str(tmp_path / "report.dcm")]
+    assert "Segmentation Storage" in reasons[str(tmp_path / "seg.dcm")]
+    assert "Presentation State" in reasons[str(tmp_path / "gsps.dcm")]
     assert reasons[str(tmp_path / "README.txt")] == "not a DICOM file"
     assert len(studied.series) == 1
 
