@@ -12,7 +12,7 @@ import logging
 import ssl
 from typing import Any, cast
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -28,6 +28,27 @@ from service.store import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Transfer syntaxes accepted for the image SOP classes: every one that the pipeline can
+#: decode (pydicom + pylibjpeg); instances are stored in the syntax they arrived in.
+TRANSFER_SYNTAXES = [
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 and 4)
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless (Process 14)
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+]
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
@@ -49,7 +70,7 @@ class StorageSCP:
         ae = AE(ae_title=st.ae_title)
         ae.add_supported_context(Verification)
         for uid in SUPPORTED_SOP_CLASSES:
-            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(uid, TRANSFER_SYNTAXES)
         ae.require_calling_aet = list(st.allow_ae)
         ae.require_called_aet = True
         ae.maximum_associations = 32

@@ -148,7 +148,7 @@ class Settings(BaseSettings):
 
     # Logging
     log_format: Literal["json", "text"] = Field("json", description="log line format")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
 
     @field_validator(
         "allow_ae", "allow_hosts", "destinations", "api_keys", "outputs", mode="before"
@@ -246,16 +246,36 @@ class Settings(BaseSettings):
         return {k: n for n, _, k in (item.partition(":") for item in self.api_keys)}
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Build the settings (environment + ``overrides``) or raise one readable SettingsError."""
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings or raise one readable SettingsError.
+
+    Precedence: ``overrides`` (command-line flags) > environment > ``config``
+    (a file of ``CMB_NAME=value`` lines) > defaults.
+    """
     clean = {k: v for k, v in overrides.items() if v is not None}
+    if config is not None and not Path(config).is_file():
+        raise SettingsError(f"config file {config} does not exist")
     try:
-        return Settings(**clean)
+        return Settings(_env_file=config, **clean)  # type: ignore[call-arg]
     except ValidationError as e:
         lines = []
         for err in e.errors():
             field = ".".join(str(p) for p in err["loc"]) or "settings"
+            if err["type"] == "extra_forbidden":
+                lines.append(f"{field.upper()}: unknown setting (see docs/settings.md)")
+                continue
             env = f"CMB_{field.upper()}" if field != "settings" else "settings"
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"{field} ({env}): {msg}")
         raise SettingsError("invalid settings: " + "; ".join(lines)) from e
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """``CMB_*`` variables that rebuild ``settings`` in another process (Celery pool)."""
+    env = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        env[f"CMB_{name.upper()}"] = ",".join(value) if isinstance(value, list) else str(value)
+    return env

@@ -17,6 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the DICOM service: C-STORE listener, REST API, jobs, export to PACS",
         description="Run the service. Flags override CMB_* environment variables.",
     )
+    p.add_argument(
+        "--config", type=Path, help="file of CMB_NAME=value lines (environment and flags win)"
+    )
     p.add_argument("--data-dir", type=Path, help="spool, results and SQLite DB (CMB_DATA_DIR)")
     p.add_argument("--dicom-port", type=int, help="Storage SCP port, 0 = off (default 11112)")
     p.add_argument("--ae-title", help="our AE title (default CMB_AI)")
@@ -57,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(
+            config=args.config,
             data_dir=args.data_dir,
             dicom_port=args.dicom_port,
             ae_title=args.ae_title,

@@ -16,6 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "worker",
         help="run a Celery worker for detection jobs (needs CMB_BROKER_URL and a shared DB)",
     )
+    p.add_argument(
+        "--config", type=Path, help="file of CMB_NAME=value lines (environment and flags win)"
+    )
     p.add_argument("--data-dir", type=Path, help="shared data directory (CMB_DATA_DIR)")
     p.add_argument("--database-url", help="SQLAlchemy URL shared with cmb serve")
     p.add_argument("--broker-url", help="Celery broker, e.g. redis://host:6379/0")
@@ -32,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from service.db.session import Database
     from service.logs import configure_logging
-    from service.settings import SettingsError, load_settings
+    from service.settings import SettingsError, load_settings, settings_environment
     from service.tasks import make_celery
 
     overrides = {
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         "model_path": args.model_path,
     }
     try:
-        settings = load_settings(**overrides)
+        settings = load_settings(config=args.config, **overrides)
     except SettingsError as e:
         print(f"cmb worker: {e}", file=sys.stderr)
         return 2
@@ -53,10 +56,8 @@ def run(args: argparse.Namespace) -> int:
             "cmb worker: no broker: set CMB_BROKER_URL or --broker-url (e.g. redis://host:6379/0)"
         )
         return 2
-    # The tasks read their settings from the environment: hand the flags down.
-    for key, value in overrides.items():
-        if value is not None:
-            os.environ[f"CMB_{key.upper()}"] = str(value)
+    # The tasks read their settings from the environment: hand the merged result down.
+    os.environ.update(settings_environment(settings))
     configure_logging(settings.log_format, settings.log_level)
     Database(settings.db_url).dispose()  # migrate the schema once, before the pool forks
     app = make_celery(settings)

@@ -87,6 +87,11 @@ def create_app(settings: Settings, db: Database, spool: Spool, service: Any = No
         audit(db, request, response.status_code)
         return response
 
+    def check_size(request: Request) -> None:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_upload_mb * 2**20:
+            raise HTTPException(413, detail=f"upload larger than {settings.max_upload_mb:g} MB")
+
     def upload_response(report: UploadReport) -> JSONResponse:
         jobs = {uid: create_job(db, uid) for uid in report.studies} if report.stored else {}
         metrics.INSTANCES_RECEIVED.labels("rest", "stored").inc(len(report.stored))
@@ -133,10 +138,12 @@ def create_app(settings: Settings, db: Database, spool: Spool, service: Any = No
 
     @app.post("/studies", tags=["upload"], status_code=202)
     async def upload(
+        request: Request,
         files: Annotated[list[UploadFile], File(description="DICOM files and/or zip archives")],
         principal: str = Depends(require_key),
     ) -> JSONResponse:
         """Upload a study as DICOM files or zip archives; a job is queued at once."""
+        check_size(request)
         items = [(f.filename or "upload", await f.read()) for f in files]
         try:
             report = store_files(spool, items, f"rest:{principal}")
@@ -147,6 +154,7 @@ def create_app(settings: Settings, db: Database, spool: Spool, service: Any = No
     @app.post("/dicomweb/studies", tags=["upload"])
     async def stow_rs(request: Request, principal: str = Depends(require_key)) -> JSONResponse:
         """DICOMweb STOW-RS (multipart/related; type="application/dicom")."""
+        check_size(request)
         body = await request.body()
         try:
             parts = split_multipart_related(request.headers.get("content-type", ""), body)

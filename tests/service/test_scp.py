@@ -166,3 +166,33 @@ def test_dcmtk_storescu_unknown_ae_fails(scp: tuple, tmp_path: Path) -> None:
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode != 0
     assert "Calling AE Title Not Recognized" in run.stdout + run.stderr
+
+
+@pytest.mark.skipif(shutil.which("dcmcrle") is None, reason="dcmtk dcmcrle not installed")
+def test_compressed_instance_is_stored_as_received(scp: tuple, tmp_path: Path) -> None:
+    _listener, settings, db, _spool = scp
+    _study, files = write_study(tmp_path / "raw", n=1)
+    rle = tmp_path / "rle" / "a.dcm"
+    rle.parent.mkdir()
+    subprocess.run(["dcmcrle", str(files[0]), str(rle)], check=True, timeout=60)
+    cmd = [
+        "storescu",
+        "-xr",
+        "-aet",
+        "PACS",
+        "-aec",
+        settings.ae_title,
+        "127.0.0.1",
+        str(settings.dicom_port),
+        str(rle),
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    sent = dcmread(rle)
+    with db.session() as s:
+        row = s.get(Instance, sent.SOPInstanceUID)
+    assert row is not None
+    assert row.transfer_syntax_uid == "1.2.840.10008.1.2.5"
+    stored = dcmread(row.path)
+    assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"
+    assert stored.PixelData == sent.PixelData  # the encapsulated RLE bytes, untouched

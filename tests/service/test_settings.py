@@ -54,3 +54,34 @@ def test_invalid_settings_name_the_variable(
 def test_api_key_map() -> None:
     s = load_settings(api_keys=["ris:0123456789abcdef", "ops:fedcba9876543210"])
     assert s.api_key_map() == {"0123456789abcdef": "ris", "fedcba9876543210": "ops"}
+
+
+def test_config_file_and_round_trip_through_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.settings import settings_environment
+
+    cfg = tmp_path / "cmb.env"
+    cfg.write_text("CMB_STABLE_AFTER=7\nCMB_ALLOW_AE=PACS,CT1\n")
+    monkeypatch.setenv("CMB_AE_TITLE", "FROM_ENV")
+    s = load_settings(config=cfg, dicom_port=104)
+    assert (s.stable_after, s.allow_ae, s.ae_title, s.dicom_port) == (
+        7,
+        ["PACS", "CT1"],
+        "FROM_ENV",
+        104,
+    )
+    for key, value in settings_environment(s).items():
+        monkeypatch.setenv(key, value)
+    assert load_settings() == s
+    cfg.write_text("CMB_STABLE_AFTRE=7\n")
+    with pytest.raises(SettingsError, match="CMB_STABLE_AFTRE: unknown setting"):
+        load_settings(config=cfg)
+
+
+def test_docs_table_lists_every_setting() -> None:
+    from service.settings import Settings
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "settings.md").read_text()
+    missing = [n for n in Settings.model_fields if f"`CMB_{n.upper()}`" not in doc]
+    assert missing == []

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 from pydicom.uid import generate_uid
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from service.db.models import Instance, Study
 from service.db.session import Database
@@ -32,7 +32,7 @@ def test_store_duplicate_and_replace(spool: Spool, db: Database) -> None:
     assert path.parent.parent.parent == spool.root
     assert spool.store(raw, ids, "rest:test").outcome == "duplicate"
     with db.session() as s:
-        s.execute(Study.__table__.update().values(dirty=False))
+        s.execute(update(Study).values(dirty=False))
     ds.InstanceNumber = 99  # same UID, new bytes: replaces and marks the study changed
     raw2 = _raw(ds)
     assert spool.store(raw2, parse_part10(raw2), "rest:test").outcome == "replaced"
