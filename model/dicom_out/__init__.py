@@ -70,15 +70,12 @@ def write_outputs(
     layout = SourceLayout(result.labels, list(source_datasets))
     findings = findings_of(result)
 
-    seg = None
-    if findings and ("seg" in wanted or "sr" in wanted):
+    seg = None  # an SR references a SEG only if the SEG is written too
+    if findings and "seg" in wanted:
         from model.dicom_out.seg import build_seg
 
         seg = build_seg(identity, layout, findings)
-        if "seg" in wanted:
-            written["seg"] = _save(seg, out_dir / "seg.dcm")
-        else:
-            seg = None  # an SR must not reference a SEG that is not sent
+        written["seg"] = _save(seg, out_dir / "seg.dcm")
     if "sr" in wanted:
         from model.dicom_out.sr import build_sr
 

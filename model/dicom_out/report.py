@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 import textwrap
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import contextmanager
 
 import matplotlib
 import numpy as np
@@ -55,8 +56,17 @@ def _installed_fonts() -> list[str]:
     return [f for f in FONT_FALLBACK if f in names] or ["sans-serif"]
 
 
-def _fonts() -> AbstractContextManager[None]:
-    return matplotlib.rc_context({"font.family": _installed_fonts(), "pdf.fonttype": 42})
+@contextmanager
+def _fonts() -> Iterator[None]:
+    """Font fallback for the report; quiet about fallback fonts that lack a bold face."""
+    logger = logging.getLogger("matplotlib.font_manager")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with matplotlib.rc_context({"font.family": _installed_fonts(), "pdf.fonttype": 42}):
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _text(ds: Dataset, keyword: str, default: str = "-") -> str:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -82,7 +83,9 @@ SPACING = (2.5, 1.4, 1.4)
 
 
 def simulate() -> tuple[np.ndarray, np.ndarray]:
-    img = nib.load(shared_data_dir() / "synthseg/data/training_label_maps/training_seg_01.nii.gz")
+    img: Any = nib.load(
+        shared_data_dir() / "synthseg/data/training_label_maps/training_seg_01.nii.gz"
+    )
     labels = np.asarray(img.dataobj).astype(np.int32)
     affine = np.eye(4)
     affine[:3, 0] = [0, 0, SPACING[0]]  # slices towards the head
@@ -135,7 +138,7 @@ def main(dest: Path) -> None:
         labels[mask] = det_id
         det = Detection(
             id=det_id,
-            center_lps_mm=tuple(affine[:3, :3] @ [k, j, i] + affine[:3, 3]),  # type: ignore[arg-type]
+            center_lps_mm=tuple(affine[:3, :3] @ [k, j, i] + affine[:3, 3]),
             diameter_mm=5.2,
             volume_mm3=float(mask.sum() * np.prod(SPACING)),
             probability=[0.93, 0.81, 0.67, 0.55][det_id - 1],
