@@ -3,7 +3,7 @@
 # CMB detection service images (docs/deployment.md).
 #
 #   docker build --target cpu -t cmb-detect:cpu .     # python:3.11-slim + onnxruntime (CPU)
-#   docker build --target gpu -t cmb-detect:gpu .     # CUDA 12 + cuDNN 9 runtime + onnxruntime-gpu
+#   docker build --target gpu -t cmb-detect:gpu .     # CUDA 13 + cuDNN 9 runtime + onnxruntime-gpu
 #
 # Both images hold only `model` + `service` + `cmb` with their runtime
 # dependencies (no torch, no training code paths are imported), the shipped
@@ -15,7 +15,13 @@
 #   cmb worker  a Celery worker taking jobs from CMB_BROKER_URL
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+# The CUDA major of the base must be the one onnxruntime-gpu was built for:
+# onnxruntime-gpu 1.31.1 (PyPI) links libcudart.so.13 and libcublas.so.13, so it
+# needs a CUDA 13 runtime with cuDNN 9 and an NVIDIA driver >= 580 on the host.
+# For hosts with an older driver, build with a CUDA 12 base and a CUDA 12 build of
+# onnxruntime-gpu (docs/deployment.md, "GPU image and driver").
+ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+ARG ORT_GPU_VERSION=1.31.1
 
 # ---------------------------------------------------------------------------
 # wheel: build the project's wheel once (pure Python: model, service, cmb,
@@ -73,6 +79,7 @@ CMD ["serve"]
 # venv-gpu: the same environment with onnxruntime-gpu, built on the CUDA base
 # so that the interpreter matches (Ubuntu 24.04: Python 3.12).
 FROM ${CUDA_IMAGE} AS venv-gpu
+ARG ORT_GPU_VERSION
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
@@ -80,7 +87,7 @@ COPY --from=wheel /wheels /wheels
 RUN python3 -m venv /opt/cmb \
  && /opt/cmb/bin/pip install --no-cache-dir --upgrade pip \
  && WHEEL=$(ls /wheels/cmb_detect-*.whl) \
- && /opt/cmb/bin/pip install --no-cache-dir "${WHEEL}[gpu]" \
+ && /opt/cmb/bin/pip install --no-cache-dir "${WHEEL}[gpu]" "onnxruntime-gpu==${ORT_GPU_VERSION}" \
  && /opt/cmb/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
  && find /opt/cmb -name '__pycache__' -prune -exec rm -rf {} + \
  && rm -rf /opt/cmb/lib/python*/site-packages/pip*
