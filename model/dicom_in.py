@@ -15,7 +15,6 @@ any image raise `InputError` naming the culprit; nothing is half-loaded.
 from __future__ import annotations
 
 import hashlib
-import io
 import warnings
 import zipfile
 from collections import defaultdict
@@ -24,13 +23,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from model.errors import GeometryError, InputError
-from model.series import FrameRef, Series, SourceRef, Study
+from model.series import FrameRef, Series, SourceRef, Study, has_dicm_prefix, parse_dicom
 from model.series_classify import classify, echo_time_ms, header_features, private_value
 from model.series_classify import functional_groups as _groups
 from model.types import SequenceKind, SeriesInfo
@@ -105,30 +103,20 @@ def _expand_file(path: Path) -> Iterator[SourceRef]:
         yield SourceRef(path)
 
 
-def _read_bytes(source: SourceRef) -> bytes:
-    try:
-        if source.member is None:
-            return source.path.read_bytes()
-        with zipfile.ZipFile(source.path) as archive:
-            return archive.read(source.member)
-    except (OSError, zipfile.BadZipFile, KeyError) as e:
-        raise InputError(f"{source}: cannot read ({e})") from e
-
-
 def _read_dataset(source: SourceRef) -> Dataset:
     """The complete dataset; `_SkipError` for non-DICOM files, `InputError` for broken DICOM."""
     name = source.member or source.path.name
     if Path(name).name.startswith("._") or "__MACOSX/" in name:
         raise _SkipError("macOS resource fork (AppleDouble file), not DICOM")
-    data = _read_bytes(source)
-    has_prefix = len(data) >= 132 and data[128:132] == b"DICM"
+    data = source.read_bytes()
+    has_prefix = has_dicm_prefix(data)
     looks_dicom = has_prefix or Path(name).suffix.lower() in _DICOM_SUFFIXES
     if Path(name).name.upper() == "DICOMDIR":
         raise _SkipError("DICOMDIR (media directory, not an image)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ds = pydicom.dcmread(io.BytesIO(data), force=not has_prefix and data[:2] == b"\x08\x00")
+            ds = parse_dicom(data)
         except InvalidDicomError as e:
             if looks_dicom:
                 raise InputError(f"{source}: truncated or corrupt DICOM file ({e})") from e

@@ -21,6 +21,7 @@ import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from model.errors import GeometryError, InputError
 from model.types import SeriesInfo, SliceRef, Volume
@@ -31,6 +32,8 @@ __all__ = [
     "SourceRef",
     "StackGeometry",
     "Study",
+    "has_dicm_prefix",
+    "parse_dicom",
     "stack_geometry",
 ]
 
@@ -51,16 +54,44 @@ class SourceRef:
     def __str__(self) -> str:
         return f"{self.path}!{self.member}" if self.member else str(self.path)
 
+    def read_bytes(self) -> bytes:
+        """The raw bytes of the object; `InputError` when the file or member is unreadable."""
+        try:
+            if self.member is None:
+                return self.path.read_bytes()
+            with zipfile.ZipFile(self.path) as archive:
+                return archive.read(self.member)
+        except (OSError, zipfile.BadZipFile, KeyError) as e:
+            raise InputError(f"{self}: cannot read ({e})") from e
+
     def read(self, *, stop_before_pixels: bool = False) -> Dataset:
         """The dataset; `InputError` naming the file when it cannot be parsed."""
         try:
-            if self.member is None:
-                return pydicom.dcmread(self.path, stop_before_pixels=stop_before_pixels)
-            with zipfile.ZipFile(self.path) as archive:
-                data = archive.read(self.member)
-            return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
+            return parse_dicom(self.read_bytes(), stop_before_pixels=stop_before_pixels)
         except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as e:
             raise InputError(f"{self}: cannot read DICOM ({e})") from e
+
+
+def has_dicm_prefix(data: bytes) -> bool:
+    """Part 10 file: 128-byte preamble then ``DICM``."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def parse_dicom(data: bytes, *, stop_before_pixels: bool = False) -> Dataset:
+    """Parse a Part 10 file, or a bare dataset (no preamble/meta) starting with group 0008.
+
+    Old exports without the file meta header are implicit VR little endian
+    (the DICOM default); their transfer syntax is recorded so that pydicom's
+    pixel handlers can decode them.
+    """
+    bare = not has_dicm_prefix(data) and data[:2] == b"\x08\x00"
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels, force=bare)
+    if bare and "TransferSyntaxUID" not in ds.file_meta:
+        implicit = ds.original_encoding[0] is not False
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        )
+    return ds
 
 
 @dataclass(frozen=True)

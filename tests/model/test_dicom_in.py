@@ -253,3 +253,16 @@ def test_enhanced_multi_echo_is_split_per_echo(tmp_path: Path) -> None:
     assert [s.stack_id.split("#")[1] for s in study.series] == ["echo1", "echo2"]
     assert [s.info.echo_time_ms for s in study.series] == [8.0, 24.0]
     np.testing.assert_array_equal(study.series[0].load_volume().array, echoes[0].array)
+
+
+def test_files_without_preamble_and_meta_header_are_read(tmp_path: Path) -> None:
+    """Old exports: a bare implicit-VR dataset, no 128-byte preamble, no group 0002."""
+    vol = make_volume(shape=(4, 32, 32))
+    for path in write_series(vol, tmp_path):
+        ds = pydicom.dcmread(path)
+        ds.preamble = None
+        del ds.file_meta
+        ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=False)
+        assert path.read_bytes()[:2] == b"\x08\x00"
+    (study,) = load_studies([tmp_path])
+    np.testing.assert_array_equal(study.series[0].load_volume().array, vol.array)
