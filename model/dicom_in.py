@@ -371,6 +371,7 @@ def load_studies(inputs: Sequence[str | Path], rules: dict[str, Any] | None = No
     studies: dict[str, Study] = {}
     skipped: list[tuple[str, str, str | None]] = []  # (path, reason, study uid if known)
     by_series: dict[tuple[str, str], list[_Item]] = defaultdict(list)
+    seen: dict[str, SourceRef] = {}  # SOPInstanceUID -> first source
     for source in _expand(inputs):
         if source.member is None and _is_nifti(source.path):
             study = _nifti_study(source.path)
@@ -382,6 +383,12 @@ def load_studies(inputs: Sequence[str | Path], rules: dict[str, Any] | None = No
         except _SkipError as skip:
             skipped.append((str(source), str(skip.args[0]), skip.study_uid))
             continue
+        sop_uid = items[0].frame.sop_instance_uid
+        if sop_uid in seen:
+            # The same instance twice (a folder and a file in it, a re-sent export).
+            skipped.append((str(source), f"duplicate of {seen[sop_uid]}", items[0].study_uid))
+            continue
+        seen[sop_uid] = source
         for item in items:
             by_series[(item.study_uid, item.series_uid)].append(item)
     for (study_uid, series_uid), items in by_series.items():

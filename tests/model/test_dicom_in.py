@@ -266,3 +266,14 @@ def test_files_without_preamble_and_meta_header_are_read(tmp_path: Path) -> None
         assert path.read_bytes()[:2] == b"\x08\x00"
     (study,) = load_studies([tmp_path])
     np.testing.assert_array_equal(study.series[0].load_volume().array, vol.array)
+
+
+def test_the_same_instance_given_twice_is_read_once(tmp_path: Path) -> None:
+    paths = write_series(make_volume(shape=(4, 32, 32)), tmp_path / "a")
+    copy = tmp_path / "copy.dcm"
+    copy.write_bytes(paths[1].read_bytes())
+    (study,) = load_studies([tmp_path / "a", paths[0], copy])
+    assert study.series[0].load_volume().shape == (4, 32, 32)
+    reasons = dict(study.skipped)
+    assert reasons[str(paths[0])].startswith("duplicate of")
+    assert reasons[str(copy)] == f"duplicate of {paths[1]}"
