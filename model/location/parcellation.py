@@ -31,7 +31,7 @@ import SimpleITK as sitk
 from model.errors import CmbError, InputError, ModelError
 from model.location.grid import canonical_grid, empty_like_grid
 from model.onnx_model import OnnxModel, default_model_path
-from model.preprocess import normalize, resample_like
+from model.preprocess import foreground_mask, normalize, resample_like
 from model.types import Volume
 
 METHODS = ("onnx", "mri_synthseg")
@@ -76,10 +76,38 @@ def parcellate_onnx(volume: Volume, model: OnnxModel) -> Volume:
     affine, shape = canonical_grid(volume, spacing, divisor=SIZE_DIVISOR)
     canon = resample_like(volume, empty_like_grid(affine, shape), order=1)
     image = normalize(canon.array, meta.normalization)
-    probs = model.run(image[None, None])[0]
+    box = head_box(image, SIZE_DIVISOR)
+    probs = model.run(image[box][None, None])[0]
     ids = np.asarray(meta.label_ids, dtype=np.float32)
-    labels = ids[np.argmax(probs, axis=0)]
+    labels = np.zeros(shape, dtype=np.float32)  # air around the head: background
+    labels[box] = ids[np.argmax(probs, axis=0)]
     return resample_like(Volume(array=labels, affine=affine), volume, order=0)
+
+
+def head_box(
+    image: npt.NDArray[np.float32], divisor: int, margin: int = 4
+) -> tuple[slice, slice, slice]:
+    """Box around the head (Otsu foreground + ``margin`` voxels), sides multiples of ``divisor``.
+
+    The air around a head is a large part of a 1 mm whole-head grid; the
+    network only runs on the box (training saw such crops too).
+    """
+    mask = foreground_mask(image, "otsu")
+    idx = np.argwhere(mask)
+    shape = np.asarray(image.shape)
+    if idx.size == 0:
+        return (slice(0, int(shape[0])), slice(0, int(shape[1])), slice(0, int(shape[2])))
+    lo = np.maximum(idx.min(axis=0) - margin, 0)
+    hi = np.minimum(idx.max(axis=0) + 1 + margin, shape)
+    size = np.minimum(np.ceil((hi - lo) / divisor).astype(int) * divisor, shape)
+    # grow symmetrically inside the grid to reach the rounded size
+    lo = np.clip(lo - (size - (hi - lo)) // 2, 0, shape - size)
+    hi = lo + size
+    return (
+        slice(int(lo[0]), int(hi[0])),
+        slice(int(lo[1]), int(hi[1])),
+        slice(int(lo[2]), int(hi[2])),
+    )
 
 
 # --------------------------------------------------------------------------- mri_synthseg

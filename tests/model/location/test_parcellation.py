@@ -144,3 +144,18 @@ def test_parcellate_onnx_direct(tmp_path: Path) -> None:
     model = load_parcellation_model(path, "cpu")
     out = parcellate_onnx(axial_volume(), model)
     assert set(np.unique(out.array).astype(int)) <= {0, 2, 3}
+
+
+def test_head_box_is_a_divisible_crop_around_the_foreground() -> None:
+    from model.location.parcellation import head_box
+
+    img = np.zeros((64, 80, 96), np.float32)
+    img[20:30, 10:50, 40:60] = 1.0
+    box = head_box(img, 16, margin=2)
+    sizes = [s.stop - s.start for s in box]
+    assert all(n % 16 == 0 for n in sizes)
+    assert box[0].start <= 18 and box[0].stop >= 32
+    assert box[1].start <= 8 and box[1].stop >= 52
+    assert box[2].start <= 38 and box[2].stop >= 62
+    assert all(s.start >= 0 and s.stop <= n for s, n in zip(box, img.shape, strict=True))
+    assert [s.stop - s.start for s in head_box(np.zeros((32, 32, 32), np.float32), 16)] == [32] * 3
