@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import SimpleITK as sitk  # noqa: N813 (the library's own convention)
+import SimpleITK as sitk
 
 from model.errors import InputError
 from model.types import SliceRef, Volume
