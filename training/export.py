@@ -50,6 +50,7 @@ def build_metadata(
     metrics: dict[str, Any] | None = None,
     training_data_hash: str | None = None,
     trained_on: str | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> ModelMetadata:
     """The plan of a model trained with ``config`` (validated by the runtime's own class)."""
     return ModelMetadata(
@@ -75,6 +76,8 @@ def build_metadata(
         metrics=metrics,
         trained_on=trained_on,
         description="3D U-Net (MONAI BasicUNet) for cerebral microbleed segmentation",
+        # kept by the runtime as extra cmb.* keys: hardware, wall time, epochs
+        extra={k: str(v) for k, v in (provenance or {}).items() if v is not None},
     )
 
 
@@ -168,6 +171,7 @@ def export_checkpoint(
             metrics=summary,
             training_data_hash=ckpt.get("training_data_hash"),
             trained_on=ckpt.get("trained_on"),
+            provenance=ckpt.get("provenance"),
         )
 
     chosen = float(threshold if threshold is not None else val.get("threshold", 0.5))
@@ -197,6 +201,7 @@ def export_checkpoint(
                 "config_hash": config.config_hash(),
                 "training_data_hash": ckpt.get("training_data_hash"),
                 "trained_on": ckpt.get("trained_on"),
+                "provenance": ckpt.get("provenance"),
                 "validation": val,
             },
             indent=2,

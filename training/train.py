@@ -201,7 +201,8 @@ def train(
     use_amp = config.amp and info.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = build_loss(config.loss)
-    start_epoch, best_score = 0, None
+    start_epoch, best_score, wall_before = 0, None, 0.0
+    wall_start = time.monotonic()
     best_val: dict[str, Any] | None = None
     if state is not None:
         net.load_state_dict(state["model"])
@@ -210,6 +211,7 @@ def train(
         scaler.load_state_dict(state["scaler"])
         start_epoch, best_score = int(state["epoch"]) + 1, state.get("best_score")
         best_val = state.get("best_validation")
+        wall_before = float(state.get("wall_seconds", 0.0))
         torch.set_rng_state(state["torch_rng"])
         log.info("resumed %s at epoch %d", run, start_epoch)
     hardware = hardware_description(info.device)
@@ -262,7 +264,7 @@ def train(
             scheduler.step()
             losses.append(float(loss.item()))
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False)
         train_loss = ddp.all_reduce_mean(float(np.mean(losses)) if losses else math.nan, info)
         lr = float(scheduler.get_last_lr()[0])
         row: dict[str, Any] = {
@@ -272,13 +274,18 @@ def train(
             "epoch_seconds": round(time.monotonic() - t0, 1),
         }
         improved = False
+        provenance = {
+            "hardware": hardware,
+            "epochs": epoch + 1,
+            "training_wall_s": round(wall_before + time.monotonic() - wall_start),
+        }
         validation: dict[str, Any] | None = None
         last_epoch = epoch + 1 == config.optim.epochs
         if info.is_main and val_refs and ((epoch + 1) % config.val.every == 0 or last_epoch):
             candidate = run / "candidate.onnx"
             export_onnx(
                 net,
-                build_metadata(config, training_data_hash=train_hash, trained_on=hardware),
+                build_metadata(config, training_data_hash=train_hash),
                 candidate,
             )
             n_val = len(val_refs)
@@ -306,7 +313,8 @@ def train(
                         threshold=float(validation["threshold"]),
                         metrics=summary,
                         training_data_hash=train_hash,
-                        trained_on=hardware,
+                        trained_on=_describe_data(train_refs, val_refs),
+                        provenance=provenance,
                     ),
                 )
                 candidate.replace(run / "best.onnx")
@@ -340,7 +348,9 @@ def train(
                 "best_validation": best_val,
                 "validation": validation,
                 "training_data_hash": train_hash,
-                "trained_on": hardware,
+                "trained_on": _describe_data(train_refs, val_refs),
+                "provenance": provenance,
+                "wall_seconds": wall_before + time.monotonic() - wall_start,
                 "torch_rng": torch.get_rng_state(),
             }
             _save(last_path, ckpt)
@@ -412,6 +422,20 @@ def _loader(
         pin_memory=info.device.type == "cuda",
     )
     return dataset, sampler, loader
+
+
+def _describe_data(train: list[CaseRef], val: list[CaseRef]) -> str:
+    """The cmb.trained_on text: how many cases of which subjects, and what was held out."""
+
+    def subjects(refs: list[CaseRef]) -> str:
+        ids = sorted({int(r.record["subject"]) for r in refs if "subject" in r.record})
+        return ",".join(str(i) for i in ids) or "unknown"
+
+    sources = sorted({str(r.record.get("source", "unknown")) for r in train})
+    return (
+        f"{len(train)} {'/'.join(sources)} training cases (subjects {subjects(train)}); "
+        f"validated on {len(val)} held-out cases (subjects {subjects(val)})"
+    )
 
 
 def _write_csv(path: Path, row: dict[str, Any]) -> None:
