@@ -74,6 +74,20 @@ def _text(ds: Dataset, keyword: str, default: str = "-") -> str:
     return str(value) if value not in (None, "") else default
 
 
+def _person(ds: Dataset) -> str:
+    """Patient's Name as printed in reports: "Family, Given Middle" (alphabetic group)."""
+    name = ds.get("PatientName")
+    if not name:
+        return "-"
+    family, given, middle = (
+        str(getattr(name, a, "") or "") for a in ("family_name", "given_name", "middle_name")
+    )
+    first = " ".join(x for x in (given, middle) if x)
+    if family and first:
+        return f"{family}, {first}"
+    return family or first or str(name).replace("^", " ")
+
+
 def _date(value: str) -> str:
     return (
         f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else value
@@ -92,7 +106,7 @@ def header_lines(identity: Identity, source: Dataset) -> list[tuple[str, str]]:
     return [
         (
             "Patient",
-            f"{_text(source, 'PatientName')}  (ID {_text(source, 'PatientID')}, "
+            f"{_person(source)}  (ID {_text(source, 'PatientID')}, "
             f"born {_date(_text(source, 'PatientBirthDate'))}, sex {_text(source, 'PatientSex')})",
         ),
         (
