@@ -124,6 +124,8 @@ def test_job_survives_a_killed_worker_process(
         60,
         "the job to run",
     )
+    marker = tmp_path / "shared" / "results" / "slept-once"
+    wait_for(marker.exists, 60, "the pipeline to start its (first, long) attempt")
     # Kill the pool process that runs the job (as the OOM killer would).
     children = subprocess.run(
         ["pgrep", "-P", str(worker.p.pid)], capture_output=True, text=True, check=False
