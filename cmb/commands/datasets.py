@@ -8,13 +8,13 @@ from pathlib import Path
 FORMATS = ("valdo", "dou", "nifti-pairs", "dicom-seg")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("datasets", help="import real datasets into the standardized layout")
     sub = p.add_subparsers(dest="datasets_command", metavar="ACTION")
     sub.required = True
     imp = sub.add_parser(
         "import",
-        help="convert VALDO, Dou/CUHK, NIfTI pairs or DICOM+SEG into OUT/images, labels, cases.jsonl",
+        help="convert VALDO, Dou/CUHK, NIfTI pairs or DICOM+SEG to the standardized layout",
         description=(
             "Write the standardized layout (OUT/images, OUT/labels with instance labels, "
             "OUT/cases.jsonl). Images are never resampled (see docs/synthetic-data.md)."

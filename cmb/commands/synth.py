@@ -31,7 +31,7 @@ def parse_subjects(text: str) -> list[int]:
     return sorted(out)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "synth",
         help="generate synthetic SWI/T2* cases with microbleeds (standardized layout)",

@@ -112,8 +112,14 @@ def test_dicom_with_seg(tmp_path: Path) -> None:
 
     img, mask, _ = _scene(3)
     vol = Volume(np.rint(img).astype(np.float32), _affine())
-    files = write_series(vol, tmp_path / "src" / "mr", flavour="siemens_swi", echo_time_ms=20.0,
-                         field_strength_t=3.0, seed=4)
+    files = write_series(
+        vol,
+        tmp_path / "src" / "mr",
+        flavour="siemens_swi",
+        echo_time_ms=20.0,
+        field_strength_t=3.0,
+        seed=4,
+    )
     sources = [pydicom.dcmread(f) for f in files]
     desc = hd.seg.SegmentDescription(
         segment_number=1,

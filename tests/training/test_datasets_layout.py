@@ -30,9 +30,15 @@ def _case(name: str) -> _Case:
     lab = np.zeros((4, 6, 5), np.int16)
     lab[1, 2, 2] = 1
     record = {
-        "case_id": name, "image": f"images/{name}.nii.gz", "label": f"labels/{name}.nii.gz",
-        "subject": 3, "split": "train", "source": "synthetic",
-        "acquisition": {"sequence": "swi"}, "cmbs": [{"label": 1}], "mimics": [],
+        "case_id": name,
+        "image": f"images/{name}.nii.gz",
+        "label": f"labels/{name}.nii.gz",
+        "subject": 3,
+        "split": "train",
+        "source": "synthetic",
+        "acquisition": {"sequence": "swi"},
+        "cmbs": [{"label": 1}],
+        "mimics": [],
     }
     return _Case(name, Volume(img, affine), Volume(lab, affine), record)  # type: ignore[arg-type]
 

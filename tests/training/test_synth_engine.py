@@ -60,9 +60,21 @@ def test_every_cmb_inside_brain_tissue_of_its_region(case) -> None:
 
 def test_record_has_every_sampled_parameter(case) -> None:
     acq = case.record["acquisition"]
-    for key in ("sequence", "field_strength_t", "echo_time_ms", "slice_thickness_mm",
-                "slice_gap_mm", "pixel_spacing_mm", "acquisition_type", "snr", "bias",
-                "oblique_deg", "head_rotation_deg", "tissue_means", "kspace_fraction"):
+    for key in (
+        "sequence",
+        "field_strength_t",
+        "echo_time_ms",
+        "slice_thickness_mm",
+        "slice_gap_mm",
+        "pixel_spacing_mm",
+        "acquisition_type",
+        "snr",
+        "bias",
+        "oblique_deg",
+        "head_rotation_deg",
+        "tissue_means",
+        "kspace_fraction",
+    ):
         assert key in acq
     assert acq["sequence"] == "t2star" and acq["acquisition_type"] == "2D"
     assert 3.0 <= acq["slice_thickness_mm"] <= 6.0
@@ -91,15 +103,42 @@ def test_unknown_override_is_an_error() -> None:
 
 
 def test_apparent_size_grows_with_b0_te() -> None:
-    base = {"pixel_spacing_mm": (0.8, 0.8), "slice_thickness_mm": 2.0, "mimics": (),
-            "n_medullary_veins": 5, "n_cortical_veins": 2}
+    base = {
+        "pixel_spacing_mm": (0.8, 0.8),
+        "slice_thickness_mm": 2.0,
+        "mimics": (),
+        "n_medullary_veins": 5,
+        "n_cortical_veins": 2,
+    }
     sizes = []
     for b0, te in ((1.5, 12.0), (3.0, 30.0)):
-        c = generate_case(21, subject=5, sequence="swi", n_cmbs=4,
-                          params_override={**base, "field_strength_t": b0, "echo_time_ms": te})
-        sizes.append({tuple(x["center_lps_mm"]): x["diameter_apparent_mm"]
-                      for x in c.record["cmbs"] + c.record["subvisible_cmbs"]})
+        c = generate_case(
+            21,
+            subject=5,
+            sequence="swi",
+            n_cmbs=4,
+            params_override={**base, "field_strength_t": b0, "echo_time_ms": te},
+        )
+        sizes.append(
+            {
+                tuple(x["center_lps_mm"]): x["diameter_apparent_mm"]
+                for x in c.record["cmbs"] + c.record["subvisible_cmbs"]
+            }
+        )
     assert sizes[0].keys() == sizes[1].keys()
     pairs = [(sizes[0][k], sizes[1][k]) for k in sizes[0]]
     assert all(hi >= lo for lo, hi in pairs)
     assert sum(hi for _, hi in pairs) > sum(lo for lo, _ in pairs)
+
+
+def test_generator_and_importers_do_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, training.synth, training.synth.stream, training.synth.writer, "
+        "training.datasets.importers, training.datasets.dicom_seg, training.datasets.dou; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -95,8 +95,13 @@ def import_dou(src: str | Path, split: str = "train") -> list[ImportedCase]:
             labels[grow_lesion(image, kji) & (labels == 0)] = n
         case_id = f"dou-{stem}"
         record = make_record(
-            case_id, image, labels, source="dou", split=split,
-            acquisition=dict(PUBLISHED_ACQUISITION), extra={"source_id": stem},
+            case_id,
+            image,
+            labels,
+            source="dou",
+            split=split,
+            acquisition=dict(PUBLISHED_ACQUISITION),
+            extra={"source_id": stem},
         )
         cases.append(ImportedCase(case_id, image, image.with_array(labels), record))
     return cases

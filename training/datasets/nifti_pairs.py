@@ -37,7 +37,11 @@ def find_pairs(src: Path) -> list[tuple[str, Path, Path]]:
             for lab in lab_dirs:
                 if (src / lab).is_dir():
                     masks = {_stem(p): p for p in _niftis(src / lab)}
-                    return [(_stem(p), p, masks[_stem(p)]) for p in _niftis(src / img_dir) if _stem(p) in masks]
+                    return [
+                        (_stem(p), p, masks[_stem(p)])
+                        for p in _niftis(src / img_dir)
+                        if _stem(p) in masks
+                    ]
     for img_dir, lab_dir in (("imagesTr", "labelsTr"), ("imagesTs", "labelsTs")):
         if (src / img_dir).is_dir() and (src / lab_dir).is_dir():
             masks = {_stem(p): p for p in _niftis(src / lab_dir)}
@@ -59,12 +63,15 @@ def find_pairs(src: Path) -> list[tuple[str, Path, Path]]:
     return pairs
 
 
-def import_nifti_pairs(src: str | Path, split: str = "train", source: str = "nifti") -> list[ImportedCase]:
+def import_nifti_pairs(
+    src: str | Path, split: str = "train", source: str = "nifti"
+) -> list[ImportedCase]:
     src = Path(src)
     pairs = find_pairs(src)
     if not pairs:
         raise InputError(
-            f"{src}: no image/mask pairs (images/+labels/, imagesTr/+labelsTr/, or <name>_mask.nii.gz)"
+            f"{src}: no image/mask pairs "
+            "(images/+labels/, imagesTr/+labelsTr/, or <name>_mask.nii.gz)"
         )
     cases = []
     for name, image_path, mask_path in pairs:
@@ -74,6 +81,14 @@ def import_nifti_pairs(src: str | Path, split: str = "train", source: str = "nif
             raise InputError(f"{mask_path}: shape {mask.shape} differs from image {image.shape}")
         labels = instance_labels(mask.array)
         case_id = f"{source}-{name}"
-        record = make_record(case_id, image, labels, source=source, split=split, acquisition={}, extra={"source_id": name})
+        record = make_record(
+            case_id,
+            image,
+            labels,
+            source=source,
+            split=split,
+            acquisition={},
+            extra={"source_id": name},
+        )
         cases.append(ImportedCase(case_id, image, image.with_array(labels), record))
     return cases

@@ -63,7 +63,8 @@ def make_grid(
     lo = proj.min(0) - np.array([slice_thickness_mm, margin_mm, margin_mm])
     hi = proj.max(0) + np.array([slice_thickness_mm, margin_mm, margin_mm])
     spacing = np.array([step, pixel_spacing_mm[0], pixel_spacing_mm[1]])
-    shape = tuple(int(v) for v in np.ceil((hi - lo) / spacing).astype(int) + 1)
+    n = np.ceil((hi - lo) / spacing).astype(int) + 1
+    shape = (int(n[0]), int(n[1]), int(n[2]))
     affine = np.eye(4)
     affine[:3, :3] = axes * spacing
     affine[:3, 3] = axes @ lo
@@ -147,7 +148,7 @@ def finish(
     intensity_scale: float,
 ) -> npt.NDArray[np.float32]:
     """Bias, Rician noise, SWI phase mask and scaling; returns the magnitude image."""
-    image = image * bias_field(image.shape, rng, bias)  # type: ignore[arg-type]
+    image = image * bias_field(image.shape, rng, bias)
     sigma = 1.0 / snr  # white matter = 1
     noise = rng.standard_normal((2, *image.shape), dtype=np.float32) * np.float32(sigma)
     noisy = image + (noise[0] + 1j * noise[1]).astype(np.complex64)

@@ -146,7 +146,10 @@ def _read_label_map(path: str) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.fl
 
 
 def _mars_map(labels: npt.NDArray[np.int16]) -> npt.NDArray[np.int8]:
-    """MARS category per voxel: cerebral WM is lobar when closer to cortex than to deep grey/ventricles."""
+    """MARS category per voxel.
+
+    Cerebral white matter is lobar when closer to cortex than to deep grey matter or ventricles.
+    """
     mars = np.zeros(labels.shape, dtype=np.int8)
     mars[np.isin(labels, LOBAR_GREY)] = MARS_LOBAR
     mars[np.isin(labels, DEEP_GREY)] = MARS_DEEP

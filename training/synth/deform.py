@@ -30,7 +30,7 @@ def head_pose_matrix(
     scale: tuple[float, float, float],
     shear: tuple[float, float, float],
 ) -> npt.NDArray[np.float64]:
-    """3x3 linear part of the random head pose (anatomy LPS -> scanner LPS, about the brain centre)."""
+    """3x3 linear part of the random head pose (anatomy LPS -> scanner LPS, about the centre)."""
     sh = np.eye(3)
     sh[0, 1], sh[0, 2], sh[1, 2] = shear
     return rotation_matrix(rotation_deg) @ sh @ np.diag(scale)

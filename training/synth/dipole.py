@@ -54,7 +54,7 @@ class SusceptibilityObject:
 
     center_lps: tuple[float, float, float]
     semi_axes_mm: tuple[float, float, float]
-    rotation: tuple[tuple[float, float, float], ...]  # 3x3, columns = ellipsoid axes in LPS
+    rotation: tuple[tuple[float, ...], ...]  # 3x3, columns = ellipsoid axes in LPS
     chi_ppm: float
     interior_signal: float = 0.0  # magnitude factor of the lesion's own voxels (hemosiderin ~0)
 
@@ -147,7 +147,7 @@ def object_factor(
 
 
 def phase_mask(phase: npt.NDArray[np.floating], power: int) -> npt.NDArray[np.float32]:
-    """SWI negative-phase mask (Haacke 2004): 1 for phase >= 0, (pi + phase)/pi below, to ``power``."""
+    """SWI negative-phase mask (Haacke 2004): 1 for phase >= 0, (pi + phase)/pi below, ^power."""
     if power <= 0:
         return np.ones(phase.shape, dtype=np.float32)
     m = np.where(phase < 0, (np.pi + phase) / np.pi, 1.0)
@@ -181,7 +181,7 @@ def full_model_factor(
     """
     if n_voxels % 2 == 0:
         raise ValueError("n_voxels must be odd (the object sits at the centre voxel)")
-    sub = [max(1, int(round(v / fine_mm))) for v in voxel_mm]
+    sub = [max(1, round(v / fine_mm)) for v in voxel_mm]
     fine_shape = [n_voxels * s for s in sub]
     steps = [v / s for v, s in zip(voxel_mm, sub, strict=True)]
     # Fine-grid coordinates in LPS (axes: z, y, x), centred on the object.
@@ -200,7 +200,7 @@ def full_model_factor(
     kb = kvec @ b0_dir
     with np.errstate(invalid="ignore", divide="ignore"):
         kernel = np.where(k2 > 0, 1.0 / 3.0 - kb * kb / k2, 0.0)
-    field = np.fft.ifftn(kernel * np.fft.fftn(chi, s=pad_shape)).real
+    field = np.fft.ifftn(kernel * np.fft.fftn(chi, s=pad_shape, axes=(0, 1, 2))).real
     field = field[: fine_shape[0], : fine_shape[1], : fine_shape[2]]
     k_rad = dephasing_constant(field_strength_t, echo_time_ms, obj.chi_ppm)
     signal = np.where(inside, obj.interior_signal + 0j, np.exp(-1j * k_rad * field))

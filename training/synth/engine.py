@@ -78,7 +78,7 @@ def _cmb_objects(
         objs.append(
             SusceptibilityObject(
                 center_lps=(float(c[0]), float(c[1]), float(c[2])),
-                semi_axes_mm=tuple(float(v) for v in r * e),  # type: ignore[arg-type]
+                semi_axes_mm=(float(r * e[0]), float(r * e[1]), float(r * e[2])),
                 rotation=tuple(tuple(float(v) for v in row) for row in rot),
                 chi_ppm=chi,
                 interior_signal=float(rng.uniform(0.0, 0.1)),
@@ -88,7 +88,7 @@ def _cmb_objects(
 
 
 def _truth_component(visible: npt.NDArray[np.float32], threshold: float) -> npt.NDArray[np.bool_]:
-    """Rater rule: voxels whose lesion-caused signal loss is >= threshold, connected to the darkest."""
+    """Rater rule: voxels with lesion-caused signal loss >= threshold, connected to the darkest."""
     mask = visible <= 1.0 - threshold
     if not mask.any():
         return mask
@@ -171,7 +171,7 @@ def generate_case(
     )
 
     # Acquisition grid over the posed brain.
-    brain_idx = np.argwhere(anat.parenchyma)[::97]
+    brain_idx = np.argwhere(anat.parenchyma[::3, ::3, ::3]) * 3
     grid = make_grid(
         _transform(to_scanner, anat.to_lps(brain_idx)),
         pixel_spacing_mm=p.pixel_spacing_mm,

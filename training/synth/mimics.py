@@ -39,10 +39,10 @@ class MimicObject:
         }
 
 
-def _rot(rng: np.random.Generator) -> tuple[tuple[float, float, float], ...]:
+def _rot(rng: np.random.Generator) -> tuple[tuple[float, ...], ...]:
     q, r = np.linalg.qr(rng.standard_normal((3, 3)))
     q = q * np.sign(np.diag(r))
-    return tuple(tuple(float(v) for v in row) for row in q)  # type: ignore[return-value]
+    return tuple(tuple(float(v) for v in row) for row in q)
 
 
 def _obj(

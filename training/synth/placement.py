@@ -46,13 +46,19 @@ class Anatomy:
         self.mars = mars
         self.affine = affine
         self.parenchyma = np.isin(labels, PARENCHYMA)
-        brain = np.argwhere(self.parenchyma)
-        self.brain_lo = self.to_lps(brain.min(0))
-        self.brain_hi = self.to_lps(brain.max(0))
-        lps_lo = np.minimum(self.brain_lo, self.brain_hi)
-        lps_hi = np.maximum(self.brain_lo, self.brain_hi)
-        self.brain_lo, self.brain_hi = lps_lo, lps_hi
-        self.centre = self.to_lps(brain.mean(0))
+        # Bounding box from axis projections (argwhere over millions of voxels is slow).
+        lo_hi = []
+        for axis in range(3):
+            other = tuple(a for a in range(3) if a != axis)
+            nz = np.flatnonzero(self.parenchyma.any(axis=other))
+            lo_hi.append((nz[0], nz[-1]))
+        corners = np.array(
+            [[lo_hi[0][0], lo_hi[1][0], lo_hi[2][0]], [lo_hi[0][1], lo_hi[1][1], lo_hi[2][1]]]
+        )
+        lps = self.to_lps(corners)
+        self.brain_lo, self.brain_hi = lps.min(0), lps.max(0)
+        coarse = np.argwhere(self.parenchyma[::3, ::3, ::3]) * 3
+        self.centre = self.to_lps(coarse.mean(0))
         self._centroids: dict[tuple[int, ...], npt.NDArray[np.float64]] = {}
         # Per-label voxel counts and index sums: any centroid in O(1) afterwards.
         flat = labels.ravel().astype(np.int64)

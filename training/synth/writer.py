@@ -12,10 +12,23 @@ from training.synth.engine import generate_case
 
 
 def _one(
-    out: str, seed: int, subject: int | None, split: str, sequence: str, n_cmbs: int | None,
+    out: str,
+    seed: int,
+    subject: int | None,
+    split: str,
+    sequence: str,
+    n_cmbs: int | None,
     flavours: dict[str, str] | None,
+    override: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    case = generate_case(seed, subject=subject, sequence=sequence, split=split, n_cmbs=n_cmbs)
+    case = generate_case(
+        seed,
+        subject=subject,
+        sequence=sequence,
+        split=split,
+        n_cmbs=n_cmbs,
+        params_override=override,
+    )
     write_images(out, case)
     record = case.record
     if flavours:
@@ -48,6 +61,7 @@ def synthesize(
     dicom_flavours: dict[str, str] | None = None,
     workers: int = 1,
     progress: bool = True,
+    params_override: dict[str, Any] | None = None,
 ) -> int:
     """Generate ``cases`` cases with seeds ``seed .. seed+cases-1``; returns the case count.
 
@@ -59,7 +73,19 @@ def synthesize(
         check_subject(s, split)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out), seed + i, pool[i % len(pool)], split, sequence, n_cmbs, dicom_flavours) for i in range(cases)]
+    jobs = [
+        (
+            str(out),
+            seed + i,
+            pool[i % len(pool)],
+            split,
+            sequence,
+            n_cmbs,
+            dicom_flavours,
+            params_override,
+        )
+        for i in range(cases)
+    ]
     from tqdm import tqdm
 
     bar = tqdm(total=cases, unit="case", disable=not progress, desc="cmb synth")

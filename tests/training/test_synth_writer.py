@@ -1,0 +1,53 @@
+"""`cmb synth`: standardized layout, DICOM flavour, validation-subject guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.datasets.layout import load_case, read_cases
+from training.synth.writer import synthesize
+
+pytestmark = pytest.mark.slow
+
+SMALL = {"pixel_spacing_mm": (1.0, 1.0), "n_medullary_veins": 20, "n_cortical_veins": 5}
+
+
+def test_synthesize_writes_layout_and_dicom(tmp_path: Path) -> None:
+    from model.dicom_in import load_studies
+
+    n = synthesize(
+        tmp_path,
+        cases=1,
+        seed=3,
+        subjects=[6],
+        sequence="t2star",
+        n_cmbs=3,
+        dicom_flavours={"swi": "siemens_swi", "t2star": "siemens_t2star"},
+        progress=False,
+        params_override=SMALL,
+    )
+    assert n == 1
+    (rec,) = read_cases(tmp_path)
+    assert rec["subject"] == 6 and rec["source"] == "synthetic" and rec["split"] == "train"
+    image, labels, _ = load_case(tmp_path, rec["case_id"])
+    assert image.shape == labels.shape
+    assert set(np.unique(labels.array).tolist()) - {0} == {c["label"] for c in rec["cmbs"]}
+    (study,) = load_studies([tmp_path / rec["dicom"]])
+    (series,) = study.series
+    assert series.info.echo_time_ms == pytest.approx(rec["acquisition"]["echo_time_ms"], abs=0.01)
+    vol = series.load_volume()
+    assert vol.shape == image.shape
+    # DICOM stores integers: same image within the quantisation step.
+    scale = float(np.ptp(image.array)) / 4000
+    np.testing.assert_allclose(vol.array, image.array, atol=scale + 1e-3)
+    np.testing.assert_allclose(vol.affine, image.affine, atol=1e-3)
+
+
+def test_cli_refuses_validation_subjects_for_training(tmp_path: Path) -> None:
+    from cmb.cli import main
+
+    with pytest.raises(ValueError, match="validation"):
+        main(["synth", str(tmp_path), "--cases", "1", "--subjects", "17-18"])
