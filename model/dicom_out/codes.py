@@ -45,8 +45,6 @@ MORPHOLOGICALLY_ABNORMAL_STRUCTURE = _concept(codes.SCT.MorphologicallyAbnormalS
 # SCT 50960005 "Hemorrhage" (morphologic abnormality).  A microbleed is a small
 # chronic haemorrhage; SNOMED CT in DICOM PS3.16 has no narrower concept.
 HEMORRHAGE = _concept(codes.SCT.Hemorrhage)
-# Narrower private concept, used as the finding type modifier text in labels.
-CEREBRAL_MICROBLEED = _private("CMB-0001", "Cerebral microbleed")
 
 # --- Anatomy -------------------------------------------------------------------
 # CID 7151/7153 (SCT): the region of every finding is at least the brain.
@@ -129,7 +127,6 @@ PATTERN_VALUES: dict[str, CodedConcept] = {
     "undetermined": _private("CMB-0045", "Undetermined"),
 }
 PARCELLATION_REGION = _private("CMB-0050", "Parcellation region")
-LOBE = _private("CMB-0051", "Lobe")
 
 
 def region_value(label: int | None, name: str) -> CodedConcept:
@@ -139,7 +136,7 @@ def region_value(label: int | None, name: str) -> CodedConcept:
 
 
 def lobe_value(lobe: str) -> CodedConcept:
-    """The private code for a lobe name that has no SCT concept in ``ANATOMY``."""
+    """The private code (finding site) for a lobe name that has no SCT concept in ``ANATOMY``."""
     slug = "".join(ch if ch.isalnum() else "-" for ch in lobe.upper())[:12]
     return _private(f"LOBE-{slug}", lobe[:64])
 

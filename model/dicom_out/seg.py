@@ -61,7 +61,7 @@ def _segment(finding: Finding, identity: Identity) -> hd.seg.SegmentDescription:
         tracking_uid=identity.uids.tracking(d.id),
         tracking_id=finding.name,
         anatomic_regions=[site],
-        display_color=hd.color.CIELabColor.from_rgb(*(c / 255.0 for c in finding.colour)),
+        display_color=hd.color.CIELabColor.from_rgb(*finding.colour),  # 0-255 sRGB
     )
 
 

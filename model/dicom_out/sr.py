@@ -214,7 +214,7 @@ def _summary_group(
     ]
     return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
-            uid=identity.uids.tracking(0), identifier="CMB summary"
+            uid=identity.uids.summary_tracking(), identifier="CMB summary"
         ),
         finding_type=codes.HEMORRHAGE,
         finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,

@@ -52,6 +52,10 @@ class OutputUids:
         """Tracking Unique Identifier of one CMB (shared by its SEG segment and SR groups)."""
         return self._uid("tracking", detection_id)
 
+    def summary_tracking(self) -> str:
+        """Tracking Unique Identifier of the study-level "CMB summary" group."""
+        return self._uid("tracking", "summary")
+
     def device(self) -> str:
         """Device UID of the algorithm: one per model file, whatever the input."""
         return derived_uid("cmb-detect", "device", self.model_sha256)

@@ -14,12 +14,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import JPEG2000Lossless
 
 from model.series_writer import StudyMeta, write_series
 from model.types import (
     Detection,
-    DetectionStatus,
     MarsCategory,
     ModelInfo,
     Result,
@@ -238,6 +236,3 @@ def make_case(tmp_path: Path) -> Callable[..., Case]:
 @pytest.fixture
 def axial_case(make_case: Callable[..., Case]) -> Case:
     return make_case("axial")
-
-
-__all__ = ["Case", "DetectionStatus", "JPEG2000Lossless", "build_case"]
