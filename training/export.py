@@ -148,6 +148,8 @@ def export_checkpoint(
     metrics_json: str | Path | None = None,
     val_dirs: Sequence[str | Path] = (),
     overlap: float | None = None,
+    predictions_dir: str | Path | None = None,
+    threads: int | None = None,
 ) -> Path:
     """Export a training checkpoint with the threshold and metrics chosen on validation.
 
@@ -156,7 +158,9 @@ def export_checkpoint(
     validated on those folders (``training.validate``, the product's inference
     path) and the threshold chosen there and its metrics are embedded.  An
     explicit ``threshold`` overrides the chosen one.  A JSON report goes to
-    ``metrics_json`` (default ``<out>.metrics.json``).
+    ``metrics_json`` (default ``<out>.metrics.json``); with ``predictions_dir`` the
+    validation candidates are kept there as ``<case_id>/detections.json`` for
+    ``cmb evaluate``.
     """
     ckpt = load_checkpoint(checkpoint)
     config = config_from_dict(ckpt["config"])
@@ -187,6 +191,8 @@ def export_checkpoint(
             config.val.thresholds,
             max_fp_per_scan=config.val.max_fp_per_scan,
             overlap=config.val.overlap if overlap is None else overlap,
+            save_dir=predictions_dir,
+            threads=threads,
         )
         val["data"] = [str(d) for d in val_dirs]
         chosen = float(threshold if threshold is not None else val["threshold"])

@@ -13,6 +13,7 @@ the one with the best F1.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -110,8 +111,13 @@ def evaluate_case(
     *,
     rule: MatchRule | None = None,
     overlap: float = 0.5,
+    save_dir: Path | None = None,
 ) -> CaseResult:
-    """Counts of one validation case at every threshold."""
+    """Counts of one validation case at every threshold.
+
+    With ``save_dir``, the candidates at the lowest threshold are written to
+    ``save_dir/<case_id>/detections.json`` for ``cmb evaluate`` (FROC, strata).
+    """
     image, _labels = load_volumes(ref)
     probability = predict_probability(image, model, overlap=overlap)
     truth = [
@@ -120,6 +126,22 @@ def evaluate_case(
     ]
     large = [(t.diameter_apparent_mm or t.diameter_mm or 0.0) >= LARGE_MM for t in truth]
     result = CaseResult(ref.case_id, _groups(ref.record))
+    if save_dir is not None:
+        _, detections = extract_candidates(probability, min(thresholds))
+        folder = save_dir / ref.case_id
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "detections.json").write_text(
+            json.dumps(
+                {
+                    "case_id": ref.case_id,
+                    "acquisition": ref.record.get("acquisition") or {},
+                    "model": model.info.to_json(),
+                    "candidate_threshold": min(thresholds),
+                    "detections": [d.to_json() for d in detections],
+                },
+                indent=1,
+            )
+        )
     for threshold in thresholds:
         _, detections = extract_candidates(probability, threshold)
         preds = [PredCMB.from_detection(d) for d in detections]
@@ -162,6 +184,7 @@ def validate_model(
     rule: MatchRule | None = None,
     threads: int | None = None,
     progress: Callable[[Iterable[CaseRef]], Iterable[CaseRef]] | None = None,
+    save_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Validate an ONNX model file; returns a JSON-able report (see module docstring)."""
     if not refs:
@@ -170,7 +193,14 @@ def validate_model(
     model = OnnxModel.load(model_path, device="cpu", threads=threads)
     rule = rule or MatchRule()
     results = [
-        evaluate_case(ref, model, thresholds, rule=rule, overlap=overlap)
+        evaluate_case(
+            ref,
+            model,
+            thresholds,
+            rule=rule,
+            overlap=overlap,
+            save_dir=Path(save_dir) if save_dir is not None else None,
+        )
         for ref in (progress(refs) if progress else refs)
     ]
     per_threshold: dict[float, dict[str, Any]] = {}

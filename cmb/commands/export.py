@@ -36,6 +36,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="sliding-window overlap for --val-data (default: the config's)",
     )
     p.add_argument(
+        "--predictions",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --val-data: keep each case's candidates as DIR/<case_id>/detections.json "
+        "(the input of cmb evaluate)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for validation")
+    p.add_argument(
         "--metrics-json",
         type=Path,
         default=None,
@@ -63,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
             metrics_json=args.metrics_json,
             val_dirs=args.val_data or (),
             overlap=args.overlap,
+            predictions_dir=args.predictions,
+            threads=args.threads,
         )
     except (ValueError, FileNotFoundError) as e:
         raise InputError(str(e)) from e

@@ -146,11 +146,18 @@ def test_cli_train_then_export_with_validation(layout, tmp_path) -> None:
     assert main(["train", "--config", str(cfg_file), "--out", str(run), "--no-progress"]) == 0
     out = tmp_path / "m.onnx"
     ckpt = str(run / "checkpoints" / "last.pt")
-    assert main(["export", ckpt, "--out", str(out), "--val-data", str(val_dir)]) == 0
+    preds = tmp_path / "preds"
+    export_args = ["export", ckpt, "--out", str(out), "--val-data", str(val_dir)]
+    assert main([*export_args, "--predictions", str(preds)]) == 0
     meta = OnnxModel.load(out, device="cpu").metadata
     report = json.loads((tmp_path / "m.metrics.json").read_text())
     assert meta.threshold == report["threshold"]
     assert report["validation"]["summary"]["scans"] == 2
+    # the saved candidates are what the evaluation package reads
+    assert sorted(p.name for p in preds.iterdir()) == ["tiny-val-0100", "tiny-val-0101"]
+    evaluate = ["evaluate", "--pred", str(preds), "--truth", str(val_dir)]
+    assert main([*evaluate, "--out", str(tmp_path / "eval"), "--bootstrap", "0"]) == 0
+    assert (tmp_path / "eval" / "metrics.json").is_file()
     # fine-tuning from the exported model is one command with --init
     run2 = tmp_path / "run2"
     args = ["train", "--config", str(cfg_file), "--out", str(run2), "--init", str(out)]
