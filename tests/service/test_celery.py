@@ -45,21 +45,26 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_url() -> str:
+def queue() -> Iterator[str]:
+    """A Celery queue of this test only; its Redis keys are removed afterwards."""
     import redis
 
     try:
-        redis.Redis.from_url(REDIS, socket_timeout=2).ping()
+        client = redis.Redis.from_url(REDIS, socket_timeout=2)
+        client.ping()
     except redis.RedisError as e:
         pytest.skip(f"Redis at {REDIS} unavailable: {type(e).__name__}")
-    return REDIS
+    name = f"cmb-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    client.delete(name, f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}")
+    client.close()
 
 
-def celery_env(postgres_url: str, redis_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+def celery_env(postgres_url: str, queue: str, data_dir: Path, **extra: str) -> dict[str, str]:
     return serve_env(
         CMB_DATABASE_URL=postgres_url,
-        CMB_BROKER_URL=redis_url,
-        CMB_QUEUE=f"cmb-test-{uuid.uuid4().hex[:8]}",
+        CMB_BROKER_URL=REDIS,
+        CMB_QUEUE=queue,
         CMB_DATA_DIR=str(data_dir),
         **extra,
     )
@@ -80,14 +85,14 @@ def start_worker(
 
 def test_serve_and_worker_on_redis_and_postgres(
     postgres_url: str,
-    redis_url: str,
+    queue: str,
     procs: Callable[..., Proc],
     storescp: tuple[str, Path],
     tmp_path: Path,
 ) -> None:
     dest, dest_dir = storescp
     model = write_model(tmp_path / "model.onnx")
-    env = celery_env(postgres_url, redis_url, tmp_path / "shared", CMB_MODEL_PATH=str(model))
+    env = celery_env(postgres_url, queue, tmp_path / "shared", CMB_MODEL_PATH=str(model))
     served = start_serve(procs, tmp_path, dest, model, env=env, name="shared")
     start_worker(procs, tmp_path, env, "worker1")
     study = write_phantom_study(tmp_path / "study")
@@ -109,9 +114,9 @@ def test_serve_and_worker_on_redis_and_postgres(
 
 
 def test_job_survives_a_killed_worker_process(
-    postgres_url: str, redis_url: str, procs: Callable[..., Proc], tmp_path: Path
+    postgres_url: str, queue: str, procs: Callable[..., Proc], tmp_path: Path
 ) -> None:
-    env = celery_env(postgres_url, redis_url, tmp_path / "shared", CMB_PIPELINE=FAKE_PIPELINE)
+    env = celery_env(postgres_url, queue, tmp_path / "shared", CMB_PIPELINE=FAKE_PIPELINE)
     model = tmp_path / "unused.onnx"
     served = start_serve(procs, tmp_path, "DEST@127.0.0.1:9", model, env=env, name="shared")
     worker = start_worker(procs, tmp_path, env, "worker1")

@@ -196,3 +196,54 @@ def test_compressed_instance_is_stored_as_received(scp: tuple, tmp_path: Path) -
     stored = dcmread(row.path)
     assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"
     assert stored.PixelData == sent.PixelData  # the encapsulated RLE bytes, untouched
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+def test_tls_listener(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    import ssl
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    settings = make_settings(tls_cert=cert, tls_key=key)
+    db = Database(f"sqlite:///{tmp_path / 'tls.db'}")
+    listener = StorageSCP(settings, Spool(tmp_path / "spool", db, 0))
+    listener.start()
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        ctx.check_hostname = False
+        ae = AE(ae_title="PACS")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate(
+            "127.0.0.1",
+            settings.dicom_port,
+            ae_title=settings.ae_title,
+            tls_args=(ctx, "localhost"),
+        )
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0
+        assoc.release()
+        plain = ae.associate("127.0.0.1", settings.dicom_port, ae_title=settings.ae_title)
+        assert not plain.is_established
+    finally:
+        listener.stop()
+        db.dispose()
