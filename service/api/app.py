@@ -78,6 +78,7 @@ def create_app(settings: Settings, db: Database, spool: Spool, service: Any = No
     )
     app.state.api_keys = settings.api_key_map()
     app.state.db = db
+    app.state.spool = spool
     app.state.settings = settings
 
     @app.middleware("http")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -154,3 +155,15 @@ def test_nothing_storable_is_a_400(api: tuple) -> None:
     r = client.post("/studies", headers=H, files=[("files", ("x.dcm", b"garbage" * 40))])
     assert r.status_code == 400
     assert "not a DICOM file" in r.json()["refused"][0]["reason"]
+
+
+def test_disk_below_reserve_is_507(api: tuple, tmp_path: Path) -> None:
+    client, settings, _db = api
+    spool: Spool = client.app.state.spool
+    spool.reserve_bytes = shutil.disk_usage(settings.data_dir).total * 2
+    _study, files = write_study(tmp_path / "a", n=1)
+    r = client.post(
+        "/studies", headers=H, files=[("files", (files[0].name, files[0].read_bytes()))]
+    )
+    assert r.status_code == 507
+    assert "below the reserve" in r.json()["detail"]

@@ -169,3 +169,39 @@ def test_unusable_study_fails_with_reason_and_transient_fault_retries(
     )
     assert job.attempts == 3
     assert "simulated transient fault" in job.reason
+
+
+def test_restart_resumes_a_job_left_running(
+    service_factory: Callable[[Settings], Service],
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+) -> None:
+    from service.db.session import Database
+    from service.stability import create_job
+    from service.store import Spool, parse_part10
+
+    settings = make_settings()
+    # A previous process stored a study, queued its job and died while running it.
+    db = Database(settings.db_url)
+    spool = Spool(settings.spool_dir, db, 0)
+    study, files = write_study(tmp_path / "in", n=2)
+    for f in files:
+        raw = f.read_bytes()
+        spool.store(raw, parse_part10(raw), "dimse:PACS")
+    job_id = create_job(db, study)
+    assert job_id is not None
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        job.state = JobState.RUNNING
+        job.attempts = 1
+    db.dispose()
+
+    svc = service_factory(settings)
+    job = wait_for(
+        lambda: next((j for j in _jobs(svc, study) if j.state == JobState.SUCCEEDED), None),
+        60,
+        "the orphaned job to run again after the restart",
+    )
+    assert job.id == job_id
+    assert job.attempts == 2
