@@ -201,9 +201,12 @@ def _write_study_files(
         from model.dicom_out import write_outputs
 
         written = write_outputs(result, series.source_datasets(), folder, options.outputs)
-        for kind, path in written.items():
-            if isinstance(path, Path):
-                files[kind] = path
+        for kind, written_path in written.items():
+            if isinstance(written_path, Path):
+                files[kind] = written_path
+            else:  # several files of one kind (Secondary Capture key images)
+                for number, path in enumerate(written_path, start=1):
+                    files[f"{kind}_{number}"] = Path(path)
     return files
 
 

@@ -251,3 +251,28 @@ def _position(path: Path) -> float:
         np.asarray(ds.ImageOrientationPatient[3:], float),
     )
     return float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float)))
+
+
+def test_detect_writes_dicom_results(tmp_path: Path, study_dir: Path, test_model: Path) -> None:
+    import pydicom
+
+    out = tmp_path / "out"
+    proc = _cmb(
+        "detect", study_dir, "--out", out, "--model", test_model, "--outputs", "seg,sr,pdf,sc"
+    )
+    assert proc.returncode == 0, proc.stderr
+    folder = next(p for p in out.iterdir() if not p.name.startswith("."))
+    payload = json.loads((folder / "detections.json").read_text())
+    seg = pydicom.dcmread(folder / "seg.dcm")
+    sr = pydicom.dcmread(folder / "sr.dcm")
+    assert seg.Modality == "SEG"
+    assert sr.Modality == "SR"
+    for ds in (seg, sr):
+        assert ds.StudyInstanceUID == payload["study_instance_uid"]
+        assert ds.SeriesInstanceUID != payload["series_instance_uid"]
+    kept = [d for d in payload["detections"] if d["status"] == "kept"]
+    assert len(seg.SegmentSequence) == len(kept) == 3
+    referenced = {item.SeriesInstanceUID for item in seg.ReferencedSeriesSequence}
+    assert referenced == {payload["series_instance_uid"]}
+    assert list(folder.glob("*.pdf")), "the human-readable report"
+    assert len(list(folder.glob("sc*.dcm"))) + len(list(folder.glob("*key*.dcm"))) >= 1
