@@ -247,3 +247,19 @@ def test_tls_listener(make_settings: Callable[..., Settings], tmp_path: Path) ->
     finally:
         listener.stop()
         db.dispose()
+
+
+def test_peer_address_allow_list(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'hosts.db'}")
+    for allowed, expected in ((["10.255.255.1"], False), (["127.0.0.1"], True)):
+        settings = make_settings(allow_hosts=allowed)
+        listener = StorageSCP(settings, Spool(tmp_path / "spool", db, 0))
+        listener.start()
+        try:
+            assoc = _assoc(settings)
+            assert assoc.is_established is expected
+            if expected:
+                assoc.release()
+        finally:
+            listener.stop()
+    db.dispose()
