@@ -22,6 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cmbs", type=int, default=6, help="number of microbleeds to place")
     p.add_argument("--subject", type=int, default=17, help="SynthSeg subject (17-20: held out)")
     p.add_argument("--model", type=Path, default=None, help="ONNX model (default: shipped)")
+    p.add_argument(
+        "--service",
+        action="store_true",
+        help="go through the DICOM service instead: start it locally, send the study by "
+        "C-STORE, wait for SEG + SR at a stand-in PACS (docs/service.md)",
+    )
     p.set_defaults(func=run)
 
 
@@ -71,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
     truth_path.write_text(json.dumps(case.record, indent=2) + "\n")
     print(f"    DICOM study: {study_dir}  ({len(case.record.get('cmbs', []))} true CMBs)")
 
+    if args.service:
+        return _run_service(study_dir, out, args.model)
+
     print("2/3 detecting (shipped model, CPU unless CUDA is present) ...")
     results = process([study_dir], out / "results", PipelineOptions(model_path=args.model))
 
@@ -89,3 +98,21 @@ def run(args: argparse.Namespace) -> int:
             print(f"    {kind:12s} {path}")
     print(f"    ground truth {truth_path}")
     return 0
+
+
+def _run_service(study_dir: Path, out: Path, model: Path | None) -> int:
+    """Steps 2-3 through `cmb serve`'s parts on loopback (service.demo.run_local)."""
+    from service.demo import run_local
+
+    print("2/3 starting the service locally and sending the study by C-STORE ...")
+    run = run_local(
+        study_dir, out / "service", model_path=model, progress=lambda m: print("    " + m)
+    )
+    print("3/3 results")
+    print(f"    job {run.job_id}: {run.state}" + (f" ({run.reason})" if run.reason else ""))
+    print(f"    {run.summary.get('n_detections', 0)} CMB(s) reported")
+    for path in run.received:
+        print(f"    received by the stand-in PACS: {path}")
+    print(f"    service data (spool, results, SQLite DB): {run.data_dir}")
+    print(f"    start it again with: cmb serve --data-dir {run.data_dir}  (web page: /ui)")
+    return 0 if run.state == "delivered" else 1
