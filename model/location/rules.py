@@ -167,7 +167,9 @@ def is_tubular(
     shape: Shape | None, det: Detection, elongation: float, min_length_mm: float, min_slices: int
 ) -> bool:
     if shape is None:
-        return det.elongation >= elongation and det.diameter_mm >= min_length_mm
+        # No mask: a prolate ellipsoid of equivalent diameter d and axis ratio e is d e^(2/3) long.
+        length = det.diameter_mm * det.elongation ** (2.0 / 3.0)
+        return det.elongation >= elongation and length >= min_length_mm
     if shape.elongation < elongation or shape.length_mm < min_length_mm:
         return False
     return not shape.long_axis_through_plane or shape.n_slices >= min_slices
