@@ -20,7 +20,7 @@ from service import metrics
 from service.api import web
 from service.api.auth import audit, require_key, set_cookie_if_asked
 from service.api.upload import UploadReport, split_multipart_related, store_files
-from service.db.models import Delivery, Job, JobState
+from service.db.models import AuditEntry, Delivery, Job, JobState
 from service.db.session import Database
 from service.settings import Settings
 from service.stability import create_job
@@ -238,6 +238,28 @@ def create_app(settings: Settings, db: Database, spool: Spool, service: Any = No
         if not path or not Path(path).is_file():
             raise HTTPException(404, detail=f"job {job_id} has no {kind} result")
         return FileResponse(path, media_type=RESULT_KINDS[kind], filename=Path(path).name)
+
+    @app.get("/audit", tags=["audit"])
+    def audit_log(
+        limit: Annotated[int, Query(ge=1, le=10000)] = 500,
+        _: str = Depends(require_key),
+    ) -> dict[str, Any]:
+        """The newest audit entries: who (API key name) fetched or sent what, and when."""
+        with db.session() as s:
+            rows = s.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit))
+            return {
+                "entries": [
+                    {
+                        "at": a.at.isoformat(),
+                        "principal": a.principal,
+                        "client": a.client,
+                        "method": a.method,
+                        "path": a.path,
+                        "status": a.status,
+                    }
+                    for a in rows
+                ]
+            }
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

@@ -55,6 +55,8 @@ def _run_queued(settings: Settings, db: Database, job_id: str) -> None:
         ("post", "/studies"),
         ("post", "/dicomweb/studies"),
         ("get", "/ui"),
+        ("get", "/audit"),
+        ("get", "/ui/jobs/x"),
     ],
 )
 def test_data_routes_refuse_missing_or_wrong_key(
@@ -131,6 +133,9 @@ def test_upload_files_and_zip_then_status_and_download(api: tuple, tmp_path: Pat
         audit = s.scalars(select(AuditEntry).order_by(AuditEntry.id)).all()
     assert {a.principal for a in audit} == {"tester"}
     assert any(a.path.endswith("/results/sr") and a.status == 200 for a in audit)
+    entries = client.get("/audit", headers=H).json()["entries"]
+    assert entries[0]["path"].endswith("/jobs")  # newest first (this request is logged after)
+    assert len(entries) == len(audit)
 
 
 def test_failed_job_reason_is_visible(api: tuple, tmp_path: Path) -> None:
