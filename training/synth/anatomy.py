@@ -125,6 +125,7 @@ class Subject:
     labels: npt.NDArray[np.int16]
     mars: npt.NDArray[np.int8]
     affine: npt.NDArray[np.float64]
+    pitch_deg: float = 0.0  # head pitch: angle of the eyes -> cerebellum line (LPS y-z plane)
 
     @property
     def brain_mask(self) -> npt.NDArray[np.bool_]:
@@ -184,4 +185,28 @@ def load_subject(number: int, margin_mm: int = 20) -> Subject:
     labels = np.ascontiguousarray(labels[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])
     affine = affine.copy()
     affine[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
-    return Subject(number=number, labels=labels, mars=_mars_map(labels), affine=affine)
+    return Subject(
+        number=number,
+        labels=labels,
+        mars=_mars_map(labels),
+        affine=affine,
+        pitch_deg=_pitch_deg(labels, affine),
+    )
+
+
+TYPICAL_PITCH_DEG = -5.0  # most of the 20 maps lie within -13..+4 deg; subject 1 is at -32
+
+
+def _pitch_deg(labels: npt.NDArray[np.int16], affine: npt.NDArray[np.float64]) -> float:
+    """Head pitch from the eyes -> cerebellum line, so that axial slices can be planned
+    the way a radiographer does (roughly along AC-PC) whatever the map's own orientation."""
+
+    def centroid(values: tuple[int, ...]) -> npt.NDArray[np.float64] | None:
+        pts = np.argwhere(np.isin(labels[::2, ::2, ::2], values)) * 2
+        return None if len(pts) == 0 else pts.mean(0) @ affine[:3, :3].T + affine[:3, 3]
+
+    eyes, cerebellum = centroid((506,)), centroid((8, 47))
+    if eyes is None or cerebellum is None:
+        return TYPICAL_PITCH_DEG
+    v = cerebellum - eyes
+    return float(np.degrees(np.arctan2(v[2], v[1])))

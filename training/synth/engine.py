@@ -16,9 +16,15 @@ from scipy import ndimage as ndi
 
 from model.types import Volume
 from training.synth.acquisition import finish, kspace_effects, make_grid, sample_tissue
-from training.synth.anatomy import TRAIN_SUBJECTS, VAL_SUBJECTS, check_subject, load_subject
+from training.synth.anatomy import (
+    TRAIN_SUBJECTS,
+    TYPICAL_PITCH_DEG,
+    VAL_SUBJECTS,
+    check_subject,
+    load_subject,
+)
 from training.synth.contrast import render_tissue, sample_tissue_means
-from training.synth.deform import deform_subject, head_pose_matrix
+from training.synth.deform import deform_subject, head_pose_matrix, rotation_matrix
 from training.synth.dipole import SusceptibilityObject, object_factor, visible_factor
 from training.synth.iron import render_iron_nuclei
 from training.synth.mimics import MimicObject, make_mimics
@@ -142,7 +148,10 @@ def generate_case(
         elastic_spacing_mm=p.elastic_spacing_mm,
     )
     anat = Anatomy(labels, mars, subj.affine)
-    m = head_pose_matrix(p.head_rotation_deg, p.head_scale, p.head_shear)
+    p.pitch_correction_deg = TYPICAL_PITCH_DEG - subj.pitch_deg
+    m = head_pose_matrix(p.head_rotation_deg, p.head_scale, p.head_shear) @ rotation_matrix(
+        (p.pitch_correction_deg, 0.0, 0.0)
+    )
     to_scanner = np.eye(4)
     to_scanner[:3, :3] = m
     to_scanner[:3, 3] = anat.centre - m @ anat.centre

@@ -115,7 +115,7 @@ def make_mimics(
                             to_scanner,
                             r * rng.uniform(0.7, 1.0, 3),
                             chi,
-                            rng.uniform(0.1, 0.4),
+                            rng.uniform(0.0, 0.2),
                             rng,
                         ),
                         {"bilateral": len(pair) == 2},
@@ -144,7 +144,7 @@ def make_mimics(
                             to_scanner,
                             r * rng.uniform(0.6, 1.0, 3),
                             -rng.uniform(1.0, 3.0),
-                            rng.uniform(0.05, 0.3),
+                            rng.uniform(0.0, 0.15),
                             rng,
                         ),
                     )
@@ -165,7 +165,7 @@ def make_mimics(
                         to_scanner,
                         r * rng.uniform(0.7, 1.0, 3),
                         -rng.uniform(1.0, 3.0),
-                        rng.uniform(0.05, 0.3),
+                        rng.uniform(0.0, 0.15),
                         rng,
                     ),
                 )

@@ -46,6 +46,7 @@ class SynthParams:
     head_rotation_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
     head_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
     head_shear: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    pitch_correction_deg: float = 0.0  # per subject, not random: brings the map near AC-PC
     # contrast
     contrast_mode: str = "prior"  # "prior" | "random"
     tissue_means: dict[str, float] = field(default_factory=dict)
