@@ -1,0 +1,109 @@
+"""Plots of the committed benchmark results (bench/results/*.json) as PNG in docs/.
+
+Run: ``.venv/bin/python -m bench.plots``  (no measurement; reads the JSON files)
+
+``docs/bench_inference.png``: ORT vs torch and overlap/TTA, median with min-max bars.
+``docs/bench_ingest.png``: instances/s per receiver and sender count.
+``docs/bench_pipeline.png``: stage breakdown per study (wall and CPU seconds).
+The scaling plot is drawn by ``bench.scaling`` itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.common import DOCS_DIR, RESULTS_DIR
+
+
+def _bars(ax: Any, entries: dict[str, dict[str, float]], title: str, unit: str) -> None:
+    names = list(entries)
+    med = [entries[n]["median"] for n in names]
+    lo = [entries[n]["median"] - entries[n]["min"] for n in names]
+    hi = [entries[n]["max"] - entries[n]["median"] for n in names]
+    ax.barh(names, med, xerr=[lo, hi], capsize=3, color="#4878a8")
+    ax.invert_yaxis()
+    ax.set_xlabel(unit)
+    ax.set_title(title, fontsize=10)
+
+
+def inference(path: Path, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    r = json.loads(path.read_text())["results"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+    _bars(axes[0], r["backend_threads_s"], "ORT vs torch eager (same sliding window)", "seconds")
+    _bars(axes[1], r["overlap_tta_s"], "ORT, 2 threads: overlap and flip TTA", "seconds")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def ingest(path: Path, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    r = json.loads(path.read_text())["results"]
+    rate = r["instances_per_s_median"]
+    names = list(rate)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    colours = ["#c44e52" if n.startswith("ours") else "#4878a8" for n in names]
+    ax.barh(names, [rate[n] for n in names], color=colours)
+    ax.invert_yaxis()
+    ax.set_xlabel("instances / s (median of repeats)")
+    ax.set_title("Ingest of one 452-instance study from storescu", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def pipeline(path: Path, out: Path) -> None:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    r = json.loads(path.read_text())["results"]
+    studies = [k for k, v in r.items() if isinstance(v, dict) and "stages_wall_s" in v]
+    fig, axes = plt.subplots(1, len(studies), figsize=(6 * len(studies), 4), squeeze=False)
+    for ax, name in zip(axes[0], studies, strict=True):
+        wall = r[name]["stages_wall_s"]
+        cpu = r[name]["stages_cpu_s"]
+        stages = list(wall)
+        y = np.arange(len(stages))
+        ax.barh(y - 0.2, [wall[s]["median"] for s in stages], 0.4, label="wall")
+        ax.barh(y + 0.2, [cpu[s]["median"] for s in stages], 0.4, label="CPU (all threads)")
+        ax.set_yticks(y, stages)
+        ax.invert_yaxis()
+        ax.set_xlabel("seconds (median)")
+        ax.set_title(name, fontsize=10)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--docs", type=Path, default=DOCS_DIR)
+    args = parser.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    jobs = {
+        "inference_speed.json": (inference, "bench_inference.png"),
+        "ingest.json": (ingest, "bench_ingest.png"),
+        "pipeline_stages.json": (pipeline, "bench_pipeline.png"),
+    }
+    for name, (fn, png) in jobs.items():
+        src = args.results / name
+        if src.is_file():
+            fn(src, args.docs / png)
+            print(f"wrote {args.docs / png}")
+        else:
+            print(f"skipped {png}: no {src}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
