@@ -16,6 +16,9 @@ window.config = {
   showWarningMessageForCrossOrigin: false,
   showCPUFallbackMessage: true,
   strictZSpacingForVolumeViewport: true,
+  // Open our SEG overlay and SR markers without a "load / track?" prompt.
+  disableConfirmationPrompts: true,
+  measurementTrackingMode: 'simplified',
   defaultDataSourceName: 'orthanc',
   dataSources: [
     {

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.service.conftest import REPO, Proc, free_port, wait_for
+from tests.service.conftest import API_KEY, REPO, Proc, _listening, free_port, wait_for
+from tests.service.study_factory import PhantomStudy, write_model, write_phantom_study
 
 DEPLOY = REPO / "deploy" / "orthanc"
 #: Where Debian's orthanc-dicomweb package puts the plugin.
@@ -93,3 +98,95 @@ def start_orthanc(procs: Callable[..., Proc], tmp: Path, cmb_port: int) -> Ortha
 
     wait_for(up, 30, "Orthanc to answer", every=0.2)
     return orthanc
+
+
+def storescu(folder: Path, port: int, calling: str, called: str = "ORTHANC") -> None:
+    cmd = [
+        "storescu",
+        "-aet",
+        calling,
+        "-aec",
+        called,
+        "+sd",
+        "+r",
+        "127.0.0.1",
+        str(port),
+        str(folder),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def start_serve(
+    procs: Callable[..., Proc], tmp_path: Path, dicom_port: int, destination: str
+) -> str:
+    """`cmb serve` as deploy/ runs it (CMB_* environment + flags); returns the API URL."""
+    api_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMB_")}
+    env.update(
+        CMB_API_KEYS=API_KEY,
+        CMB_POLL_INTERVAL_S="0.2",
+        CMB_DISK_RESERVE_MB="0",
+        CMB_DEVICE="cpu",
+        CMB_THREADS="1",
+        CMB_EXPORT_BACKOFF_S="0.5",
+        CMB_LOG_FORMAT="text",
+    )
+    model = write_model(tmp_path / "model.onnx")
+    cmd = [
+        sys.executable,
+        "-m",
+        "cmb.cli",
+        "serve",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--dicom-port",
+        str(dicom_port),
+        "--ae-title",
+        "CMB_AI",
+        "--destination",
+        destination,
+        "--api-port",
+        str(api_port),
+        "--stable-after",
+        "1",
+        "--allow-ae",
+        "ORTHANC",
+        "--model",
+        str(model),
+    ]
+    proc = procs(cmd, tmp_path / "serve.log", env)
+    api = f"http://127.0.0.1:{api_port}"
+
+    def up() -> bool:
+        if proc.p.poll() is not None:
+            pytest.fail(f"cmb serve exited: {proc.output()[-3000:]}")
+        try:
+            return _listening(dicom_port) and httpx.get(api + "/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, 60, "cmb serve to listen", every=0.25)
+    return api
+
+
+def processed_study(
+    procs: Callable[..., Proc], tmp_path: Path
+) -> tuple[Orthanc, str, PhantomStudy, dict[str, str]]:
+    """Orthanc + `cmb serve` + a phantom study sent by storescu, waited until SEG and SR are in.
+
+    Returns (orthanc, service API URL, the study, Modality -> Orthanc series id).
+    """
+    cmb_port = free_port()
+    orthanc = start_orthanc(procs, tmp_path, cmb_port)
+    api = start_serve(procs, tmp_path, cmb_port, f"ORTHANC@127.0.0.1:{orthanc.dicom_port}")
+    study = write_phantom_study(tmp_path / "study")
+    storescu(study.root, orthanc.dicom_port, calling="MRI_SCANNER")
+
+    def results() -> dict[str, str]:
+        ids = {
+            s["MainDicomTags"].get("Modality", ""): s["ID"] for s in orthanc.get("/series?expand")
+        }
+        return ids if {"SEG", "SR"} <= ids.keys() else {}
+
+    return orthanc, api, study, wait_for(results, 240, "SEG and SR to arrive in Orthanc", every=0.5)

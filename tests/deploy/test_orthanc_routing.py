@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,10 +19,16 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from model.series_writer import StudyMeta, write_series
-from tests.deploy.orthanc import Orthanc, orthanc_binary, start_orthanc
+from tests.deploy.orthanc import (
+    Orthanc,
+    orthanc_binary,
+    processed_study,
+    start_orthanc,
+    storescu,
+)
 from tests.helpers.onnx_factory import sphere_phantom
-from tests.service.conftest import API_KEY, KEY, Proc, _listening, free_port, wait_for
-from tests.service.study_factory import sr_cmb_count, write_model, write_phantom_study
+from tests.service.conftest import KEY, Proc, _listening, free_port, wait_for
+from tests.service.study_factory import sr_cmb_count, write_phantom_study
 
 pytestmark = [
     pytest.mark.network,
@@ -33,23 +37,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed"),
 ]
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
-
-
-def storescu(folder: Path, port: int, calling: str, called: str = "ORTHANC") -> None:
-    cmd = [
-        "storescu",
-        "-aet",
-        calling,
-        "-aec",
-        called,
-        "+sd",
-        "+r",
-        "127.0.0.1",
-        str(port),
-        str(folder),
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def decisions(orthanc: Orthanc) -> dict[str, str]:
@@ -161,73 +148,11 @@ def test_routes_gre_swi_only_and_never_our_results(
     assert len(list(received.iterdir())) == n_routed
 
 
-def start_serve(
-    procs: Callable[..., Proc], tmp_path: Path, dicom_port: int, destination: str
-) -> str:
-    """`cmb serve` as deploy/ runs it (CMB_* environment + flags); returns the API URL."""
-    api_port = free_port()
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("CMB_")}
-    env.update(
-        CMB_API_KEYS=API_KEY,
-        CMB_POLL_INTERVAL_S="0.2",
-        CMB_DISK_RESERVE_MB="0",
-        CMB_DEVICE="cpu",
-        CMB_THREADS="1",
-        CMB_EXPORT_BACKOFF_S="0.5",
-        CMB_LOG_FORMAT="text",
-    )
-    model = write_model(tmp_path / "model.onnx")
-    cmd = [
-        sys.executable,
-        "-m",
-        "cmb.cli",
-        "serve",
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--dicom-port",
-        str(dicom_port),
-        "--ae-title",
-        "CMB_AI",
-        "--destination",
-        destination,
-        "--api-port",
-        str(api_port),
-        "--stable-after",
-        "1",
-        "--allow-ae",
-        "ORTHANC",
-        "--model",
-        str(model),
-    ]
-    proc = procs(cmd, tmp_path / "serve.log", env)
-    api = f"http://127.0.0.1:{api_port}"
-
-    def up() -> bool:
-        if proc.p.poll() is not None:
-            pytest.fail(f"cmb serve exited: {proc.output()[-3000:]}")
-        try:
-            return _listening(dicom_port) and httpx.get(api + "/healthz").status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(up, 60, "cmb serve to listen", every=0.25)
-    return api
-
-
 def test_study_stored_in_orthanc_comes_back_with_seg_and_sr(
     procs: Callable[..., Proc], tmp_path: Path
 ) -> None:
-    cmb_port = free_port()
-    orthanc = start_orthanc(procs, tmp_path, cmb_port)
-    api = start_serve(procs, tmp_path, cmb_port, f"ORTHANC@127.0.0.1:{orthanc.dicom_port}")
-    study = write_phantom_study(tmp_path / "study")
-    storescu(study.root, orthanc.dicom_port, calling="MRI_SCANNER")
-
-    def results() -> dict[str, str]:
-        mods = orthanc.series_modalities()
-        return mods if {"SEG", "SR"} <= set(mods.values()) else {}
-
-    modalities = wait_for(results, 240, "SEG and SR to arrive in Orthanc", every=0.5)
+    orthanc, api, study, _ = processed_study(procs, tmp_path)
+    modalities = orthanc.series_modalities()
     assert sorted(modalities.values()) == ["MR", "MR", "MR", "SEG", "SR"]
 
     [seg_id] = [
