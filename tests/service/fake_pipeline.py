@@ -4,12 +4,13 @@ It writes detections.json and one DICOM Basic Text SR per study (so the outbox
 has a real file to C-STORE), and fails on request: a series described
 ``FAIL_CMB`` raises NoUsableSeriesError (terminal), ``FAIL_TRANSIENT`` raises
 RuntimeError (retried), ``SLEEP`` sleeps 30 s (time limit), ``SLEEP_ONCE`` sleeps 60 s on its first
-attempt only (a worker killed meanwhile).
+attempt only (a worker killed meanwhile), ``CRASH`` ends the process at once.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -91,6 +92,8 @@ def process(
         raise RuntimeError("simulated transient fault")
     if "SLEEP" in descriptions:
         time.sleep(30)
+    if "CRASH" in descriptions:
+        os._exit(9)  # as a segfault in native code would end the process
     marker = Path(out_dir).parent / "slept-once"
     if "SLEEP_ONCE" in descriptions and not marker.exists():
         marker.write_text("the next attempt runs normally")

@@ -38,3 +38,7 @@ def test_child_result_refusal_and_time_limit(tmp_path: Path) -> None:
     kind, reason = run_in_child(_spec(tmp_path, "SLEEP"), FAKE_PIPELINE, 3)
     assert kind == "timeout"
     assert "time limit of 3 s" in reason
+
+    kind, reason = run_in_child(_spec(tmp_path, "CRASH"), FAKE_PIPELINE, 60)
+    assert kind == "error"
+    assert "exit code 9" in reason
