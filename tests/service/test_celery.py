@@ -148,3 +148,31 @@ def test_job_survives_a_killed_worker_process(
     assert done["state"] in ("succeeded", "delivered"), done["reason"]
     assert done["attempts"] == 2
     assert done["study_instance_uid"] == study
+
+
+def test_celery_time_limit_and_refused_study_fail_with_reason(
+    postgres_url: str, queue: str, procs: Callable[..., Proc], tmp_path: Path
+) -> None:
+    env = celery_env(
+        postgres_url,
+        queue,
+        tmp_path / "shared",
+        CMB_PIPELINE=FAKE_PIPELINE,
+        CMB_JOB_TIME_LIMIT_S="4",
+    )
+    served = start_serve(
+        procs, tmp_path, "DEST@127.0.0.1:9", tmp_path / "x.onnx", env=env, name="shared"
+    )
+    start_worker(procs, tmp_path, env, "worker1")
+    slow, _ = write_study(tmp_path / "slow", n=1, descriptions=("SLEEP",))
+    bad, _ = write_study(tmp_path / "bad", n=1, descriptions=("FAIL_CMB",))
+    assert storescu(tmp_path / "slow", served.dicom_port).returncode == 0
+    assert storescu(tmp_path / "bad", served.dicom_port).returncode == 0
+
+    def failed() -> dict[str, str] | None:
+        jobs = served.get("/jobs", params={"state": "failed"}).json()["jobs"]
+        return {j["study_instance_uid"]: j["reason"] for j in jobs} if len(jobs) == 2 else None
+
+    reasons = wait_for(failed, 90, "both jobs to fail")
+    assert reasons[slow] == "time limit of 4 s exceeded"
+    assert reasons[bad].startswith("NoUsableSeriesError")
