@@ -66,10 +66,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from model.errors import CmbError
+    from training.synth.anatomy import check_subject
     from training.synth.writer import synthesize
 
     if args.cases < 1:
-        raise SystemExit("cmb synth: --cases must be >= 1")
+        raise CmbError("--cases must be >= 1")
+    try:
+        for s in args.subjects or []:
+            check_subject(s, args.split)
+    except ValueError as e:
+        raise CmbError(str(e)) from e
     n = synthesize(
         args.out,
         cases=args.cases,

@@ -46,8 +46,12 @@ def test_synthesize_writes_layout_and_dicom(tmp_path: Path) -> None:
     np.testing.assert_allclose(vol.affine, image.affine, atol=1e-3)
 
 
-def test_cli_refuses_validation_subjects_for_training(tmp_path: Path) -> None:
+def test_cli_refuses_validation_subjects_for_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from cmb.cli import main
 
+    assert main(["synth", str(tmp_path), "--cases", "1", "--subjects", "17-18"]) == 1
+    assert "validation" in capsys.readouterr().err
     with pytest.raises(ValueError, match="validation"):
-        main(["synth", str(tmp_path), "--cases", "1", "--subjects", "17-18"])
+        synthesize(tmp_path, cases=1, subjects=[19], progress=False)
