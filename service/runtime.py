@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,14 @@ class Service:
         self._api_server = server
         self._api_thread = threading.Thread(target=server.run, name="cmb-api", daemon=True)
         self._api_thread.start()
+        deadline = time.monotonic() + 15
+        while not server.started:
+            if not self._api_thread.is_alive() or time.monotonic() > deadline:
+                raise OSError(
+                    f"the REST API cannot listen on {self.settings.api_host}:"
+                    f"{self.settings.api_port}"
+                )
+            time.sleep(0.05)
         self.api_port = self.settings.api_port
 
     def ready(self) -> dict[str, str]:

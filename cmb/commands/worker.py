@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not settings.broker_url:
         print(
-            "cmb worker: no broker: set CMB_BROKER_URL or --broker-url (e.g. redis://host:6379/0)"
+            "cmb worker: no broker: set CMB_BROKER_URL or --broker-url (e.g. redis://host:6379/0)",
+            file=sys.stderr,
         )
         return 2
     # The tasks read their settings from the environment: hand the merged result down.

@@ -205,3 +205,75 @@ def test_restart_resumes_a_job_left_running(
     )
     assert job.id == job_id
     assert job.attempts == 2
+
+
+def test_port_in_use_fails_at_start_with_a_clear_message(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from tests.service.conftest import REPO
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for flags in (
+            ["--dicom-port", str(port), "--api-port", "0"],
+            ["--dicom-port", "0", "--api-port", str(port)],
+        ):
+            run = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "cmb.cli",
+                    "serve",
+                    "--data-dir",
+                    str(tmp_path / "d"),
+                    *flags,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=REPO,
+                check=False,
+            )
+            assert run.returncode == 1, run.stderr
+            assert "cmb serve: cannot start" in run.stderr
+
+
+def test_cli_refuses_bad_settings_with_what_to_fix(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.service.conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMB_")}
+    env["CMB_STABLE_AFTER"] = "soon"
+    serve = subprocess.run(
+        [sys.executable, "-m", "cmb.cli", "serve", "--destination", "PACS:104"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=env,
+        check=False,
+    )
+    assert serve.returncode == 2
+    assert "stable_after (CMB_STABLE_AFTER)" in serve.stderr
+    assert "must be written AET@HOST:PORT" in serve.stderr
+    del env["CMB_STABLE_AFTER"]
+    worker = subprocess.run(
+        [sys.executable, "-m", "cmb.cli", "worker", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=env,
+        check=False,
+    )
+    assert worker.returncode == 2
+    assert "no broker: set CMB_BROKER_URL" in worker.stderr
