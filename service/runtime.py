@@ -23,6 +23,7 @@ from service.db.models import Job, JobState, utcnow
 from service.db.session import Database
 from service.embedded import EmbeddedWorker
 from service.export import Exporter
+from service.retention import purge_expired
 from service.scp import StorageSCP
 from service.settings import Settings
 from service.stability import create_job, stable_studies
@@ -30,6 +31,8 @@ from service.store import Spool
 
 log = logging.getLogger(__name__)
 
+#: How often the retention purge runs (when CMB_RETENTION_DAYS is set).
+PURGE_EVERY_S = 600.0
 #: A queued job nobody claimed for this long is sent to the broker again (lost message).
 REDISPATCH_AFTER_S = 300.0
 
@@ -57,6 +60,7 @@ class Monitor:
         self.celery_app = celery_app
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._next_purge = 0.0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="cmb-monitor", daemon=True)
@@ -84,6 +88,9 @@ class Monitor:
                 self.dispatch(job_id)
         if self.celery_app is not None:
             self._redispatch_stale()
+        if self.settings.retention_days and time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + PURGE_EVERY_S
+            purge_expired(self.db, self.settings.retention_days)
         return created
 
     def dispatch(self, job_id: str) -> None:

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite:///<data_dir>/cmb.db"
     )
+    retention_days: float = Field(
+        0.0, ge=0, description="remove studies and results this old (0: keep forever)"
+    )
     disk_reserve_mb: float = Field(
         500.0, ge=0, description="refuse instances (0xA700) below this much free disk"
     )
