@@ -4,6 +4,7 @@
 #
 #   docker build --target cpu -t cmb-detect:cpu .     # python:3.11-slim + onnxruntime (CPU)
 #   docker build --target gpu -t cmb-detect:gpu .     # CUDA 13 + cuDNN 9 runtime + onnxruntime-gpu
+#   docker build --target ohif -t cmb-ohif .          # OHIF viewer + DICOMweb proxy (demo/site viewer)
 #
 # Both images hold only `model` + `service` + `cmb` with their runtime
 # dependencies (no torch, no training code paths are imported), the shipped
@@ -22,6 +23,9 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # onnxruntime-gpu (docs/deployment.md, "GPU image and driver").
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 ARG ORT_GPU_VERSION=1.31.1
+# The OHIF viewer version: the same prebuilt `@ohif/app` dist that
+# tests/deploy/test_ohif_viewer.py checks in a browser (viewer.OHIF_VERSION).
+ARG OHIF_VERSION=3.13.2
 
 # ---------------------------------------------------------------------------
 # wheel: build the project's wheel once (pure Python: model, service, cmb,
@@ -123,3 +127,23 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
   CMD ["python", "/opt/cmb/healthcheck.py"]
 ENTRYPOINT ["cmb"]
 CMD ["serve"]
+
+# ---------------------------------------------------------------------------
+# ohif: the radiologists' viewer.  The prebuilt OHIF from the npm package
+# @ohif/app, our app-config.js, and nginx (unprivileged, :8080) serving it on
+# one origin with the PACS's DICOMweb (deploy/nginx/viewer.conf).
+FROM node:22-alpine AS ohif-dist
+ARG OHIF_VERSION
+WORKDIR /ohif
+RUN npm pack "@ohif/app@${OHIF_VERSION}" \
+ && tar xzf ohif-app-*.tgz \
+ && rm ohif-app-*.tgz
+
+FROM nginxinc/nginx-unprivileged:1.27-alpine AS ohif
+COPY --from=ohif-dist /ohif/package/dist /usr/share/nginx/html
+COPY deploy/ohif/app-config.js /usr/share/nginx/html/app-config.js
+COPY deploy/nginx/viewer.conf /etc/nginx/conf.d/default.conf
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --retries=3 \
+  CMD ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/app-config.js"]
+

@@ -1,9 +1,9 @@
 /*
- * OHIF viewer configuration for the CMB demo stack (docker-compose.yml).
+ * OHIF viewer configuration of the `ohif` image (Dockerfile target ohif).
  *
- * The viewer and Orthanc's DICOMweb API are served from one origin by the
- * `viewer` reverse proxy (deploy/nginx/viewer.conf): "/" is OHIF, "/dicom-web"
- * and "/wado" go to Orthanc.  One origin means no CORS set-up in Orthanc.
+ * The viewer and the PACS's DICOMweb API are served from one origin by nginx
+ * (deploy/nginx/viewer.conf): "/" is OHIF, "/dicom-web" and "/wado" go to
+ * Orthanc.  One origin means no CORS set-up in the PACS.
  * OHIF shows our DICOM SEG as a segmentation overlay and our TID 1500 SR as
  * measurements (the CMB centres) with its default extensions.
  */

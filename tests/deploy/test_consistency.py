@@ -100,7 +100,12 @@ def validated(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
 
 def our_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {n: s for n, s in compose["services"].items() if "cmb-detect" in s.get("image", "")}
+    """The services that run `cmb` (image targets cpu and gpu)."""
+    return {
+        n: s
+        for n, s in compose["services"].items()
+        if s.get("build", {}).get("target") in ("cpu", "gpu")
+    }
 
 
 def test_compose_services_run_real_commands_with_real_settings(
@@ -168,10 +173,15 @@ def test_ports_and_ae_titles_match_across_the_associations(
     assert ORTHANC["LuaScripts"] == ["/etc/orthanc/autoroute.lua"]
     for key in ("Modality", "AeTitle", "Manufacturer", "MinEchoTimeMs", "Enabled"):
         assert f"c['{key}']" in LUA, f"autoroute.lua does not read CmbRouting.{key}"
-    # The viewer proxy reaches Orthanc's HTTP port and OHIF's.
+    # The viewer's nginx reaches Orthanc's DICOMweb where app-config.js looks for it.
     conf = (REPO / "deploy" / "nginx" / "viewer.conf").read_text()
-    assert f"http://orthanc:{ORTHANC['HttpPort']}/dicom-web/" in conf
+    assert f"proxy_pass http://orthanc:{ORTHANC['HttpPort']}/dicom-web/;" in conf
     assert ORTHANC["DicomWeb"]["Root"] == "/dicom-web/"
+    app_config = (REPO / "deploy" / "ohif" / "app-config.js").read_text()
+    assert "qidoRoot: '/dicom-web'" in app_config and "wadoRoot: '/dicom-web'" in app_config
+    ohif = compose["services"]["ohif"]
+    assert ohif["build"]["target"] == "ohif"
+    assert [p.rsplit(":", 1)[-1] for p in ohif["ports"]] == [re.findall(r"listen (\d+);", conf)[0]]
 
 
 def dockerfile_stages() -> dict[str, list[str]]:
@@ -207,6 +217,13 @@ def test_dockerfile_matches_the_code() -> None:
                     assert top not in dockerignore or f"!{src}" in dockerignore, src
             for extra in re.findall(r"\[(cpu|gpu|training|test)\]", line):
                 assert extra in ("cpu", "gpu"), f"{name} installs the {extra} extra"
+    from tests.deploy.viewer import OHIF_VERSION
+
+    assert f"ARG OHIF_VERSION={OHIF_VERSION}" in DOCKERFILE.read_text()
+    ohif = "\n".join(stages["ohif"])
+    assert "COPY deploy/ohif/app-config.js /usr/share/nginx/html/app-config.js" in ohif
+    assert "COPY deploy/nginx/viewer.conf /etc/nginx/conf.d/default.conf" in ohif
+    assert "nginx-unprivileged" in DOCKERFILE.read_text()
     for target in ("cpu", "gpu"):
         body = "\n".join(stages[target])
         assert 'ENTRYPOINT ["cmb"]' in body
@@ -285,7 +302,7 @@ def test_docker_compose_config_accepts_the_file() -> None:
         )
         assert done.returncode == 0, done.stderr
         services = set(done.stdout.split())
-        assert {"redis", "postgres", "cmb", "worker-gpu0", "orthanc", "ohif", "viewer"} <= services
+        assert {"redis", "postgres", "cmb", "worker-gpu0", "orthanc", "ohif"} <= services
     assert {"worker-cpu", "worker-gpu1"} <= services
     missing = {k: v for k, v in env.items() if k != "POSTGRES_PASSWORD"}
     done = subprocess.run(
