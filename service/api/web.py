@@ -37,9 +37,11 @@ def aware(ts: datetime) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
-def _page(title: str, body: str) -> HTMLResponse:
+def _page(title: str, body: str, refresh_s: int | None = None) -> HTMLResponse:
+    refresh = f"<meta http-equiv='refresh' content='{refresh_s}'>" if refresh_s else ""
     return HTMLResponse(
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<!doctype html><html><head><meta charset='utf-8'>{refresh}"
+        f"<title>{html.escape(title)}</title>"
         f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
     )
 
@@ -109,6 +111,7 @@ def register(app: FastAPI, db: Database) -> None:
             "CMB detection: jobs",
             "<table><tr><th>job</th><th>study</th><th>state</th><th>microbleeds</th>"
             f"<th>created (UTC)</th><th>reason</th></tr>{rows}</table>",
+            refresh_s=10,
         )
 
     @app.get("/ui/jobs/{job_id}", include_in_schema=False)

@@ -28,6 +28,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk not installed"),
 ]
 SEG_UID = "1.2.840.10008.5.1.4.1.1.66.4"
+PDF_UID = "1.2.840.10008.5.1.4.1.1.104.1"
 H = {"X-API-Key": KEY}
 
 
@@ -141,15 +142,18 @@ def test_serve_end_to_end_embedded(
 ) -> None:
     dest, dest_dir = storescp
     study = write_phantom_study(tmp_path / "study")
-    served = start_serve(procs, tmp_path, dest, model)
+    served = start_serve(procs, tmp_path, dest, model, env=serve_env(CMB_OUTPUTS="seg,sr,pdf"))
 
     refused = storescu(study.root, served.dicom_port, calling="STRANGER")
     assert refused.returncode != 0
 
     sent = storescu(study.root, served.dicom_port)
     assert sent.returncode == 0, sent.stdout + sent.stderr
-    wait_for(lambda: len(list(dest_dir.iterdir())) >= 2, 180, "SEG + SR at the destination")
+    wait_for(lambda: len(list(dest_dir.iterdir())) >= 3, 180, "SEG, SR and PDF at the destination")
     check_results(dest_dir, study)
+    pdfs = [ds for ds in map(dcmread, dest_dir.iterdir()) if ds.SOPClassUID == PDF_UID]
+    assert len(pdfs) == 1
+    assert pdfs[0].EncapsulatedDocument[:5] == b"%PDF-"
 
     jobs = wait_for(
         lambda: [j for j in served.get("/jobs").json()["jobs"] if j["state"] == "delivered"],
