@@ -15,8 +15,11 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import tomllib
+import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from types import ModuleType
@@ -28,6 +31,7 @@ import yaml
 from cmb.cli import build_parser
 from model.dicom_out.common import MANUFACTURER
 from service.settings import Destination, Settings, load_settings
+from tests.service.conftest import Proc, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -349,3 +353,44 @@ def test_healthcheck_reads_the_serve_flags_and_probes_healthz() -> None:
         server.shutdown()
     assert "unreachable" in hc.check_serve(["cmb", "serve", f"--api-port={port}"])
     assert "refuses" in hc.check_serve(["cmb", "serve", "--api-port=0", f"--dicom-port={port}"])
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_healthcheck_pings_exactly_this_containers_worker(
+    procs: Callable[..., Proc], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cmb worker` names itself cmb-<pid>@<host>; the health check's ping must reach it."""
+    import redis
+
+    broker = os.environ.get("CMB_TEST_REDIS", "redis://127.0.0.1:6379/0")
+    client = redis.Redis.from_url(broker, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as e:
+        pytest.skip(f"Redis at {broker} unavailable: {type(e).__name__}")
+    queue = f"cmb-hc-{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMB_")}
+    env.update(
+        CMB_BROKER_URL=broker,
+        CMB_QUEUE=queue,
+        CMB_DATA_DIR=str(tmp_path / "data"),
+        CMB_LOG_FORMAT="text",
+    )
+    worker = procs(
+        [sys.executable, "-m", "cmb.cli", "worker", "--concurrency", "1"],
+        tmp_path / "worker.log",
+        env,
+    )
+    wait_for(lambda: "ready" in worker.output() or worker.p.poll() is not None, 60, "worker ready")
+    assert worker.p.poll() is None, worker.output()[-3000:]
+    monkeypatch.setenv("CMB_BROKER_URL", broker)
+    monkeypatch.setenv("CMB_DATA_DIR", str(tmp_path / "data"))
+    hc = load_healthcheck()
+    try:
+        assert hc.check_worker(worker.p.pid) is None
+        assert "did not answer" in hc.check_worker(worker.p.pid + 100000)
+    finally:
+        worker.stop()
+        client.delete(queue, f"_kombu.binding.{queue}")
+        client.close()
