@@ -8,7 +8,7 @@
 #
 # Both images hold only `model` + `service` + `cmb` with their runtime
 # dependencies (no torch, no training code paths are imported), the shipped
-# ONNX weights from model/weights/, run as the unprivileged user `cmb`
+# ONNX weights from model/weights/ (the build stops if they are missing), run as the unprivileged user `cmb`
 # (uid 10001) and answer a HEALTHCHECK on the REST API's /healthz.
 # One image serves every role; the command picks it:
 #   cmb serve   DICOM listener + REST API + stability monitor + outbox
@@ -50,6 +50,7 @@ RUN python -m venv /opt/cmb \
  && WHEEL=$(ls /wheels/cmb_detect-*.whl) \
  && /opt/cmb/bin/pip install --no-cache-dir "${WHEEL}[cpu]" \
  && /opt/cmb/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
+ && /opt/cmb/bin/python -c "from model.onnx_model import default_model_path as p; print('shipped model', p())" \
  && find /opt/cmb -name '__pycache__' -prune -exec rm -rf {} + \
  && rm -rf /opt/cmb/lib/python*/site-packages/pip*
 
@@ -93,6 +94,7 @@ RUN python3 -m venv /opt/cmb \
  && WHEEL=$(ls /wheels/cmb_detect-*.whl) \
  && /opt/cmb/bin/pip install --no-cache-dir "${WHEEL}[gpu]" "onnxruntime-gpu==${ORT_GPU_VERSION}" \
  && /opt/cmb/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
+ && /opt/cmb/bin/python -c "from model.onnx_model import default_model_path as p; print('shipped model', p())" \
  && find /opt/cmb -name '__pycache__' -prune -exec rm -rf {} + \
  && rm -rf /opt/cmb/lib/python*/site-packages/pip*
 

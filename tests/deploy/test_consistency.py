@@ -211,6 +211,10 @@ def test_dockerfile_matches_the_code() -> None:
     ]
     assert not any("torch" in d for d in extras["cpu"] + extras["gpu"])
     dockerignore = (REPO / ".dockerignore").read_text().splitlines()
+    for venv in ("venv-cpu", "venv-gpu"):
+        body = "\n".join(stages[venv])
+        assert "sys.exit(u.find_spec('torch') is not None)" in body, f"{venv}: no torch check"
+        assert "default_model_path" in body, f"{venv}: no check of the shipped weights"
     for name, lines in stages.items():
         for line in lines:
             m = re.match(r"COPY\s+(?!--from)(.+)\s+(\S+)$", line)
