@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, help="jobs of the leak check")
     args = parser.parse_args(argv)
     quick = args.quick
-    n_jobs = args.jobs or (4 if quick else 20)
+    n_jobs = args.jobs or (4 if quick else 12)
     tmp = Path(tempfile.mkdtemp(prefix="bench_memory_"))
     rec = Recorder("memory", quick)
     model = args.model or shipped_model()

@@ -4,12 +4,17 @@ Run: ``nice -n 5 .venv/bin/python -m bench.pipeline_stages [--quick]``
 
 Each study is a head-like phantom written with ``model.series_writer.write_series``
 (one classic MR file per slice, vendor headers) and run through the product
-path: ``load_studies`` (header scan) -> ``process_study`` (select, read/decode,
-resample + U-Net + resample back, candidates, NIfTI + SEG/SR/PDF writing).  The
-product's own per-stage timings (``Result.timings_s``) are reported, plus the
-resample/normalize part of "infer" measured on its own, and the location stage
-(parcellation network + rules, ``model.location``) timed beside the pipeline,
-which does not call it yet.
+path as ``cmb detect`` runs it: ``load_studies`` (header scan) ->
+``process_study`` (select, read/decode, resample + U-Net + resample back,
+candidates, NIfTI + SEG/SR/PDF writing), timed in wall and process-CPU
+seconds, with the product's own stage timings (``Result.timings_s``).  The
+"infer" stage is split by timing its resample/normalize (``prepare``) and
+resample-back steps on their own; the "write" stage by writing NIfTI, SEG, SR
+and PDF one at a time from the same Result.  The location stage (parcellation
+network + rules, ``model.location``) is timed beside the pipeline, which does
+not call it yet.  Each study costs one full sliding-window inference per repeat
+(plus one at overlap 0 for the threshold), to keep the run short on a shared
+machine.
 
 Without the trained model an UNTRAINED network of the same architecture is
 used (time only); its probabilities are not calibrated, so the threshold is
@@ -51,19 +56,11 @@ def write_study(root: Path, name: str, spec: tuple[Any, Any, str], seed: int) ->
     return folder
 
 
-def location_stage(study_dir: Path, probability_model: Any, tmp: Path) -> dict[str, Any]:
-    """Time parcellation + location rules on the study's volume (untrained parcellation net)."""
-    from model.candidates import extract_candidates
-    from model.dicom_in import load_studies
-    from model.infer import predict_probability
-    from model.location import locate_and_filter
-    from model.location.parcellation import load_parcellation_model, parcellate_onnx
+def parcellation_model(tmp: Path) -> tuple[Path, str]:
     from model.onnx_model import default_model_path
-    from model.selection import select_series
 
     try:
-        path = default_model_path("parcellation")
-        label = "shipped parcellation model"
+        return default_model_path("parcellation"), "shipped parcellation model"
     except Exception:  # ModelError: not shipped yet -> an untrained one of the same design
         from training.parcellation.export import export_parcellation, parcellation_metadata
         from training.parcellation.network import build_parcellation_network
@@ -71,25 +68,7 @@ def location_stage(study_dir: Path, probability_model: Any, tmp: Path) -> dict[s
         path = export_parcellation(
             build_parcellation_network().eval(), parcellation_metadata(), tmp / "parc.onnx"
         )
-        label = "UNTRAINED parcellation network (timing only)"
-    (study,) = load_studies([study_dir])
-    series, _ = select_series(study)
-    volume = series.load_volume()
-    prob = predict_probability(volume, probability_model, overlap=0.0)
-    threshold = float(np.sort(prob.array, axis=None)[-200])
-    labels, detections = extract_candidates(prob, threshold)
-    model = load_parcellation_model(path, "cpu")
-    t0 = time.perf_counter()
-    parc = parcellate_onnx(volume, model)
-    t1 = time.perf_counter()
-    locate_and_filter(detections, labels, parc, series.info)
-    t2 = time.perf_counter()
-    return {
-        "model": label,
-        "parcellate_s": t1 - t0,
-        "rules_s": t2 - t1,
-        "n_candidates": len(detections),
-    }
+        return path, "UNTRAINED parcellation network (timing only)"
 
 
 class Clock:
@@ -107,40 +86,6 @@ class Clock:
         return out
 
 
-def staged_run(
-    study_dir: Path, model: Any, threshold: float | None, out: Path
-) -> tuple[Clock, int]:
-    """The product's stages called one by one (the calls ``process_study`` makes), timed."""
-    from model.candidates import extract_candidates
-    from model.dicom_in import load_studies
-    from model.dicom_out import write_outputs
-    from model.infer import sliding_window
-    from model.pipeline import PipelineOptions, detect_series
-    from model.preprocess import prepare, resample_like
-    from model.selection import select_series
-    from model.volume import write_nifti
-
-    c = Clock()
-    (study,) = c.time("load_studies (header scan)", load_studies, [study_dir])
-    series, _ = c.time("select", select_series, study)
-    volume = c.time("read/decode", series.load_volume)
-    prepared = c.time("resample+normalize", prepare, volume, model.metadata)
-    probs = c.time(
-        "unet_sliding_window", sliding_window, prepared.array, model, channels=slice(-1, None)
-    )
-    c.time("resample_back", resample_like, prepared.with_array(probs[0]), volume, order=1)
-    # The rest works on the product's own Result (same probability as above).
-    result, series = detect_series(study, model, PipelineOptions(threshold=threshold))
-    th = threshold if threshold is not None else model.metadata.threshold
-    c.time("candidates", extract_candidates, result.probability, th)
-    out.mkdir(parents=True, exist_ok=True)
-    c.time("write_nifti", write_nifti, result.probability, out / "probability.nii.gz")
-    sources = series.source_datasets()
-    for kind in ("seg", "sr", "pdf"):
-        c.time(f"write_{kind}", write_outputs, result, sources, out / kind, (kind,))
-    return c, len(result.detections)
-
-
 def product_run(study_dir: Path, model: Any, threshold: float | None, out: Path) -> dict:
     """``load_studies`` + ``process_study`` as ``cmb detect`` runs them (wall, CPU, stages)."""
     from model.dicom_in import load_studies
@@ -149,13 +94,61 @@ def product_run(study_dir: Path, model: Any, threshold: float | None, out: Path)
     options = PipelineOptions(threshold=threshold, outputs=("seg", "sr", "pdf"))
     c0, t0 = time.process_time(), time.perf_counter()
     (study,) = load_studies([study_dir])
+    t1 = time.perf_counter()
     outputs = process_study(study, out, options, model)
     return {
         "wall_s": time.perf_counter() - t0,
         "cpu_s": time.process_time() - c0,
-        "result_timings_s": outputs.result.timings_s,
+        "stages_s": {"load_studies": t1 - t0, **outputs.result.timings_s},
         "n_detections": len(outputs.result.detections),
     }
+
+
+def side_stages(
+    study_dir: Path, model: Any, threshold: float | None, tmp: Path
+) -> tuple[Clock, float, dict[str, Any]]:
+    """The splits of "infer" and "write", the untrained threshold, and the location stage."""
+    from model.candidates import extract_candidates
+    from model.dicom_in import load_studies
+    from model.dicom_out import write_outputs
+    from model.infer import predict_probability
+    from model.location import locate_and_filter
+    from model.location.parcellation import load_parcellation_model, parcellate_onnx
+    from model.pipeline import PipelineOptions, detect_series
+    from model.preprocess import prepare, resample_like
+    from model.selection import select_series
+    from model.volume import write_nifti
+
+    c = Clock()
+    (study,) = load_studies([study_dir])
+    series, _ = select_series(study)
+    volume = series.load_volume()
+    prepared = c.time("infer: resample+normalize", prepare, volume, model.metadata)
+    c.time("infer: resample back", resample_like, prepared, volume, order=1)
+    # One cheap pass (overlap 0) for the untrained threshold and the location stage.
+    prob = predict_probability(volume, model, overlap=0.0)
+    if threshold is None and "UNTRAINED" in model.metadata.name:
+        threshold = float(np.sort(prob.array, axis=None)[-200])
+    th = threshold if threshold is not None else model.metadata.threshold
+    labels, detections = extract_candidates(prob, th)
+    location: dict[str, Any] = {}
+    try:
+        path, label = parcellation_model(tmp)
+        parc_model = load_parcellation_model(path, "cpu")
+        parc = c.time("location: parcellation", parcellate_onnx, volume, parc_model)
+        c.time("location: rules", locate_and_filter, detections, labels, parc, series.info)
+        location = {"model": label, "n_candidates": len(detections)}
+    except Exception as e:  # model.location is in progress: record why, keep the rest
+        location = {"error": f"{type(e).__name__}: {e}"}
+    # The write stage, one output at a time, from a Result of the product path.
+    result, series = detect_series(study, model, PipelineOptions(threshold=th, overlap=0.0))
+    out = tmp / f"w_{study_dir.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    sources = series.source_datasets()
+    c.time("write: nifti", write_nifti, result.probability, out / "probability.nii.gz")
+    for kind in ("seg", "sr", "pdf"):
+        c.time(f"write: {kind}", write_outputs, result, sources, out / kind, (kind,))
+    return c, th, location
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     from model.onnx_model import OnnxModel
 
     quick = args.quick
-    repeats = args.repeats or (1 if quick else 2)
+    repeats = args.repeats or 1
     specs = QUICK_STUDIES if quick else STUDIES
     if args.studies:
         specs = {k: v for k, v in specs.items() if k in args.studies}
@@ -197,38 +190,25 @@ def main(argv: list[str] | None = None) -> int:
     }
     for i, (name, spec) in enumerate(specs.items()):
         study_dir = write_study(tmp / "in", name, spec, seed=i)
-        threshold: float | None = None
-        if not trained:
-            from model.dicom_in import load_studies
-            from model.infer import predict_probability
-            from model.selection import select_series
-
-            (study,) = load_studies([study_dir])
-            vol = select_series(study)[0].load_volume()
-            prob = predict_probability(vol, model, overlap=0.0).array
-            threshold = float(np.sort(prob, axis=None)[-200])
-        staged = [
-            staged_run(study_dir, model, threshold, tmp / f"st_{name}") for _ in range(repeats)
-        ]
+        side, threshold, location = side_stages(study_dir, model, None, tmp)
         product = [product_run(study_dir, model, threshold, tmp / "out") for _ in range(repeats)]
         walls = [p["wall_s"] for p in product]
         entry: dict[str, Any] = {
-            "stages_wall_s": {k: stats([c.wall[k] for c, _ in staged]) for k in staged[0][0].wall},
-            "stages_cpu_s": {k: stats([c.cpu[k] for c, _ in staged]) for k in staged[0][0].cpu},
-            "product_process_study": product,
             "product_total_wall_s": stats(walls),
             "product_total_cpu_s": stats([p["cpu_s"] for p in product]),
-            "n_detections": staged[-1][1],
-            "threshold": threshold,
+            "product_stages_s": {
+                k: stats([p["stages_s"][k] for p in product]) for k in product[0]["stages_s"]
+            },
+            "split_wall_s": side.wall,
+            "split_cpu_s": side.cpu,
+            "location": location,
+            "n_detections": product[-1]["n_detections"],
+            "threshold": threshold if not trained else None,
             "target_60s_met_wall": statistics.median(walls) <= 60.0,
         }
-        try:
-            entry["location"] = location_stage(study_dir, model, tmp)
-        except Exception as e:  # model.location is in progress: record why, keep the rest
-            entry["location"] = f"not measured: {type(e).__name__}: {e}"
         rec.results[name] = entry
-        print(name, {k: round(v["median"], 2) for k, v in entry["stages_wall_s"].items()})
-        print(name, "product wall", [round(w, 1) for w in walls])
+        print(name, "wall", [round(w, 1) for w in walls], "stages", product[-1]["stages_s"])
+        print(name, "split", {k: round(v, 2) for k, v in side.wall.items()})
     rec.results["peak_rss_mib_process"] = peak_rss_mib()
     print(f"wrote {rec.write(args.out)}")
     return 0

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int)
     args = parser.parse_args(argv)
     quick = args.quick
-    repeats = args.repeats or (1 if quick else 2)
+    repeats = args.repeats or 1
     shapes = QUICK_SHAPES if quick else SHAPES
     tmp = Path(tempfile.mkdtemp(prefix="bench_scaling_"))
     rec = Recorder("scaling", quick)
