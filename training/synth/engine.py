@@ -65,14 +65,14 @@ def _transform(m: npt.NDArray[np.float64], p: npt.ArrayLike) -> npt.NDArray[np.f
 
 def _cmb_objects(
     sites: list[Site],
-    radii: list[float],
     rng: np.random.Generator,
     params: SynthParams,
     to_scanner: npt.NDArray[np.float64],
 ) -> list[SusceptibilityObject]:
     objs = []
     lo, hi = params.cmb_chi_range_ppm
-    for site, r in zip(sites, radii, strict=False):
+    for site in sites:
+        r = site.radius_mm
         if rng.random() < 0.5:
             e = rng.uniform(0.7, 1.0, 3)
             e = e / np.prod(e) ** (1.0 / 3.0)  # same volume as the sphere of radius r
@@ -200,7 +200,7 @@ def generate_case(
     sites = place_microbleeds(
         anat, r_cmb, p.n_cmbs, p.cmb_pattern if p.n_cmbs else "scattered", radii
     )
-    objects = _cmb_objects(sites, radii, r_cmb, p, to_scanner)
+    objects = _cmb_objects(sites, r_cmb, p, to_scanner)
     truth = np.zeros(grid.shape, dtype=np.int16)
     best = np.ones(grid.shape, dtype=np.float32)
     spacing = grid.spacing

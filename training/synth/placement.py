@@ -8,6 +8,7 @@ stated region is the tissue it sits in.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,7 @@ class Site:
     region: str
     mars: str
     lobe: str | None
+    radius_mm: float = 0.0  # the lesion radius this site was checked for
 
 
 class Anatomy:
@@ -180,6 +182,6 @@ def place_microbleeds(
             if anatomy.fits(index, radius) and all(
                 np.linalg.norm(np.subtract(index, s.index)) > 2.5 * radius + 2.0 for s in sites
             ):
-                sites.append(anatomy.site(index))
+                sites.append(dataclasses.replace(anatomy.site(index), radius_mm=float(radius)))
                 break
     return sites
