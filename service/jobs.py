@@ -146,8 +146,19 @@ def run_pipeline(spec: JobSpec, processor: str = DEFAULT_PROCESSOR) -> dict[str,
     }
 
 
-def finish_success(db: Database, settings: Settings, job_id: str, report: dict[str, Any]) -> None:
-    """Record the outputs; the exporter of `cmb serve` then queues them for its destinations."""
+def finish_success(
+    db: Database,
+    settings: Settings,
+    job_id: str,
+    report: dict[str, Any],
+    *,
+    observe_here: bool = True,
+) -> None:
+    """Record the outputs; the exporter of `cmb serve` then queues them for its destinations.
+
+    ``observe_here``: add the timings to this process's metrics (False in Celery
+    workers, whose timings `cmb serve` picks up from the DB).
+    """
     now = utcnow()
     files: dict[str, str] = report["files"]
     summary: dict[str, Any] = report["summary"]
@@ -164,9 +175,8 @@ def finish_success(db: Database, settings: Settings, job_id: str, report: dict[s
         job.finished_at = now
         job.updated_at = now
         job.next_attempt_at = None
-    for stage, seconds in summary.get("timings_s", {}).items():
-        metrics.STAGE_SECONDS.labels(stage).observe(float(seconds))
-    metrics.JOB_SECONDS.labels("succeeded").observe(float(summary.get("duration_s", 0.0)))
+    if observe_here:
+        metrics.observe_job(summary)
     log.info(
         "job succeeded",
         extra={

@@ -9,7 +9,7 @@ right whichever process (serve or a Celery worker) changed the state.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -46,6 +46,48 @@ STAGE_SECONDS = Histogram(
 DELIVERIES = Counter(
     "cmb_deliveries", "C-STORE sends of results, by outcome", ["outcome"], registry=REGISTRY
 )
+
+
+def observe_job(summary: dict[str, Any] | None) -> None:
+    """Add one finished job's stage timings and duration to the histograms."""
+    summary = summary or {}
+    for stage, seconds in (summary.get("timings_s") or {}).items():
+        STAGE_SECONDS.labels(stage).observe(float(seconds))
+    JOB_SECONDS.labels("succeeded").observe(float(summary.get("duration_s", 0.0)))
+
+
+class JobTimingsFollower:
+    """For Celery mode: observe the timings of jobs that *workers* finished.
+
+    The workers (a prefork pool, no HTTP endpoint) cannot expose histograms,
+    so `cmb serve` reads each newly finished job's summary from the DB once.
+    """
+
+    def __init__(self, db: Database) -> None:
+        from service.db.models import utcnow
+
+        self.db = db
+        self.since = utcnow()
+
+    def run_once(self) -> int:
+        from sqlalchemy import select
+
+        from service.db.models import Job, JobState
+
+        with self.db.session() as s:
+            rows = s.execute(
+                select(Job.finished_at, Job.summary)
+                .where(
+                    Job.finished_at > self.since,
+                    Job.state.in_([JobState.SUCCEEDED, JobState.DELIVERED]),
+                )
+                .order_by(Job.finished_at)
+                .limit(1000)
+            ).all()
+        for finished_at, summary in rows:
+            observe_job(summary)
+            self.since = max(self.since, finished_at)
+        return len(rows)
 
 
 class DatabaseCollector(Collector):

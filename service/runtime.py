@@ -61,6 +61,7 @@ class Monitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_purge = 0.0
+        self._timings = metrics.JobTimingsFollower(db)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="cmb-monitor", daemon=True)
@@ -88,6 +89,7 @@ class Monitor:
                 self.dispatch(job_id)
         if self.celery_app is not None:
             self._redispatch_stale()
+            self._timings.run_once()
         if self.settings.retention_days and time.monotonic() >= self._next_purge:
             self._next_purge = time.monotonic() + PURGE_EVERY_S
             purge_expired(self.db, self.settings.retention_days)

@@ -104,7 +104,7 @@ def _run_job(self: Task, job_id: str) -> str:
         if delay is None:
             return "failed"
         raise self.retry(countdown=delay, exc=e) from e
-    jobs.finish_success(db, settings, job_id, report)
+    jobs.finish_success(db, settings, job_id, report, observe_here=False)
     return "succeeded"
 
 

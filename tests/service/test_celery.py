@@ -106,6 +106,10 @@ def test_serve_and_worker_on_redis_and_postgres(
         "the job to be delivered",
     )
     assert jobs[0]["summary"]["n_detections"] == study.n_cmbs
+    # Stage latencies of the worker's job reach cmb serve's /metrics through the DB.
+    metrics = served.get("/metrics").text
+    assert 'cmb_stage_duration_seconds_count{stage="infer"} 1.0' in metrics
+    assert 'cmb_job_duration_seconds_count{outcome="succeeded"} 1.0' in metrics
     # The state really is in PostgreSQL.
     engine = create_engine(postgres_url)
     with engine.connect() as conn:
