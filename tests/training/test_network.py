@@ -45,8 +45,9 @@ def test_patch_size_must_be_a_multiple_of_16() -> None:
         check_patch_size([40, 48, 48])
 
 
-def test_loss_is_low_for_a_perfect_prediction_and_high_for_all_background() -> None:
-    loss = build_loss(LossConfig())
+@pytest.mark.parametrize("kind", ["dice_bce", "dice_focal"])
+def test_loss_is_low_for_a_perfect_prediction_and_high_for_all_background(kind: str) -> None:
+    loss = build_loss(LossConfig(kind=kind))
     target = torch.zeros(2, 1, 16, 16, 16)
     target[0, 0, 6:9, 6:9, 6:9] = 1
     perfect = (target * 2 - 1) * 20  # logits
@@ -55,6 +56,23 @@ def test_loss_is_low_for_a_perfect_prediction_and_high_for_all_background() -> N
     assert float(loss(background, target)) > 0.9
     # batch Dice: a batch of negative patches is defined and near 0 when predicted negative
     assert float(loss(background, torch.zeros_like(target))) < 0.01
+
+
+def test_positive_weight_pulls_saturated_cmb_voxels_up() -> None:
+    """All-background logits: BCE with pos_weight gives CMB voxels a strong gradient."""
+    target = torch.zeros(1, 1, 32, 32, 32)
+    target[0, 0, 10:13, 10:13, 10:13] = 1
+    grads = {}
+    for kind in ("dice_bce", "dice_focal"):
+        logits = torch.full_like(target, -6.0, requires_grad=True)
+        build_loss(LossConfig(kind=kind))(logits, target).backward()
+        assert logits.grad is not None
+        grads[kind] = float(-logits.grad[target > 0].mean())
+    assert grads["dice_bce"] > 5 * grads["dice_focal"] > 0
+    with pytest.raises(ValueError, match="pos_weight"):
+        LossConfig(pos_weight=0)
+    with pytest.raises(ValueError, match="kind"):
+        LossConfig(kind="ce")
 
 
 def test_loss_gradient_reaches_the_network() -> None:
