@@ -14,13 +14,13 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import select, text
+from sqlalchemy import delete, select, text
 
 from service import metrics
 from service.api import web
 from service.api.auth import audit, require_key, set_cookie_if_asked
 from service.api.upload import UploadReport, split_multipart_related, store_files
-from service.db.models import AuditEntry, Delivery, Job, JobState
+from service.db.models import AuditEntry, Delivery, Job, JobState, utcnow
 from service.db.session import Database
 from service.settings import Settings
 from service.stability import create_job
@@ -227,6 +227,31 @@ def create_app(settings: Settings, db: Database, spool: Spool, service: Any = No
         """One job: state, failure reason, summary, result kinds, deliveries."""
         job, deliveries = get_job(job_id)
         return job_json(job, deliveries)
+
+    @app.post("/jobs/{job_id}/retry", tags=["jobs"], status_code=202)
+    def retry_job(job_id: str, principal: str = Depends(require_key)) -> dict[str, Any]:
+        """Run a failed or finished job again (e.g. after a model or configuration change).
+
+        Its outputs are replaced (same output UIDs for the same series and model) and,
+        once it succeeds, sent again to the destinations.
+        """
+        now = utcnow()
+        with db.session() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None:
+                raise HTTPException(404, detail=f"no job {job_id}")
+            if job.state not in (JobState.FAILED, JobState.SUCCEEDED, JobState.DELIVERED):
+                raise HTTPException(409, detail=f"job {job_id} is {job.state.value}")
+            s.execute(delete(Delivery).where(Delivery.job_id == job_id))
+            job.state = JobState.QUEUED
+            job.attempts = 0
+            job.reason = f"re-run requested by {principal}"
+            job.next_attempt_at = now
+            job.updated_at = now
+            job.finished_at = None
+        if service is not None and getattr(service, "monitor", None) is not None:
+            service.monitor.dispatch(job_id)
+        return {"id": job_id, "state": JobState.QUEUED.value}
 
     @app.get("/jobs/{job_id}/results/{kind}", tags=["results"])
     def job_result(job_id: str, kind: str, _: str = Depends(require_key)) -> FileResponse:

@@ -154,6 +154,18 @@ def test_failed_job_reason_is_visible(api: tuple, tmp_path: Path) -> None:
     assert st["state"] == JobState.FAILED.value
     assert st["reason"] == "NoUsableSeriesError: no SWI or T2* magnitude series in the study"
 
+    # A re-run on request; a second request while it waits is a conflict.
+    assert client.post(f"/jobs/{job_id}/retry").status_code == 401
+    r = client.post(f"/jobs/{job_id}/retry", headers=H)
+    assert r.status_code == 202
+    st = client.get(f"/jobs/{job_id}", headers=H).json()
+    assert (st["state"], st["attempts"], st["reason"]) == (
+        "queued",
+        0,
+        "re-run requested by tester",
+    )
+    assert client.post(f"/jobs/{job_id}/retry", headers=H).status_code == 409
+
 
 def test_nothing_storable_is_a_400(api: tuple) -> None:
     client, _s, _db = api
