@@ -89,6 +89,7 @@ def viewport_state(browser: Chromium) -> dict[str, Any] | None:
     return json.loads(text) if text else None
 
 
+@pytest.mark.timeout(900)  # bounded waits below add up to ~9 min on a loaded machine
 def test_ohif_draws_our_seg_over_the_microbleed(procs: Callable[..., Proc], tmp_path: Path) -> None:
     dist = ohif_dist()
     if dist is None:

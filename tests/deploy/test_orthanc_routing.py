@@ -148,6 +148,7 @@ def test_routes_gre_swi_only_and_never_our_results(
     assert len(list(received.iterdir())) == n_routed
 
 
+@pytest.mark.timeout(600)
 def test_study_stored_in_orthanc_comes_back_with_seg_and_sr(
     procs: Callable[..., Proc], tmp_path: Path
 ) -> None:
