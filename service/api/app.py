@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import delete, select, text
@@ -85,8 +86,16 @@ def create_app(settings: Settings, db: Database, spool: Spool, service: Any = No
     async def _audit(request: Request, call_next: Any) -> Any:
         response = await call_next(request)
         set_cookie_if_asked(request, response)
-        audit(db, request, response.status_code)
+        await run_in_threadpool(audit, db, request, response.status_code)
         return response
+
+    def queue_study(study_instance_uid: str) -> str | None:
+        """An upload is complete by definition: queue its job now (and hand it to Celery)."""
+        job_id = create_job(db, study_instance_uid)
+        monitor = getattr(service, "monitor", None)
+        if job_id and monitor is not None:
+            monitor.dispatch(job_id)
+        return job_id
 
     def check_size(request: Request) -> None:
         length = request.headers.get("content-length")
@@ -94,7 +103,7 @@ def create_app(settings: Settings, db: Database, spool: Spool, service: Any = No
             raise HTTPException(413, detail=f"upload larger than {settings.max_upload_mb:g} MB")
 
     def upload_response(report: UploadReport) -> JSONResponse:
-        jobs = {uid: create_job(db, uid) for uid in report.studies} if report.stored else {}
+        jobs = {uid: queue_study(uid) for uid in report.studies} if report.stored else {}
         metrics.INSTANCES_RECEIVED.labels("rest", "stored").inc(len(report.stored))
         body = {
             "stored": len(report.stored),
@@ -168,7 +177,7 @@ def create_app(settings: Settings, db: Database, spool: Spool, service: Any = No
         except OutOfResourcesError as e:
             raise HTTPException(507, detail=str(e)) from e
         for uid in report.studies:
-            create_job(db, uid)
+            queue_study(uid)
         ok = report.stored + report.duplicates
         payload: dict[str, Any] = {
             "00081199": {

@@ -171,7 +171,9 @@ def test_celery_time_limit_and_refused_study_fail_with_reason(
     slow, _ = write_study(tmp_path / "slow", n=1, descriptions=("SLEEP",))
     bad, _ = write_study(tmp_path / "bad", n=1, descriptions=("FAIL_CMB",))
     assert storescu(tmp_path / "slow", served.dicom_port).returncode == 0
-    assert storescu(tmp_path / "bad", served.dicom_port).returncode == 0
+    # The refused study comes by REST: uploads are queued on the broker at once.
+    files = [("files", (p.name, p.read_bytes())) for p in (tmp_path / "bad").rglob("*.dcm")]
+    assert served.post("/studies", files=files).status_code == 202
 
     def failed() -> dict[str, str] | None:
         jobs = served.get("/jobs", params={"state": "failed"}).json()["jobs"]

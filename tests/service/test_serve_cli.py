@@ -58,6 +58,9 @@ class Served:
     def get(self, path: str, **kw: Any) -> httpx.Response:
         return httpx.get(self.api + path, headers=H, timeout=10, **kw)
 
+    def post(self, path: str, **kw: Any) -> httpx.Response:
+        return httpx.post(self.api + path, headers=H, timeout=60, **kw)
+
 
 def start_serve(
     procs: Callable[..., Proc],
