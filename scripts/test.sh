@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages: real DICOM peers and validators used by the tests.
-APT_PACKAGES=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium poppler-utils fonts-droid-fallback fonts-dejavu-core)
+APT_PACKAGES=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium poppler-utils fonts-droid-fallback fonts-dejavu-core docker-compose)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
