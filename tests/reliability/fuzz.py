@@ -18,11 +18,25 @@ from dataclasses import dataclass
 
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 
 from tests.service.dicom_factory import mr_dataset
 
-_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UT", b"UN", b"UC", b"UR", b"SV", b"UV"}
+_LONG_VRS = {
+    b"OB",
+    b"OW",
+    b"OF",
+    b"OD",
+    b"OL",
+    b"OV",
+    b"SQ",
+    b"UT",
+    b"UN",
+    b"UC",
+    b"UR",
+    b"SV",
+    b"UV",
+}
 
 
 @dataclass(frozen=True)
@@ -90,7 +104,7 @@ def _uid() -> str:
 
 def _base(rng: random.Random, study_uid: str) -> Dataset:
     ds = mr_dataset(study_uid, f"{study_uid}.{rng.randint(1, 3)}", rng.randint(0, 3), size=16)
-    uid = _uid()
+    uid = UID(_uid())
     ds.SOPInstanceUID = uid
     ds.file_meta.MediaStorageSOPInstanceUID = uid
     return ds
@@ -101,7 +115,7 @@ def _base_raw(rng: random.Random, study_uid: str) -> bytes:
     key = (study_uid, rng.randint(1, 3), rng.randint(0, 3))
     if key not in _BASES:
         ds = mr_dataset(study_uid, f"{study_uid}.{key[1]}", key[2], size=16)
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "2.25." + "0" * 20
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID("2.25." + "0" * 20)
         _BASES[key] = encode(ds)
     return _BASES[key].replace(("2.25." + "0" * 20).encode(), _uid().encode())
 
@@ -247,8 +261,10 @@ def make_cases(n: int, seed: int, study_uid: str, *, dimse: bool) -> list[Case]:
 
 def _make_cases(n: int, seed: int, study_uid: str, *, dimse: bool) -> list[Case]:
     rng = random.Random(seed)
-    names = [k for k in MUTATORS if not dimse or k not in ("wrong_transfer_syntax", "bad_file_meta")]
-    cases = []
+    names = [
+        k for k in MUTATORS if not dimse or k not in ("wrong_transfer_syntax", "bad_file_meta")
+    ]
+    cases: list[Case] = []
     i = 0
     while len(cases) < n:
         name = names[i % len(names)]

@@ -67,9 +67,7 @@ def test_redis_restarted_while_jobs_are_queued_and_running(
     broker = f"redis://127.0.0.1:{port}/0"
     queue = f"cmb-rel-{uuid.uuid4().hex[:8]}"
     dest = destination()
-    svc = services(
-        make_settings(broker_url=broker, queue=queue, destinations=[dest.address])
-    )
+    svc = services(make_settings(broker_url=broker, queue=queue, destinations=[dest.address]))
     env = python_env(
         CMB_DATABASE_URL=svc.settings.db_url,
         CMB_BROKER_URL=broker,
@@ -78,7 +76,9 @@ def test_redis_restarted_while_jobs_are_queued_and_running(
         CMB_PIPELINE=RELIABILITY_PIPELINE,
         CMB_JOB_RETRY_BACKOFF_S="0.5",
     )
-    worker = procs([PY, "-m", "cmb.cli", "worker", "--concurrency", "1"], tmp_path / "worker.log", env)
+    worker = procs(
+        [PY, "-m", "cmb.cli", "worker", "--concurrency", "1"], tmp_path / "worker.log", env
+    )
     wait_for(lambda: "ready" in worker.output() or worker.p.poll() is not None, 90, "worker ready")
     assert worker.p.poll() is None, worker.output()[-2000:]
     studies = []

@@ -67,16 +67,54 @@ def pki(tmp_path: Path) -> dict[str, Path]:
     d = tmp_path / "pki"
     d.mkdir()
     p = {n: d / n for n in ("ca.key", "ca.pem", "srv.key", "srv.pem", "cli.key", "cli.pem")}
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=cmb-test-ca",
-             "-keyout", str(p["ca.key"]), "-out", str(p["ca.pem"]))
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=cmb-test-ca",
+        "-keyout",
+        str(p["ca.key"]),
+        "-out",
+        str(p["ca.pem"]),
+    )
     for who, cn in (("srv", "localhost"), ("cli", "PACS")):
         csr = d / f"{who}.csr"
         ext = d / f"{who}.ext"
         ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
-                 "-keyout", str(p[f"{who}.key"]), "-out", str(csr))
-        _openssl("x509", "-req", "-in", str(csr), "-CA", str(p["ca.pem"]), "-CAkey", str(p["ca.key"]),
-                 "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(p[f"{who}.pem"]))
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={cn}",
+            "-keyout",
+            str(p[f"{who}.key"]),
+            "-out",
+            str(csr),
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(p["ca.pem"]),
+            "-CAkey",
+            str(p["ca.key"]),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            str(ext),
+            "-out",
+            str(p[f"{who}.pem"]),
+        )
     return p
 
 
@@ -98,7 +136,9 @@ def _tls_echo(port: int, pki: dict[str, Path], *, tls: bool, client_cert: bool) 
 
 
 def test_tls_with_client_certificates(
-    services: Callable[[Settings], Service], make_settings: Callable[..., Settings], pki: dict[str, Path]
+    services: Callable[[Settings], Service],
+    make_settings: Callable[..., Settings],
+    pki: dict[str, Path],
 ) -> None:
     svc = services(
         make_settings(tls_cert=pki["srv.pem"], tls_key=pki["srv.key"], tls_ca=pki["ca.pem"])

@@ -1,4 +1,5 @@
-"""REST: credentials on every data route, path traversal, zip bombs, oversized uploads, schemathesis.
+"""REST: credentials on every data route, path traversal, zip bombs, oversized uploads,
+schemathesis.
 
 The app runs in this process (FastAPI TestClient, no socket): the same code as
 behind `cmb serve`'s uvicorn, without the port juggling.
@@ -25,7 +26,16 @@ from service.store import Spool
 from tests.reliability.conftest import FIGURES, KEY, study_datasets
 from tests.reliability.fuzz import encode
 
-OPEN_ROUTES = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/"}
+OPEN_ROUTES = {
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/redoc",
+    "/",
+}
 MAX_UPLOAD_MB = 1.0
 
 
@@ -48,7 +58,7 @@ def client(app: FastAPI) -> TestClient:
 
 def data_routes(app: FastAPI) -> list[tuple[str, str]]:
     """(method, path) of every route but the open ones, path parameters filled in."""
-    out = []
+    out: list[tuple[str, str]] = []
     for route in app.routes:
         path = getattr(route, "path", None)
         methods = getattr(route, "methods", None) or set()
@@ -126,11 +136,13 @@ def peak_rss_mb() -> float:
 def test_zip_bomb_is_refused_within_bounded_memory(client: TestClient) -> None:
     inflated_mb = 192
     bomb = io.BytesIO()
-    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        with zf.open("bomb.dcm", "w") as member:
-            chunk = b"\0" * 2**20
-            for _ in range(inflated_mb):
-                member.write(chunk)
+    with (
+        zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf,
+        zf.open("bomb.dcm", "w") as member,
+    ):
+        chunk = b"\0" * 2**20
+        for _ in range(inflated_mb):
+            member.write(chunk)
     assert len(bomb.getvalue()) < MAX_UPLOAD_MB * 2**20  # the upload itself is small
     before = peak_rss_mb()
     r = client.post(
@@ -139,7 +151,12 @@ def test_zip_bomb_is_refused_within_bounded_memory(client: TestClient) -> None:
         files=[("files", ("bomb.zip", bomb.getvalue(), "application/zip"))],
     )
     growth = peak_rss_mb() - before
-    FIGURES.input("zip_bomb", inflated_mb=inflated_mb, status=r.status_code, peak_rss_growth_mb=round(growth, 1))
+    FIGURES.input(
+        "zip_bomb",
+        inflated_mb=inflated_mb,
+        status=r.status_code,
+        peak_rss_growth_mb=round(growth, 1),
+    )
     assert r.status_code in (400, 413)
     assert growth < 100, f"peak memory grew by {growth:.0f} MB for a {inflated_mb} MB bomb"
 
@@ -154,7 +171,10 @@ def test_oversized_upload_with_content_length_is_413(client: TestClient) -> None
     assert r.status_code == 413
     r = client.post(
         "/dicomweb/studies",
-        headers={"X-API-Key": KEY, "Content-Type": 'multipart/related; type="application/dicom"; boundary=x'},
+        headers={
+            "X-API-Key": KEY,
+            "Content-Type": 'multipart/related; type="application/dicom"; boundary=x',
+        },
         content=big,
     )
     assert r.status_code == 413
@@ -172,7 +192,7 @@ def test_oversized_chunked_upload_is_413(client: TestClient) -> None:
 
     def body() -> Iterator[bytes]:
         yield (
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.dcm\"\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.dcm"\r\n'
             "Content-Type: application/dicom\r\n\r\n"
         ).encode()
         for i in range(0, len(payload), 2**16):
@@ -196,12 +216,17 @@ def test_schemathesis_against_our_openapi(app: FastAPI) -> None:
     calls = [0]
 
     for op in schema.get_all_operations():
-        operation = op.ok()
+        operation = op.ok()  # type: ignore[union-attr]
         strategy_test = settings(
             max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None
         )(_given(operation, calls, failures))
         strategy_test()
-    FIGURES.input("schemathesis", operations=len(list(schema.get_all_operations())), requests=calls[0], server_errors=len(failures))
+    FIGURES.input(
+        "schemathesis",
+        operations=len(list(schema.get_all_operations())),
+        requests=calls[0],
+        server_errors=len(failures),
+    )
     assert calls[0] > 0
     assert not failures, failures[:5]
 

@@ -104,9 +104,9 @@ class Serve:
 @pytest.fixture
 def serve(
     procs: Callable[..., Proc], tmp_path: Path, destination: Callable[..., Destination]
-) -> Iterator[tuple[Serve, Destination]]:
+) -> tuple[Serve, Destination]:
     dest = destination()
-    yield Serve(procs, tmp_path, dest.address), dest
+    return Serve(procs, tmp_path, dest.address), dest
 
 
 def spooled(db: Database) -> dict[str, bool]:

@@ -38,7 +38,9 @@ def test_no_patient_data_in_any_log_line(
     sop_class = next(e for e in els if (e.group, e.elem) == (0x0008, 0x0016))
     name = next(e for e in els if (e.group, e.elem) == (0x0010, 0x0010))
     # The SOP Class UID now "contains" everything up to and including the patient name.
-    struct.pack_into("<H", raw, sop_class.length_offset, name.offset + 8 + name.length - (sop_class.offset + 8))
+    struct.pack_into(
+        "<H", raw, sop_class.length_offset, name.offset + 8 + name.length - (sop_class.offset + 8)
+    )
     path = tmp_path / "stretched.dcm"
     path.write_bytes(bytes(raw))
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
