@@ -4,7 +4,7 @@ Run: ``.venv/bin/python -m bench.plots``  (no measurement; reads the JSON files)
 
 ``docs/bench_inference.png``: ORT vs torch and overlap/TTA, median with min-max bars.
 ``docs/bench_ingest.png``: instances/s per receiver and sender count.
-``docs/bench_pipeline.png``: stage breakdown per study (wall and CPU seconds).
+``docs/bench_pipeline.png``: stage breakdown per study (wall; CPU of the splits).
 The scaling plot is drawn by ``bench.scaling`` itself.
 """
 
@@ -63,19 +63,22 @@ def pipeline(path: Path, out: Path) -> None:
     import numpy as np
 
     r = json.loads(path.read_text())["results"]
-    studies = [k for k, v in r.items() if isinstance(v, dict) and "stages_wall_s" in v]
-    fig, axes = plt.subplots(1, len(studies), figsize=(6 * len(studies), 4), squeeze=False)
+    studies = [k for k, v in r.items() if isinstance(v, dict) and "product_stages_s" in v]
+    fig, axes = plt.subplots(1, len(studies), figsize=(7 * len(studies), 5), squeeze=False)
     for ax, name in zip(axes[0], studies, strict=True):
-        wall = r[name]["stages_wall_s"]
-        cpu = r[name]["stages_cpu_s"]
-        stages = list(wall)
-        y = np.arange(len(stages))
-        ax.barh(y - 0.2, [wall[s]["median"] for s in stages], 0.4, label="wall")
-        ax.barh(y + 0.2, [cpu[s]["median"] for s in stages], 0.4, label="CPU (all threads)")
-        ax.set_yticks(y, stages)
+        stages = {k: v["median"] for k, v in r[name]["product_stages_s"].items()}
+        wall = {**stages, **r[name]["split_wall_s"]}
+        cpu = r[name]["split_cpu_s"]
+        keys = list(wall)
+        y = np.arange(len(keys))
+        ax.barh(y - 0.2, [wall[k] for k in keys], 0.4, label="wall")
+        ax.barh(y + 0.2, [cpu.get(k, 0.0) for k in keys], 0.4, label="CPU (splits only)")
+        ax.set_yticks(y, keys)
         ax.invert_yaxis()
-        ax.set_xlabel("seconds (median)")
-        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("seconds")
+        total = r[name]["product_total_wall_s"]["median"]
+        total_cpu = r[name]["product_total_cpu_s"]["median"]
+        ax.set_title(f"{name}: total {total:.0f} s wall, {total_cpu:.0f} s CPU", fontsize=10)
         ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=100)
