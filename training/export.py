@@ -150,6 +150,7 @@ def export_checkpoint(
     overlap: float | None = None,
     predictions_dir: str | Path | None = None,
     threads: int | None = None,
+    workers: int = 1,
 ) -> Path:
     """Export a training checkpoint with the threshold and metrics chosen on validation.
 
@@ -193,6 +194,7 @@ def export_checkpoint(
             overlap=config.val.overlap if overlap is None else overlap,
             save_dir=predictions_dir,
             threads=threads,
+            workers=workers,
         )
         val["data"] = [str(d) for d in val_dirs]
         chosen = float(threshold if threshold is not None else val["threshold"])

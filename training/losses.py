@@ -56,11 +56,13 @@ class DiceBCELoss(torch.nn.Module):
         self.dice = DiceLoss(sigmoid=True, batch=True, smooth_nr=1.0, smooth_dr=1.0)
         self.dice_weight = dice_weight
         self.bce_weight = bce_weight
-        self.register_buffer("pos_weight", torch.tensor([pos_weight]))
+        self.pos_weight = float(pos_weight)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         bce = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits, target, pos_weight=self.pos_weight.to(logits.device)
+            logits,
+            target,
+            pos_weight=torch.tensor([self.pos_weight], dtype=logits.dtype, device=logits.device),
         )
         return self.dice_weight * self.dice(logits, target) + self.bce_weight * bce
 

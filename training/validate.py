@@ -13,10 +13,13 @@ the one with the best F1.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +177,28 @@ def choose_threshold(per_threshold: dict[float, dict[str, Any]], max_fp_per_scan
     return max((s["f1"] or 0.0, t) for t, s in per_threshold.items())[1]
 
 
+_WORKER_MODEL: OnnxModel | None = None
+
+
+def _init_worker(model_path: str, threads: int) -> None:
+    global _WORKER_MODEL
+    _WORKER_MODEL = OnnxModel.load(model_path, device="cpu", threads=threads)
+
+
+def _worker_case(
+    ref: CaseRef,
+    thresholds: tuple[float, ...],
+    rule: MatchRule,
+    overlap: float,
+    save_dir: Path | None,
+) -> CaseResult:
+    if _WORKER_MODEL is None:
+        raise RuntimeError("validation worker used before its model was loaded")
+    return evaluate_case(
+        ref, _WORKER_MODEL, thresholds, rule=rule, overlap=overlap, save_dir=save_dir
+    )
+
+
 def validate_model(
     model_path: str | Path,
     refs: Sequence[CaseRef],
@@ -185,24 +210,41 @@ def validate_model(
     threads: int | None = None,
     progress: Callable[[Iterable[CaseRef]], Iterable[CaseRef]] | None = None,
     save_dir: str | Path | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Validate an ONNX model file; returns a JSON-able report (see module docstring)."""
+    """Validate an ONNX model file; returns a JSON-able report (see module docstring).
+
+    ``workers`` > 1 runs cases in that many processes (``threads`` each, default 1).
+    """
     if not refs:
         raise ValueError("validation needs at least one case")
     start = time.monotonic()
-    model = OnnxModel.load(model_path, device="cpu", threads=threads)
     rule = rule or MatchRule()
-    results = [
-        evaluate_case(
-            ref,
-            model,
-            thresholds,
-            rule=rule,
-            overlap=overlap,
-            save_dir=Path(save_dir) if save_dir is not None else None,
-        )
-        for ref in (progress(refs) if progress else refs)
-    ]
+    save = Path(save_dir) if save_dir is not None else None
+    results: list[CaseResult]
+    if workers > 1:
+        # one model per worker process, one thread each: on a small CPU this beats
+        # one process with several intra-op threads
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(str(model_path), threads or 1),
+        ) as pool:
+            jobs = [
+                pool.submit(_worker_case, ref, tuple(thresholds), rule, overlap, save)
+                for ref in refs
+            ]
+            done = progress(as_completed(jobs)) if progress else as_completed(jobs)  # type: ignore[arg-type]
+            for _ in done:
+                pass
+            results = [j.result() for j in jobs]
+    else:
+        model = OnnxModel.load(model_path, device="cpu", threads=threads)
+        results = [
+            evaluate_case(ref, model, thresholds, rule=rule, overlap=overlap, save_dir=save)
+            for ref in (progress(refs) if progress else refs)
+        ]
     per_threshold: dict[float, dict[str, Any]] = {}
     for t in thresholds:
         total = Counts()
@@ -226,6 +268,13 @@ def validate_model(
         "per_threshold": {f"{t:g}": s for t, s in per_threshold.items()},
         "strata": strata,
         "cases": [r.case_id for r in results],
+        "per_case": {
+            r.case_id: {
+                "groups": r.groups,
+                "at_threshold": dataclasses.asdict(r.by_threshold[chosen]),
+            }
+            for r in results
+        },
         "overlap": overlap,
         "seconds": round(time.monotonic() - start, 1),
     }

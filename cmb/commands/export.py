@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(the input of cmb evaluate)",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for validation")
+    p.add_argument("--workers", type=int, default=1, help="validation processes (one model each)")
     p.add_argument(
         "--metrics-json",
         type=Path,
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
             overlap=args.overlap,
             predictions_dir=args.predictions,
             threads=args.threads,
+            workers=args.workers,
         )
     except (ValueError, FileNotFoundError) as e:
         raise InputError(str(e)) from e

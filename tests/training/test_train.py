@@ -163,3 +163,20 @@ def test_cli_train_then_export_with_validation(layout, tmp_path) -> None:
     args = ["train", "--config", str(cfg_file), "--out", str(run2), "--init", str(out)]
     assert main([*args, "--no-progress"]) == 0
     assert main(["export", str(tmp_path / "missing.pt"), "--out", str(out)]) != 0
+
+
+def test_validation_in_two_worker_processes_gives_the_same_report(layout, tmp_path) -> None:
+    from training.export import export_onnx
+    from training.network import build_network
+    from training.validate import validate_model
+
+    _, val_dir = layout
+    cfg = tiny_config(val_dir, val_dir)
+    torch.manual_seed(0)
+    path = export_onnx(build_network(cfg.network), build_metadata(cfg), tmp_path / "m.onnx")
+    refs = list_cases([val_dir])
+    one = validate_model(path, refs, (0.3, 0.5), overlap=0.0)
+    two = validate_model(path, refs, (0.3, 0.5), overlap=0.0, workers=2)
+    assert one["per_threshold"] == two["per_threshold"]
+    assert one["per_case"] == two["per_case"]
+    assert set(one["per_case"]) == {r.case_id for r in refs}
