@@ -154,6 +154,20 @@ def locate_and_filter(
     """
     cfg = config or LocationConfig()
     regions, frame = locate(detections, parcellation, cfg)
+    apply_rules(detections, regions, frame, labels, series_info, cfg)
+    return regions
+
+
+def apply_rules(
+    detections: list[Detection],
+    regions: dict[int, Region],
+    frame: BrainFrame | None,
+    labels: Volume,
+    series_info: SeriesInfo,
+    config: LocationConfig | None = None,
+) -> None:
+    """The rejection rules alone, on detections already located by :func:`locate`."""
+    cfg = config or LocationConfig()
     symmetric = (
         rules.symmetric_pairs(detections, regions, frame, cfg.symmetry_tolerance_mm)
         if cfg.symmetric_calcification
@@ -165,7 +179,6 @@ def locate_and_filter(
         reason = _first_rule(det, regions[det.id], frame, labels, series_info, cfg, symmetric)
         if reason is not None:
             det.reject(reason)
-    return regions
 
 
 def _first_rule(
@@ -205,6 +218,7 @@ def _first_rule(
 __all__ = [
     "LocationConfig",
     "Region",
+    "apply_rules",
     "locate",
     "locate_and_filter",
     "mars_rating",

@@ -163,8 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("model", type=Path)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--subjects", type=int, nargs="+", default=list(HELDOUT_SUBJECTS))
     a = p.parse_args(argv)
-    print(json.dumps(evaluate(a.model, a.out), indent=1))
+    if not set(a.subjects) <= set(HELDOUT_SUBJECTS):
+        p.error(f"evaluate on held-out subjects only: {HELDOUT_SUBJECTS}")
+    print(json.dumps(evaluate(a.model, a.out, tuple(a.subjects)), indent=1))
     return 0
 
 

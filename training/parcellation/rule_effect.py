@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from model.location import LocationConfig, locate_and_filter, parcellate
+from model.location import LocationConfig, apply_rules, locate, parcellate
 from model.location import rules as rule_codes
 from model.types import Detection, SequenceKind, SeriesInfo, Volume
 
@@ -69,17 +69,23 @@ def apply(
     masks: Volume,
     parc: Volume,
     info: SeriesInfo,
-    cfg: LocationConfig,
-) -> Counter[tuple[str, str]]:
-    """Counts of (kind, reject reason or "kept")."""
-    dets = [copy.deepcopy(d) for d, _ in cands]
-    locate_and_filter(dets, masks, parc, info, cfg)
-    return Counter(
-        (kind, d.reject_reason or "kept") for d, (_, kind) in zip(dets, cands, strict=True)
-    )
+    configs: dict[str, LocationConfig],
+) -> dict[str, Counter[tuple[str, str]]]:
+    """Per configuration, counts of (kind, reject reason or "kept"); located once."""
+    located = [copy.deepcopy(d) for d, _ in cands]
+    regions, frame = locate(located, parc)
+    out: dict[str, Counter[tuple[str, str]]] = {}
+    for name, cfg in configs.items():
+        dets = [copy.deepcopy(d) for d in located]
+        apply_rules(dets, regions, frame, masks, info, cfg)
+        out[name] = Counter(
+            (kind, d.reject_reason or "kept") for d, (_, kind) in zip(dets, cands, strict=True)
+        )
+    return out
 
 
 def run(n_cases: int, out: Path, seed0: int = 5000, use_onnx: bool = True) -> dict[str, Any]:
+    """Generate ``n_cases`` validation cases; results are rewritten after every case."""
     from training.synth.engine import generate_case
 
     out.mkdir(parents=True, exist_ok=True)
@@ -92,6 +98,7 @@ def run(n_cases: int, out: Path, seed0: int = 5000, use_onnx: bool = True) -> di
     )
     kinds: Counter[str] = Counter()
     rng = np.random.default_rng(seed0)
+    table: dict[str, Any] = {}
     for n in range(n_cases):
         case = generate_case(seed0 + n, split="val")
         acq = case.record["acquisition"]
@@ -104,9 +111,17 @@ def run(n_cases: int, out: Path, seed0: int = 5000, use_onnx: bool = True) -> di
         if use_onnx:
             parcs["onnx"] = parcellate(case.image, device="cpu")
         for pname, parc in parcs.items():
-            for cname, cfg in configs.items():
-                totals[pname][cname].update(apply(cands, case.labels, parc, info, cfg))
+            for cname, counts in apply(cands, case.labels, parc, info, configs).items():
+                totals[pname][cname].update(counts)
         print(f"case {n + 1}/{n_cases}: {acq['sequence']}, {len(cands)} candidates", flush=True)
+        table = _table(totals, kinds, n + 1)
+        (out / "rule_effect.json").write_text(json.dumps(table, indent=1))
+    return table
+
+
+def _table(
+    totals: dict[str, dict[str, Counter[tuple[str, str]]]], kinds: Counter[str], n_cases: int
+) -> dict[str, Any]:
     table: dict[str, Any] = {"kinds": dict(kinds), "n_cases": n_cases}
     for pname, per_cfg in totals.items():
         table[pname] = {}
@@ -115,7 +130,6 @@ def run(n_cases: int, out: Path, seed0: int = 5000, use_onnx: bool = True) -> di
                 k: sum(c for (kk, r), c in counts.items() if kk == k and r != "kept") for k in kinds
             }
             table[pname][cname] = {k: {"removed": removed[k], "of": kinds[k]} for k in kinds}
-    (out / "rule_effect.json").write_text(json.dumps(table, indent=1))
     return table
 
 

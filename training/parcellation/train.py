@@ -91,7 +91,7 @@ def train(
     start = time.monotonic()
     last_ckpt = start
     log = (cfg.out / "log.jsonl").open("a")
-    running = 0.0
+    running: float | None = None
     net.train()
     while True:
         now = time.monotonic()
@@ -113,7 +113,7 @@ def train(
         opt.step()
         iteration += 1
         value = float(loss.detach())
-        running = 0.95 * running + 0.05 * value if iteration > 1 else value
+        running = value if running is None else 0.95 * running + 0.05 * value
         if iteration % cfg.log_every == 0:
             rec = {
                 "iteration": iteration,
