@@ -95,11 +95,15 @@ class Patch:
 
     values: npt.NDArray[np.int64]
     distances_mm: npt.NDArray[np.float64]
+    half_diagonal_mm: float = 0.0  # of one voxel
 
     def neighbourhood(self, radius_mm: float) -> Neighbourhood:
         inside = self.values[self.distances_mm <= radius_mm]
-        if inside.size == 0:  # radius smaller than the voxel: the nearest voxel
-            inside = self.values[[int(np.argmin(self.distances_mm))]]
+        if inside.size == 0:
+            i = int(np.argmin(self.distances_mm))
+            if self.distances_mm[i] > radius_mm + self.half_diagonal_mm:
+                return Neighbourhood({0: 1})  # outside the label map
+            inside = self.values[[i]]  # radius smaller than the voxel: the nearest voxel
         return Neighbourhood(dict(Counter(inside.tolist())))
 
     def distance_to(self, label_set: frozenset[int] | set[int]) -> float:
@@ -122,10 +126,14 @@ def patch_around(labels: Volume, center_lps: npt.ArrayLike, radius_mm: float) ->
     d = np.linalg.norm(labels.index_to_lps(grid) - centre, axis=1)
     crop = labels.array[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1]
     values = np.rint(crop).astype(np.int64).reshape(-1)
+    half_diag = float(np.linalg.norm(spacing)) / 2.0
     keep = d <= radius_mm
     if not keep.any():
-        keep = d == d.min()
-    return Patch(values=values[keep], distances_mm=d[keep])
+        if d.min() > radius_mm + half_diag:
+            # the point lies outside the label map: nothing but background around it
+            return Patch(np.zeros(1, np.int64), np.full(1, np.inf), half_diag)
+        keep = d == d.min()  # radius smaller than the voxel: the nearest voxel
+    return Patch(values[keep], d[keep], half_diag)
 
 
 def neighbourhood(labels: Volume, center_lps: npt.ArrayLike, radius_mm: float) -> Neighbourhood:

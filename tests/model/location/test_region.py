@@ -98,3 +98,13 @@ def test_patch_distances_are_in_mm_on_anisotropic_grids() -> None:
     patch = patch_around(vol, (15.0, 10.0, 10.0), 20.0)  # voxel (5, 20, 20)
     assert patch.distance_to({4}) == pytest.approx(5.0)
     assert patch_around(vol, (21.0, 10.0, 15.0), 20.0).distance_to({4}) == pytest.approx(6.0)
+
+
+def test_point_outside_the_label_map_is_background() -> None:
+    vol = _two_label_volume(3, 24)
+    reg = region_of(vol, (10.0, 10.0, 60.0), diameter_mm=2.0)
+    assert reg.label == 0
+    assert reg.distance_cortex_mm == float("inf")
+    near = region_of(vol, (10.0, 10.0, 30.0), diameter_mm=2.0)  # 11 mm outside the map
+    assert near.label == 0
+    assert near.distance_cortex_mm > 11.0
