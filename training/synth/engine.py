@@ -241,9 +241,17 @@ def generate_case(
         entry["n_voxels"] = int(mask.sum())
         cmbs.append(entry)
         next_label += 1
-    # Drop any instance that lost all its voxels to a darker neighbour.
-    present = set(np.unique(truth).tolist())
-    cmbs = [c for c in cmbs if c["label"] in present]
+    # Final voxel counts; an instance that lost all its voxels to a darker neighbour
+    # is listed with the sub-visible ones (it is inside the neighbour's label).
+    counts = np.bincount(truth.ravel(), minlength=next_label)
+    kept = []
+    for c in cmbs:
+        c["n_voxels"] = int(counts[c["label"]])
+        if c["n_voxels"]:
+            kept.append(c)
+        else:
+            subvisible.append({**c, "merged_into_neighbour": True})
+    cmbs = kept
 
     # Mimics (hard negatives): calcifications, flow voids, air/bone, cavernomas, haemorrhages.
     mimic_records: list[dict[str, Any]] = []
