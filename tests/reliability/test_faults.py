@@ -119,11 +119,11 @@ def test_destination_down_for_long_then_back(
         studies.append(str(ds[0].StudyInstanceUID))
         assert send(svc.dicom_port or 0, ds) == [0, 0]
     wait_for(
-        lambda: len(d := deliveries(svc)) == 3 and min(x.attempts for x in d) >= 5,
+        lambda: len(d := deliveries(svc)) == 3 and min(x.attempts for x in d) >= 4,
         90,
-        "every result to have failed five times",
+        "every result to have failed four times",
     )
-    down_for = 4.0
+    down_for = 2.0
     time.sleep(down_for)
     up_at = time.monotonic()
     dest = destination(run=True)

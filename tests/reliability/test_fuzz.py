@@ -65,7 +65,8 @@ def test_fuzzed_instances_through_the_scp(
     fast_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    svc = services(make_settings(data_dir=fast_dir / "data", stable_after=3600))
+    # A long DIMSE timeout: on a loaded machine a slow answer is not a missing one.
+    svc = services(make_settings(data_dir=fast_dir / "data", stable_after=3600, dimse_timeout_s=60))
     port = svc.dicom_port
     assert port is not None
     warnings.simplefilter("ignore")
