@@ -1,7 +1,8 @@
 """Container health check of the cmb-detect images (Dockerfile HEALTHCHECK).
 
 * ``cmb serve`` containers: GET ``/healthz`` on the REST API (``--api-port`` or
-  ``CMB_API_PORT``); with the API off, a TCP connection to the DICOM port.
+  ``CMB_API_PORT``); with the API off or in role ``scp`` (``--role`` /
+  ``CMB_ROLE``, which serves no HTTP), a TCP connection to the DICOM port.
 * ``cmb worker`` containers: a Celery ping addressed to this container's worker
   (``cmb worker`` names itself ``cmb-<pid>@<hostname>``), through ``CMB_BROKER_URL``.
 
@@ -47,8 +48,11 @@ def option(argv: list[str], flag: str, env: str, default: str) -> str:
 
 def check_serve(argv: list[str]) -> str | None:
     port = option(argv, "--api-port", "CMB_API_PORT", "8000")
-    if port == "0":
+    role = option(argv, "--role", "CMB_ROLE", "all")
+    if port == "0" or role == "scp":
         dicom = int(option(argv, "--dicom-port", "CMB_DICOM_PORT", "11112"))
+        if dicom == 0:
+            return None  # nothing listens: the process being alive is all there is to check
         try:
             with socket.create_connection(("127.0.0.1", dicom), timeout=4):
                 return None

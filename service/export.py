@@ -5,11 +5,18 @@ the row pending with ``attempts`` + 1, ``last_error`` and the next try after an
 exponential back-off capped at ``export_max_backoff_s``: a destination that is
 down for hours delays results but loses none.  When every row of a job is
 sent, the job becomes ``delivered``.
+
+With ``CMB_EXPORT_TLS`` every association to a destination is DICOM TLS
+(PS3.15 Annex B): the destination's certificate is checked against
+``CMB_EXPORT_TLS_CA`` (default: the system CAs) and its host name unless
+``CMB_EXPORT_TLS_VERIFY=false``; ``CMB_EXPORT_TLS_CERT``/``_KEY`` are presented
+when the PACS asks for a client certificate.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections import defaultdict
 from datetime import timedelta
@@ -30,12 +37,31 @@ log = logging.getLogger(__name__)
 DICOM_KINDS = ("seg", "sr", "pdf", "sc")
 
 
+def client_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The SSL context of outgoing associations; None without ``export_tls``.
+
+    Built once at start-up, so an unreadable certificate or key stops the
+    service with the ``ssl`` error instead of failing every send.
+    """
+    if not settings.export_tls:
+        return None
+    ca = str(settings.export_tls_ca) if settings.export_tls_ca else None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    if not settings.export_tls_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if settings.export_tls_cert is not None and settings.export_tls_key is not None:
+        ctx.load_cert_chain(str(settings.export_tls_cert), str(settings.export_tls_key))
+    return ctx
+
+
 class Exporter:
     """Polls due outbox rows and sends them, one association per destination per round."""
 
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings = settings
         self.db = db
+        self.tls = client_tls_context(settings)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -125,13 +151,21 @@ class Exporter:
             syntaxes = list(dict.fromkeys([ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
             ae.add_requested_context(sop_class, syntaxes)
         if datasets:
+            tls_args = None
+            if self.tls is not None:
+                hostname = dest.host if self.tls.check_hostname else None
+                tls_args = (self.tls, hostname)
             try:
-                assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+                assoc = ae.associate(
+                    dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args
+                )
             except (OSError, RuntimeError) as e:
                 assoc = None
                 error = f"cannot connect: {e}"
             else:
                 error = "association rejected or aborted"
+                if tls_args is not None:
+                    error += " (TLS: check the destination's certificate and port)"
             if assoc is not None and assoc.is_established:
                 try:
                     for row_id, ds in datasets.items():

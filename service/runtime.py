@@ -4,6 +4,17 @@
 database it cannot migrate), `Service.stop()` takes them down in reverse
 order.  With a broker configured, the monitor hands jobs to Celery and no
 embedded worker runs; otherwise the embedded worker does the work.
+
+``CMB_ROLE`` splits the parts over processes that share the database and the
+data directory (docs/service.md, "Roles"):
+
+* ``all`` (default): everything in one process.
+* ``scp``: the Storage SCP, the stability monitor, the outbox and (without a
+  broker) the embedded worker.  These are the singletons: run exactly one
+  ``scp`` (or ``all``) process per database.
+* ``api``: the REST API only.  Uploads are written to the shared spool and
+  their jobs queued in the database (and sent to the broker, if any); the
+  ``scp`` process's worker/outbox take it from there.  Any number may run.
 """
 
 from __future__ import annotations
@@ -54,10 +65,21 @@ def ensure_api_key(settings: Settings) -> Settings:
 class Monitor:
     """Turns stable studies into jobs and (with Celery) dispatches queued jobs."""
 
-    def __init__(self, settings: Settings, db: Database, celery_app: Any = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        celery_app: Any = None,
+        *,
+        follow_only: bool = False,
+    ) -> None:
+        """``follow_only`` (role ``api``): no stability checks, sweeps or purges, only
+        dispatching uploads to the broker and following finished jobs' timings for
+        this process's ``/metrics``; the ``scp`` process does the rest."""
         self.settings = settings
         self.db = db
         self.celery_app = celery_app
+        self.follow_only = follow_only
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_purge = 0.0
@@ -81,6 +103,9 @@ class Monitor:
             self._stop.wait(self.settings.poll_interval_s)
 
     def run_once(self) -> list[str]:
+        if self.follow_only:
+            self._timings.run_once()
+            return []
         created = []
         for study_uid in stable_studies(self.db, self.settings.stable_after):
             job_id = create_job(self.db, study_uid)
@@ -146,7 +171,13 @@ class Service:
             from service.tasks import make_celery
 
             self.celery_app = make_celery(st)
-        else:
+        if not st.runs_scp:  # role api: the REST API (and its metrics) only
+            self.monitor = Monitor(st, self.db, self.celery_app, follow_only=True)
+            self.monitor.start()
+            if st.api_port:
+                self._start_api()
+            return
+        if not st.broker_url:
             self.worker = EmbeddedWorker(st, self.db)
             self.worker.start()
         self.monitor = Monitor(st, self.db, self.celery_app)
@@ -156,7 +187,7 @@ class Service:
         if st.dicom_port:
             self.scp = StorageSCP(st, self.spool)
             self.dicom_port = self.scp.start()
-        if st.api_port:
+        if st.api_port and st.runs_api:
             self._start_api()
 
     def _start_api(self) -> None:
@@ -192,7 +223,11 @@ class Service:
     def ready(self) -> dict[str, str]:
         """Problems that make the service not ready (empty dict: ready)."""
         problems: dict[str, str] = {}
-        if self.settings.dicom_port and (self.scp is None or self.scp.server is None):
+        if (
+            self.settings.runs_scp
+            and self.settings.dicom_port
+            and (self.scp is None or self.scp.server is None)
+        ):
             problems["dicom"] = "the storage SCP is not listening"
         if self.celery_app is not None:
             try:

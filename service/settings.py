@@ -79,6 +79,13 @@ class Settings(BaseSettings):
         env_prefix="CMB_", env_file=None, extra="forbid", validate_default=True
     )
 
+    # Process role
+    role: Literal["all", "scp", "api"] = Field(
+        "all",
+        description="what this `cmb serve` runs: all; scp (listener, monitor, outbox, "
+        "embedded worker); api (REST API only)",
+    )
+
     # Storage
     data_dir: Path = Field(Path("cmb-data"), description="spool, results and the SQLite DB")
     database_url: str | None = Field(
@@ -139,6 +146,17 @@ class Settings(BaseSettings):
     )
     export_backoff_s: float = Field(5.0, gt=0, description="first delay after a failed send")
     export_max_backoff_s: float = Field(600.0, gt=0, description="longest delay between sends")
+    export_tls: bool = Field(False, description="send results over DICOM TLS")
+    export_tls_ca: Path | None = Field(
+        None, description="CA bundle that signed the destinations' certificates; empty: system CAs"
+    )
+    export_tls_cert: Path | None = Field(
+        None, description="PEM client certificate presented to the destinations"
+    )
+    export_tls_key: Path | None = Field(None, description="PEM private key for export_tls_cert")
+    export_tls_verify: bool = Field(
+        True, description="check the destination's certificate and host name"
+    )
 
     # REST API
     api_host: str = Field("127.0.0.1", description="address of the REST API")
@@ -220,14 +238,32 @@ class Settings(BaseSettings):
     def _tls(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be set together")
-        for p in (self.tls_cert, self.tls_key, self.tls_ca):
+        if (self.export_tls_cert is None) != (self.export_tls_key is None):
+            raise ValueError("export_tls_cert and export_tls_key must be set together")
+        export_files = (self.export_tls_ca, self.export_tls_cert, self.export_tls_key)
+        if not self.export_tls and any(p is not None for p in export_files):
+            raise ValueError(
+                "export TLS files are set but export_tls is false: set CMB_EXPORT_TLS=true"
+            )
+        for p in (self.tls_cert, self.tls_key, self.tls_ca, *export_files):
             if p is not None and not p.is_file():
                 raise ValueError(f"TLS file {p} does not exist")
+        if self.role == "api" and not self.api_port:
+            raise ValueError("role api runs only the REST API: give it an api_port (not 0)")
         if self.export_max_backoff_s < self.export_backoff_s:
             raise ValueError("export_max_backoff_s must be >= export_backoff_s")
         return self
 
     # Derived values -----------------------------------------------------------------
+    @property
+    def runs_scp(self) -> bool:
+        """Runs the listener, the stability monitor, the outbox (and the embedded worker)."""
+        return self.role in ("all", "scp")
+
+    @property
+    def runs_api(self) -> bool:
+        return self.role in ("all", "api")
+
     @property
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"

@@ -3,6 +3,8 @@
 One line starts a working service on one machine (SQLite, embedded worker, no
 Redis): ``cmb serve --data-dir DIR --destination PACS@HOST:104``.  Every flag
 is also a ``CMB_*`` environment variable (docs/settings.md); flags win.
+``--role scp`` / ``--role api`` split the listener side and the REST API into
+separate processes (service/runtime.py, docs/service.md).
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--config", type=Path, help="file of CMB_NAME=value lines (environment and flags win)"
+    )
+    p.add_argument(
+        "--role",
+        choices=["all", "scp", "api"],
+        help="all (default): everything; scp: DICOM listener, monitor, outbox, embedded worker "
+        "(exactly one per database); api: REST API only (CMB_ROLE)",
     )
     p.add_argument("--data-dir", type=Path, help="spool, results and SQLite DB (CMB_DATA_DIR)")
     p.add_argument("--dicom-port", type=int, help="Storage SCP port, 0 = off (default 11112)")
@@ -61,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(
             config=args.config,
+            role=args.role,
             data_dir=args.data_dir,
             dicom_port=args.dicom_port,
             ae_title=args.ae_title,
@@ -88,10 +97,15 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     st = service.settings
+    if st.runs_scp:
+        worker = f"celery {st.broker_url}" if st.broker_url else "embedded"
+    else:
+        worker = f"celery {st.broker_url}" if st.broker_url else "in the scp process"
+    api = f"http://{st.api_host}:{service.api_port or 'off'}"
+    name = "cmb serve" if st.role == "all" else f"cmb serve ({st.role})"
     print(
-        f"cmb serve: DICOM {st.ae_title}@{st.dicom_host}:{service.dicom_port or 'off'}, "
-        f"API http://{st.api_host}:{st.api_port or 'off'}, data {st.data_dir}, "
-        f"worker {'celery ' + str(st.broker_url) if st.broker_url else 'embedded'}",
+        f"{name}: DICOM {st.ae_title}@{st.dicom_host}:{service.dicom_port or 'off'}, "
+        f"API {api}, data {st.data_dir}, worker {worker}",
         flush=True,
     )
     try:

@@ -116,7 +116,7 @@ def test_compose_services_run_real_commands_with_real_settings(
     compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     ours = our_services(compose)
-    assert {"cmb", "worker-gpu0", "worker-cpu"} <= set(ours)
+    assert {"scp", "api", "worker-gpu0", "worker-cpu"} <= set(ours)
     for name, service in ours.items():
         check_cmb_args(service["command"])
         check_env(service["environment"])
@@ -125,8 +125,34 @@ def test_compose_services_run_real_commands_with_real_settings(
         assert st.db_url.startswith("postgresql+psycopg://cmb:secret@postgres:5432/cmb"), name
         assert service["volumes"] == ["cmb-data:/data"], name
         assert service["build"]["target"] in ("cpu", "gpu"), name
-    assert ours["cmb"]["command"][0] == "serve"
-    assert all(s["command"][0] == "worker" for n, s in ours.items() if n != "cmb")
+    assert ours["scp"]["command"] == ["serve", "--role", "scp"]
+    assert ours["api"]["command"] == ["serve", "--role", "api"]
+    assert all(s["command"][0] == "worker" for n, s in ours.items() if n not in ("scp", "api"))
+
+
+def serve_role(command: list[str], env: dict[str, Any]) -> str:
+    """The role a `cmb serve` command line runs with (flag, else CMB_ROLE, else all)."""
+    args = build_parser().parse_args([str(a) for a in command])
+    return str(args.role or env.get("CMB_ROLE") or DEFAULTS["role"].default)
+
+
+def test_exactly_one_process_runs_the_monitor_and_outbox(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two processes with role scp/all on one database would both send every result."""
+    roles = {}
+    for name, service in our_services(compose).items():
+        if service["command"][0] == "serve":
+            roles[name] = serve_role(service["command"], service["environment"])
+            st = validated(
+                {**service["environment"], "CMB_ROLE": roles[name]}, monkeypatch, tmp_path
+            )
+            assert st.role == roles[name]
+            assert "replicas" not in service.get("deploy", {}) or roles[name] == "api", name
+    assert roles == {"scp": "scp", "api": "api"}
+    # The API gets no destinations (it sends nothing); the SCP has them.
+    assert "CMB_DESTINATIONS" not in our_services(compose)["api"]["environment"]
+    assert compose["services"]["api"]["depends_on"]["scp"]["condition"] == "service_healthy"
 
 
 def test_gpu_workers_reserve_one_gpu_each(compose: dict[str, Any]) -> None:
@@ -146,16 +172,18 @@ def test_gpu_workers_reserve_one_gpu_each(compose: dict[str, Any]) -> None:
 def test_ports_and_ae_titles_match_across_the_associations(
     compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    cmb = compose["services"]["cmb"]
-    st = validated(cmb["environment"], monkeypatch, tmp_path)
-    published = {p.rsplit(":", 1)[-1] for p in cmb["ports"]}
-    assert {str(st.dicom_port), str(st.api_port)} == published
-    assert st.api_host == "0.0.0.0"  # reachable from outside the container
+    scp = compose["services"]["scp"]
+    st = validated(scp["environment"], monkeypatch, tmp_path)
+    assert [p.rsplit(":", 1)[-1] for p in scp["ports"]] == [str(st.dicom_port)]
+    api = compose["services"]["api"]
+    api_st = validated(api["environment"], monkeypatch, tmp_path)
+    assert [p.rsplit(":", 1)[-1] for p in api["ports"]] == [str(api_st.api_port)]
+    assert api_st.api_host == "0.0.0.0"  # reachable from outside the container
 
     # Orthanc -> us: its modality "cmb" is our service name, port and AE title.
     modality = ORTHANC["DicomModalities"][ORTHANC["CmbRouting"]["Modality"]]
     assert (modality["Host"], modality["Port"], modality["AET"]) == (
-        "cmb",
+        "scp",
         st.dicom_port,
         st.ae_title,
     )
@@ -263,7 +291,7 @@ def test_kubernetes_manifests_match_the_code(
     settings_env = {**by_kind["ConfigMap"][0]["data"], **by_kind["Secret"][0]["stringData"]}
     check_env(settings_env)
     deployments = {d["metadata"]["name"]: d for d in by_kind["Deployment"]}
-    for name in ("cmb-serve", "cmb-worker-gpu"):
+    for name in ("cmb-scp", "cmb-api", "cmb-worker-gpu"):
         [container] = deployments[name]["spec"]["template"]["spec"]["containers"]
         check_cmb_args(container["args"])
         env = {**settings_env, **{e["name"]: e["value"] for e in container.get("env", [])}}
@@ -271,12 +299,29 @@ def test_kubernetes_manifests_match_the_code(
         env["CMB_DATABASE_URL"] = "postgresql+psycopg://cmb:x@db:5432/cmb"
         validated(env, monkeypatch, tmp_path)
         assert deployments[name]["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"]
-    serve = deployments["cmb-serve"]
-    assert serve["spec"]["replicas"] == 1
-    [container] = serve["spec"]["template"]["spec"]["containers"]
+    # One SCP (monitor and outbox are singletons), replaced not rolled; APIs scale.
+    scp, api = deployments["cmb-scp"], deployments["cmb-api"]
+    assert scp["spec"]["replicas"] == 1 and scp["spec"]["strategy"]["type"] == "Recreate"
+    serving = [
+        d
+        for d in deployments.values()
+        for c in d["spec"]["template"]["spec"]["containers"]
+        if c["args"][0] == "serve" and serve_role(c["args"], settings_env) in ("scp", "all")
+    ]
+    assert serving == [scp]
+    [container] = scp["spec"]["template"]["spec"]["containers"]
+    assert serve_role(container["args"], settings_env) == "scp"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert ports == {"dicom": int(env["CMB_DICOM_PORT"]), "http": int(env["CMB_API_PORT"])}
+    assert ports == {"dicom": int(env["CMB_DICOM_PORT"])}
+    [container] = api["spec"]["template"]["spec"]["containers"]
+    assert serve_role(container["args"], settings_env) == "api"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert ports == {"http": int(env["CMB_API_PORT"])}
+    services = {d["metadata"]["name"]: d for d in by_kind["Service"]}
+    assert services["cmb-dicom"]["spec"]["selector"] == {"app": "cmb-scp"}
+    assert services["cmb-api"]["spec"]["selector"] == {"app": "cmb-api"}
     [worker] = deployments["cmb-worker-gpu"]["spec"]["template"]["spec"]["containers"]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
     keda = by_kind["ScaledObject"][0]["spec"]
@@ -310,7 +355,7 @@ def test_docker_compose_config_accepts_the_file() -> None:
         )
         assert done.returncode == 0, done.stderr
         services = set(done.stdout.split())
-        assert {"redis", "postgres", "cmb", "worker-gpu0", "orthanc", "ohif"} <= services
+        assert {"redis", "postgres", "scp", "api", "worker-gpu0", "orthanc", "ohif"} <= services
     assert {"worker-cpu", "worker-gpu1"} <= services
     missing = {k: v for k, v in env.items() if k != "POSTGRES_PASSWORD"}
     done = subprocess.run(
@@ -353,10 +398,13 @@ def test_healthcheck_reads_the_serve_flags_and_probes_healthz() -> None:
         # API off: the DICOM port is probed instead (here the HTTP server's port is open).
         api_off = ["cmb", "serve", "--api-port", "0", "--dicom-port", str(port)]
         assert hc.check_serve(api_off) is None
+        # Role scp serves no HTTP: the DICOM port is probed whatever the API port says.
+        assert hc.check_serve(["cmb", "serve", "--role", "scp", "--dicom-port", str(port)]) is None
     finally:
         server.shutdown()
     assert "unreachable" in hc.check_serve(["cmb", "serve", f"--api-port={port}"])
     assert "refuses" in hc.check_serve(["cmb", "serve", "--api-port=0", f"--dicom-port={port}"])
+    assert "refuses" in hc.check_serve(["cmb", "serve", "--role=scp", f"--dicom-port={port}"])
 
 
 @pytest.mark.network
