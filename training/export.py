@@ -151,6 +151,7 @@ def export_checkpoint(
     predictions_dir: str | Path | None = None,
     threads: int | None = None,
     workers: int = 1,
+    thresholds: Sequence[float] | None = None,
 ) -> Path:
     """Export a training checkpoint with the threshold and metrics chosen on validation.
 
@@ -189,7 +190,7 @@ def export_checkpoint(
         val = validate_model(
             path,
             refs,
-            config.val.thresholds,
+            tuple(thresholds) if thresholds else config.val.thresholds,
             max_fp_per_scan=config.val.max_fp_per_scan,
             overlap=config.val.overlap if overlap is None else overlap,
             save_dir=predictions_dir,

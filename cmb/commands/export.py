@@ -46,6 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for validation")
     p.add_argument("--workers", type=int, default=1, help="validation processes (one model each)")
     p.add_argument(
+        "--thresholds",
+        type=float,
+        nargs="+",
+        default=None,
+        help="thresholds tried with --val-data (default: the config's val.thresholds)",
+    )
+    p.add_argument(
         "--metrics-json",
         type=Path,
         default=None,
@@ -76,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             predictions_dir=args.predictions,
             threads=args.threads,
             workers=args.workers,
+            thresholds=args.thresholds,
         )
     except (ValueError, FileNotFoundError) as e:
         raise InputError(str(e)) from e
