@@ -151,10 +151,8 @@ class Exporter:
             syntaxes = list(dict.fromkeys([ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
             ae.add_requested_context(sop_class, syntaxes)
         if datasets:
-            tls_args = None
-            if self.tls is not None:
-                hostname = dest.host if self.tls.check_hostname else None
-                tls_args = (self.tls, hostname)
+            # The host name is checked against the certificate when verifying, else only sent (SNI).
+            tls_args = None if self.tls is None else (self.tls, dest.host)
             try:
                 assoc = ae.associate(
                     dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args
