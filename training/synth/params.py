@@ -171,7 +171,7 @@ def sample_params(
     p.phase_encode_axis = int(rng.choice([1, 2]))
     p.intensity_scale = float(np.exp(rng.uniform(np.log(200), np.log(3000))))
     p.vein_chi_ppm = _u(rng, 0.3, 0.6)
-    p.n_medullary_veins = int(rng.integers(150, 400))
+    p.n_medullary_veins = int(rng.integers(200, 500))
     p.n_cortical_veins = int(rng.integers(30, 80))
     p.deep_veins = True
     p.mimics = _sample_mimics(rng)

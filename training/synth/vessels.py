@@ -97,6 +97,8 @@ def medullary_veins(anatomy: Anatomy, rng: np.random.Generator, n: int) -> list[
         for shift in (-2, 2):
             touch |= np.roll(vent, shift, axis=axis)
     seeds = np.argwhere(wm & touch)
+    # Medullary veins cross the white matter and end in the cortex (cortical veins).
+    wm_or_cortex = wm | np.isin(labels, CORTEX)
     anywhere = np.argwhere(wm)[::7]
     out: list[Vein] = []
     if len(seeds) == 0 or len(anywhere) == 0:
@@ -111,7 +113,7 @@ def medullary_veins(anatomy: Anatomy, rng: np.random.Generator, n: int) -> list[
             continue
         d = s - c
         d[2] *= rng.uniform(0.5, 2.5)  # many run steeply: cut across on axial slices
-        pts = _walk(anatomy, rng, s, d, rng.uniform(15, 45), wm, step_mm=2.5, wiggle=0.12)
+        pts = _walk(anatomy, rng, s, d, rng.uniform(20, 60), wm_or_cortex, step_mm=2.5, wiggle=0.12)
         if len(pts) >= 3:
             out.append(Vein("medullary", pts, float(rng.uniform(0.2, 0.5))))
     return out
@@ -148,7 +150,7 @@ def cortical_veins(anatomy: Anatomy, rng: np.random.Generator, n: int) -> list[V
             bias=0.3 * up,
         )
         if len(pts) >= 4:
-            out.append(Vein("cortical", pts, float(rng.uniform(0.6, 2.0))))
+            out.append(Vein("cortical", pts, float(rng.uniform(0.5, 1.5))))
     return out
 
 
@@ -266,6 +268,9 @@ def render_veins(
     t2s_blood_ms = 45.0 * (1.5 / field_strength_t) ** 1.5
     s_blood = float(np.exp(-echo_time_ms / t2s_blood_ms))
     sigma = 0.4
+    a3, origin = affine[:3, :3], affine[:3, 3]
+    cols = [a3[:, d] for d in range(3)]
+    phase_power = phase_mask_power
     for vein in veins:
         a = vein.radius_mm
         pts = vein.points
@@ -277,40 +282,40 @@ def render_veins(
         if len(p0s) == 0:
             continue
         axes = (p1s - p0s) / lengths[:, None]
-        # Whole vein at once when small (thin medullary/cortical veins), else per segment.
-        groups = [np.arange(len(p0s))]
-        idx_all = pts @ inv[:3, :3].T + inv[:3, 3]
-        if np.prod(np.ptp(idx_all, axis=0) + 2 * reach + 1) * len(p0s) > 3e5:
-            groups = [np.array([i]) for i in range(len(p0s))]
-        for grp in groups:
-            ends = np.concatenate([p0s[grp], p1s[grp]])
-            idx = ends @ inv[:3, :3].T + inv[:3, 3]
-            lo = np.maximum(np.floor(idx.min(0) - reach).astype(int), 0)
-            hi = np.minimum(np.ceil(idx.max(0) + reach).astype(int) + 1, shape)
+        cos_all = np.abs(axes @ b0_dir_subject)
+        i0 = p0s @ inv[:3, :3].T + inv[:3, 3]
+        i1 = p1s @ inv[:3, :3].T + inv[:3, 3]
+        los = np.maximum(np.floor(np.minimum(i0, i1) - reach).astype(int), 0)
+        his = np.minimum(np.ceil(np.maximum(i0, i1) + reach).astype(int) + 1, shape)
+        for s_i in range(len(p0s)):
+            lo, hi = los[s_i], his[s_i]
             if np.any(hi <= lo):
                 continue
-            g = np.stack(
-                np.meshgrid(*(np.arange(lo[d], hi[d]) for d in range(3)), indexing="ij"), -1
-            ).reshape(-1, 3)
-            x = g @ affine[:3, :3].T + affine[:3, 3]
-            rel = x[:, None, :] - p0s[grp][None]  # (N, S, 3)
-            t = np.clip(np.einsum("nsk,sk->ns", rel, axes[grp]), 0.0, lengths[grp])
-            d2 = np.sum((rel - t[..., None] * axes[grp][None]) ** 2, axis=-1)
-            near = np.argmin(d2, axis=1)
-            rho = np.sqrt(d2[np.arange(len(g)), near])
-            cos_t = np.abs(axes[grp] @ b0_dir_subject)[near]
+            # Voxel centres relative to the segment start, by broadcasting (no meshgrid).
+            rel = (
+                (origin - p0s[s_i])
+                + np.arange(lo[0], hi[0])[:, None, None, None] * cols[0]
+                + np.arange(lo[1], hi[1])[None, :, None, None] * cols[1]
+                + np.arange(lo[2], hi[2])[None, None, :, None] * cols[2]
+            )
+            along = rel @ axes[s_i]
+            t = np.clip(along, 0.0, lengths[s_i])
+            rho = np.sqrt(
+                np.maximum(np.einsum("...k,...k->...", rel, rel) - 2 * t * along + t * t, 0.0)
+            )
+            cos_t = float(cos_all[s_i])
             sin2 = 1.0 - cos_t * cos_t
             # Dark cylinder = vessel plus its extravascular dephasing zone (where the
             # angular-averaged dephasing exp(-x^2/4) falls below 1/2: x > 1.67).
-            r_dark = np.maximum(a, a * np.sqrt(k_rad * sin2 / (2.0 * 1.67)))
+            r_dark = max(a, a * np.sqrt(k_rad * sin2 / (2.0 * 1.67)))
             occ_dark = _occupancy(rho, r_dark, sigma)
-            occ_vessel = _occupancy(rho, a, sigma)
+            occ_in = _occupancy(rho, a, sigma) * s_blood
             phase_in = -k_rad / 6.0 * (3.0 * cos_t * cos_t - 1.0)
-            inside = s_blood * np.exp(1j * phase_in)
-            val = (1.0 - occ_dark) + occ_vessel * inside
-            mag = np.abs(val).astype(np.float32)
-            if phase_mask_power > 0:
-                mag *= phase_mask(np.angle(val), phase_mask_power)
+            re = (1.0 - occ_dark) + occ_in * np.cos(phase_in)
+            im = occ_in * np.sin(phase_in)
+            mag = np.sqrt(re * re + im * im).astype(np.float32)
+            if phase_power > 0:
+                mag *= phase_mask(np.arctan2(im, re), phase_power)
             sl = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
-            factor[sl] = np.minimum(factor[sl], mag.reshape(tuple(hi - lo)))
+            np.minimum(factor[sl], mag, out=factor[sl])
     return factor
