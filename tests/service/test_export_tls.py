@@ -100,18 +100,24 @@ class TlsReceiver:
         ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
         ae = AE(ae_title="PACS")
         ae.supported_contexts = StoragePresentationContexts
-        self.server = ae.start_server(
+        server = ae.start_server(
             ("127.0.0.1", self.port),
             block=False,
             ssl_context=ctx,
             evt_handlers=[(evt.EVT_C_STORE, self._store)],
         )
+        if server is None:
+            raise RuntimeError("pynetdicom returned no server for block=False")
+        self.server = server
 
     def _store(self, event: evt.Event) -> int:
         with self._lock:
             self.received.append(str(event.dataset.SOPInstanceUID))
             peer = event.assoc.dul.socket.socket  # type: ignore[union-attr]
-            self.client_subjects.append(peer.getpeercert()["subject"])
+            if not isinstance(peer, ssl.SSLSocket):
+                raise TypeError("a plain association reached the TLS-only receiver")
+            cert = peer.getpeercert()
+            self.client_subjects.append(cert["subject"] if cert else None)
         return 0x0000
 
     def stop(self) -> None:
