@@ -99,7 +99,7 @@ _BASES: dict[tuple[str, int, int], bytes] = {}
 
 def _uid() -> str:
     _SERIAL[0] += 1
-    return f"2.25.{_SERIAL[0]:020d}"  # fixed length: patched into cached bytes in place
+    return f"2.25.1{_SERIAL[0]:019d}"  # fixed length: patched into cached bytes in place
 
 
 def _base(rng: random.Random, study_uid: str) -> Dataset:
@@ -115,9 +115,9 @@ def _base_raw(rng: random.Random, study_uid: str) -> bytes:
     key = (study_uid, rng.randint(1, 3), rng.randint(0, 3))
     if key not in _BASES:
         ds = mr_dataset(study_uid, f"{study_uid}.{key[1]}", key[2], size=16)
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID("2.25." + "0" * 20)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID("2.25.1" + "0" * 19)
         _BASES[key] = encode(ds)
-    return _BASES[key].replace(("2.25." + "0" * 20).encode(), _uid().encode())
+    return _BASES[key].replace(("2.25.1" + "0" * 19).encode(), _uid().encode())
 
 
 def _mutators() -> dict[str, Callable[..., tuple[bytes, bool]]]:

@@ -89,18 +89,25 @@ def test_fuzzed_instances_through_the_scp(
     no_answer = []
     reconnects = 0
     assoc = connect(ae, port)
-    for case, path in zip(cases, paths, strict=True):
-        if not assoc.is_established:
-            reconnects += 1
-            assoc = connect(ae, port)
-            assert assoc.is_established, "the SCP stopped accepting associations"
-        try:
-            st = assoc.send_c_store(path)
+    first_try_lost: list[str] = []
+    for i, (case, path) in enumerate(zip(cases, paths, strict=True)):
+        status = None
+        for attempt in range(2):  # a sender re-sends what got no answer, once
+            if not assoc.is_established:
+                reconnects += 1
+                assoc = connect(ae, port)
+                assert assoc.is_established, "the SCP stopped accepting associations"
+            try:
+                st = assoc.send_c_store(path, msg_id=(i * 2 + attempt) % 65535 + 1)
+            except (ValueError, AttributeError) as e:  # the sender could not even offer it
+                outcomes[f"not sendable: {type(e).__name__}"] += 1
+                break
             status = getattr(st, "Status", None)
-        except (ValueError, AttributeError) as e:  # the sender could not even offer it
-            status = None
-            outcomes[f"not sendable: {type(e).__name__}"] += 1
-            continue
+            if status is not None:
+                break
+            first_try_lost.append(case.category)
+            if assoc.is_established:
+                assoc.abort()
         label = "no answer" if status is None else f"0x{status:04X}"
         outcomes[label] += 1
         by_category[case.category][label] += 1
@@ -126,6 +133,7 @@ def test_fuzzed_instances_through_the_scp(
         outcomes=dict(outcomes),
         by_category={k: dict(v) for k, v in by_category.items()},
         no_answer=len(no_answer),
+        no_answer_first_try=first_try_lost,
         reconnects=reconnects,
         accepted=len(accepted),
         accepted_lost=len(lost),
