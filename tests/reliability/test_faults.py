@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -158,7 +159,6 @@ def test_destination_down_for_long_then_back(
     )
 
 
-@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     reason="BUG: service/export.py back-off is per outbox row: a newer result overtakes an "
@@ -171,22 +171,47 @@ def test_results_land_in_order_of_completion(
 ) -> None:
     dest = destination(run=False)
     svc = services(
-        make_settings(destinations=[dest.address], export_backoff_s=1.0, export_max_backoff_s=16.0)
+        make_settings(destinations=[dest.address], export_backoff_s=0.5, export_max_backoff_s=1.0)
     )
     first = study_datasets(2)
     assert send(svc.dicom_port or 0, first) == [0, 0]
-    wait_for(lambda: (d := deliveries(svc)) and d[0].attempts >= 4, 60, "four failed sends")
+    wait_for(lambda: (d := deliveries(svc)) and d[0].attempts >= 2, 60, "two failed sends")
+    # The older result is now waiting out a long back-off (set directly, so that the test
+    # does not depend on how fast this machine runs the second job).
+    assert svc.db is not None
+    with svc.db.session() as s:
+        row = s.get(Delivery, deliveries(svc)[0].id)
+        assert row is not None
+        row.next_attempt_at = row.next_attempt_at + timedelta(seconds=60)
     destination(run=True)
     second = study_datasets(2)
     assert send(svc.dicom_port or 0, second) == [0, 0]
     wait_for(
-        lambda: len(jobs_of(svc)) == 2 and all(j.state == JobState.DELIVERED for j in jobs_of(svc)),
+        lambda: len(jobs_of(svc)) == 2 and jobs_of(svc)[1].state == JobState.DELIVERED,
         60,
-        "both results to land",
+        "the second result to land",
     )
     done = sorted(jobs_of(svc), key=lambda j: j.finished_at)  # type: ignore[arg-type,return-value]
     by_job = {d.job_id: d.delivered_at for d in deliveries(svc)}
-    assert by_job[done[0].id] <= by_job[done[1].id]  # type: ignore[operator]
+    first_delivered = by_job[done[0].id]
+    assert first_delivered is not None, "a newer result was delivered before an older one"
+    assert first_delivered <= by_job[done[1].id]  # type: ignore[operator]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: service/store.py Spool: temporary files of writes cut by a crash "
+    "(.<sop>.dcm.<uuid>.tmp) are never removed",
+)
+def test_restart_removes_temporary_files_of_cut_writes(
+    services: Callable[[Settings], Service], make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings()
+    cut = settings.spool_dir / "1.2.3" / "1.2.3.4" / ".1.2.3.4.5.dcm.0123abcd.tmp"
+    cut.parent.mkdir(parents=True)
+    cut.write_bytes(b"half an instance")
+    services(settings)
+    assert not cut.exists()
 
 
 @pytest.fixture
