@@ -60,7 +60,10 @@ def case_candidates(case: Any, rng: np.random.Generator) -> list[tuple[Detection
             float(rng.uniform(0.5, 1.0)),
         )
         det.elongation = elong
-        out.append((det, m["kind"]))
+        kind = m["kind"]
+        if "bilateral" in m:
+            kind += " (bilateral)" if m["bilateral"] else " (unilateral)"
+        out.append((det, kind))
     return out
 
 
