@@ -83,6 +83,8 @@ def import_dou(src: str | Path, split: str = "train") -> list[ImportedCase]:
             raise InputError(f"{mat}: missing (ground truth of {path.name})")
         try:
             cen = np.atleast_2d(np.asarray(loadmat(str(mat))["cen"], dtype=np.float64))
+        except NotImplementedError as e:  # MATLAB v7.3 files are HDF5
+            raise InputError(f"{mat}: MATLAB v7.3 (HDF5) file; save it as v7 or older") from e
         except (KeyError, ValueError, OSError) as e:
             raise InputError(f"{mat}: no readable 'cen' array ({e})") from e
         image = read_nifti(path)
