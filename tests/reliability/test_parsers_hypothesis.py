@@ -92,8 +92,8 @@ def test_load_studies_raises_only_cmb_errors(raw: bytes) -> None:
 
 
 @pytest.fixture(scope="module")
-def spool() -> Spool:
-    d = Path(tempfile.mkdtemp(prefix="cmb-hyp-"))
+def spool(tmp_path_factory: pytest.TempPathFactory) -> Spool:
+    d = tmp_path_factory.mktemp("ingest")
     return Spool(d / "spool", Database(f"sqlite:///{d / 'db.sqlite'}"), 0)
 
 
