@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,15 +37,17 @@ from model.dicom_in import load_studies
 from model.errors import InputError
 from model.infer import predict_probability
 from model.onnx_model import OnnxModel
+from model.paths import WEIGHTS_DIR
 from model.selection import select_series
 from model.series import Series, Study
-from model.types import Result
+from model.types import Detection, Result, Volume
 from model.volume import write_nifti
 
 log = logging.getLogger(__name__)
 
 #: Output kinds `cmb detect --outputs` accepts. "json" and "nifti" are always written.
 DICOM_OUTPUT_KINDS = ("seg", "sr", "pdf", "sc")
+LOCATION_METHODS = ("auto", "onnx", "mri_synthseg", "off")
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -61,6 +64,10 @@ class PipelineOptions:
     overlap: float = 0.5
     series_uid: str | None = None  # force this series instead of the rules' choice
     outputs: tuple[str, ...] = ("seg", "sr")
+    # Location filter: "auto" runs our parcellation model when it is installed,
+    # "onnx" requires it, "mri_synthseg" uses FreeSurfer, "off" skips the filter.
+    location: str = "auto"
+    parcellation_model_path: Path | None = None
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
@@ -69,6 +76,8 @@ class PipelineOptions:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.location not in LOCATION_METHODS:
+            raise ValueError(f"location must be one of {LOCATION_METHODS}, got {self.location!r}")
         unknown = set(self.outputs) - set(DICOM_OUTPUT_KINDS)
         if unknown:
             raise ValueError(
@@ -127,6 +136,8 @@ def detect_series(
     threshold = options.threshold if options.threshold is not None else model.metadata.threshold
     with clock.stage("candidates"):
         labels, detections = extract_candidates(probability, threshold)
+    with clock.stage("location"):
+        location = _run_location_filter(volume, labels, detections, series, options)
     result = Result(
         study_instance_uid=study.study_instance_uid,
         series=series.info,
@@ -136,8 +147,51 @@ def detect_series(
         labels=labels,
         model=model.info,
         timings_s=clock.timings,
+        location=location,
     )
     return result, series
+
+
+def _location_method(options: PipelineOptions) -> tuple[str | None, str]:
+    """The parcellation method to run (None: filter off) and why."""
+    if options.location == "off":
+        return None, "switched off by the user"
+    if options.location != "auto":
+        return options.location, "chosen by the user"
+    path = options.parcellation_model_path or WEIGHTS_DIR / "parcellation.onnx"
+    if path.is_file():
+        return "onnx", "the installed parcellation model"
+    return None, f"no parcellation model at {path}: candidates are not located or filtered"
+
+
+def _run_location_filter(
+    volume: Volume,
+    labels: Volume,
+    detections: list[Detection],
+    series: Series,
+    options: PipelineOptions,
+) -> dict[str, Any]:
+    """Parcellate, locate and filter the candidates in place; the summary for detections.json."""
+    method, why = _location_method(options)
+    if method is None:
+        log.warning("location filter not run: %s", why)
+        return {"method": "off", "reason": why}
+    from model.location import locate_and_filter, mars_rating, parcellate
+
+    parcellation = parcellate(
+        volume, method=method, model_path=options.parcellation_model_path, device=options.device
+    )
+    locate_and_filter(detections, labels, parcellation, series.info)
+    rejected: dict[str, int] = {}
+    for det in detections:
+        if not det.kept and det.reject_reason:
+            rejected[det.reject_reason] = rejected.get(det.reject_reason, 0) + 1
+    return {
+        "method": method,
+        "reason": why,
+        "rejected_by_rule": rejected,
+        "mars_rating": mars_rating(detections),
+    }
 
 
 def process_study(

@@ -20,14 +20,14 @@ indices of one particular grid.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 
-class SequenceKind(str, Enum):
+class SequenceKind(StrEnum):
     """What a series is, as far as CMB detection cares. Values are the JSON strings."""
 
     SWI = "swi"  # SWI magnitude (phase-mask enhanced), Siemens SWI, Philips SWIp, GE SWAN
@@ -39,7 +39,7 @@ class SequenceKind(str, Enum):
     OTHER = "other"  # T1, FLAIR, DWI, ...
 
 
-class MarsCategory(str, Enum):
+class MarsCategory(StrEnum):
     """Microbleed Anatomical Rating Scale category."""
 
     LOBAR = "lobar"
@@ -47,7 +47,7 @@ class MarsCategory(str, Enum):
     INFRATENTORIAL = "infratentorial"
 
 
-class DetectionStatus(str, Enum):
+class DetectionStatus(StrEnum):
     KEPT = "kept"
     REJECTED = "rejected"
 
@@ -269,6 +269,8 @@ class Result:
     labels: Volume  # on the source grid, 0 = background, n = Detection.id
     model: ModelInfo
     timings_s: dict[str, float] = field(default_factory=dict)
+    # What the location filter did: method, rejections per rule, MARS rating.
+    location: dict[str, Any] | None = None
 
     @property
     def kept(self) -> list[Detection]:
@@ -284,5 +286,6 @@ class Result:
             "acquisition": self.series.acquisition_json(),
             "model": self.model.to_json(),
             "detections": [d.to_json() for d in self.detections],
+            "location_filter": self.location,
             "timings_s": {k: round(float(v), 4) for k, v in self.timings_s.items()},
         }

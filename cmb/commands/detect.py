@@ -39,6 +39,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="seg,sr",
         help="DICOM outputs, comma separated from seg,sr,pdf,sc ('' for none)",
     )
+    p.add_argument(
+        "--location",
+        choices=("auto", "onnx", "mri_synthseg", "off"),
+        default="auto",
+        help="location filter: our parcellation model (auto: when installed), "
+        "FreeSurfer's mri_synthseg, or off",
+    )
+    p.add_argument(
+        "--parcellation-model",
+        type=Path,
+        default=None,
+        help="parcellation ONNX model (default: shipped)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -59,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
             overlap=args.overlap,
             series_uid=args.series_uid,
             outputs=outputs,
+            location=args.location,
+            parcellation_model_path=args.parcellation_model,
         )
     except ValueError as e:
         raise InputError(str(e)) from e
