@@ -18,10 +18,10 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from collections import defaultdict
 from datetime import timedelta
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from sqlalchemy import func, select
@@ -95,7 +95,10 @@ class Exporter:
         with self.db.session() as s:
             has_rows = select(Delivery.id).where(Delivery.job_id == Job.id).exists()
             jobs = s.scalars(
-                select(Job).where(Job.state == JobState.SUCCEEDED, ~has_rows).limit(100)
+                select(Job)
+                .where(Job.state == JobState.SUCCEEDED, ~has_rows)
+                .order_by(Job.finished_at, Job.id)  # outbox ids follow completion order
+                .limit(100)
             ).all()
             for job in jobs:
                 for dest in self.settings.destinations:
@@ -117,32 +120,52 @@ class Exporter:
         return n
 
     def run_once(self) -> int:
-        """Queue new results, send every due row; returns how many were delivered."""
+        """Queue new results, then try every destination that has a due row.
+
+        Per destination the outbox is FIFO: its pending rows go in the order the
+        results were queued (job completion order), the older rows first even
+        while they wait out a back-off, and a row that fails holds back the rows
+        behind it.  A new result thus triggers a try of its destination, but can
+        never land before an older one.  Returns how many rows were delivered.
+        """
         self.enqueue()
         now = utcnow()
         with self.db.session() as s:
-            rows = s.execute(
-                select(Delivery.id, Delivery.destination, Delivery.path)
+            due = s.scalars(
+                select(Delivery.destination)
                 .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
-                .order_by(Delivery.id)
-                .limit(200)
+                .distinct()
             ).all()
-        by_dest: dict[str, list[tuple[int, str]]] = defaultdict(list)
-        for row_id, dest, path in rows:
-            by_dest[dest].append((row_id, path))
+            by_dest = {
+                dest: [
+                    (row_id, path)
+                    for row_id, path in s.execute(
+                        select(Delivery.id, Delivery.path)
+                        .where(
+                            Delivery.state == DeliveryState.PENDING,
+                            Delivery.destination == dest,
+                        )
+                        .order_by(Delivery.id)
+                        .limit(200)
+                    )
+                ]
+                for dest in sorted(due)
+            }
         sent = 0
         for dest, items in by_dest.items():
             sent += self._send(Destination.parse(dest), items)
         return sent
 
     def _send(self, dest: Destination, items: list[tuple[int, str]]) -> int:
+        """Send ``items`` (FIFO order) over one association; stop at the first failure."""
         results: dict[int, str | None] = {}
-        datasets = {}
+        datasets: dict[int, Dataset] = {}
         for row_id, path in items:
             try:
                 datasets[row_id] = dcmread(path)
             except (OSError, ValueError) as e:
                 results[row_id] = f"cannot read result file: {e}"
+                break  # the rows behind it wait: nothing overtakes an older result
         ae = AE(ae_title=self.settings.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.settings.dimse_timeout_s
         for sop_class, ts in {
@@ -173,15 +196,21 @@ class Exporter:
                             results[row_id] = "no response (timeout or abort)"
                         elif code in (0x0000, 0xB000, 0xB007, 0xB006):
                             results[row_id] = None
+                            continue
                         else:
                             results[row_id] = f"C-STORE status 0x{code:04X}"
+                        break  # head-of-line: the rows behind a failed one wait for it
                 finally:
                     assoc.release()
-            for row_id in datasets:
-                results.setdefault(row_id, error)
-        return self._record(dest, results)
+            else:
+                # No association: every row failed alike (each counts an attempt).
+                for row_id in datasets:
+                    results.setdefault(row_id, error)
+        held = [row_id for row_id, _ in items if row_id not in results]
+        return self._record(dest, results, held)
 
-    def _record(self, dest: Destination, results: dict[int, str | None]) -> int:
+    def _record(self, dest: Destination, results: dict[int, str | None], held: list[int]) -> int:
+        """Record sends and failures; ``held`` rows were not tried (behind a failed row)."""
         now = utcnow()
         st = self.settings
         jobs_touched: set[str] = set()
@@ -211,6 +240,15 @@ class Exporter:
                         delay,
                         extra={"job_id": d.job_id, "destination": str(dest), "error": error},
                     )
+            retry_at = max(
+                (d.next_attempt_at for i in results if (d := s.get(Delivery, i)) is not None),
+                default=now,
+            )
+            for row_id in held:
+                d = s.get(Delivery, row_id)
+                if d is not None and d.state == DeliveryState.PENDING:
+                    d.next_attempt_at = max(d.next_attempt_at, retry_at)
+                    d.last_error = "waiting behind an older result to the same destination"
             s.flush()
             for job_id in jobs_touched:
                 pending = s.scalar(
