@@ -165,7 +165,16 @@ class Settings(BaseSettings):
         default_factory=list,
         description="NAME:KEY pairs; empty: one key is generated in <data_dir>/api-key",
     )
-    max_upload_mb: float = Field(2048.0, gt=0, description="largest accepted upload")
+    max_upload_mb: float = Field(
+        2048.0, gt=0, description="largest accepted upload (bytes received, chunked or not)"
+    )
+    zip_max_total_mb: float = Field(
+        4096.0, gt=0, description="largest total decompressed size of one uploaded zip archive"
+    )
+    zip_max_members: int = Field(20000, gt=0, description="most files in one uploaded zip archive")
+    zip_max_ratio: float = Field(
+        200.0, gt=1, description="highest decompressed/compressed size ratio of a zip member"
+    )
 
     # Logging
     log_format: Literal["json", "text"] = Field("json", description="log line format")

@@ -16,13 +16,14 @@ import logging
 import os
 import re
 import shutil
+import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from sqlalchemy.exc import IntegrityError
 
 from service.db.models import Instance, Series, Study, utcnow
@@ -84,16 +85,40 @@ class StoreResult:
     outcome: str  # "stored" | "duplicate" | "replaced"
 
 
+#: What pydicom raises on malformed bytes: besides InvalidDicomError, a cut or
+#: garbled element surfaces as one of these while reading or decoding a value.
+_DECODE_ERRORS = (
+    InvalidDicomError,
+    BytesLengthException,
+    EOFError,
+    ValueError,  # includes UnicodeDecodeError
+    OSError,
+    struct.error,
+    KeyError,
+    IndexError,
+    TypeError,
+    OverflowError,
+    NotImplementedError,
+)
+
+
 def parse_part10(raw: bytes) -> InstanceIds:
-    """Identifiers of a DICOM Part 10 file (upload, STOW-RS part) without its pixel data."""
+    """Identifiers of a DICOM Part 10 file (upload, STOW-RS part) without its pixel data.
+
+    Anything malformed raises `NotStorableError` with the reason (a 4xx over
+    REST, a failure status over DIMSE), never a decoding error of pydicom.
+    """
     try:
         ds = dcmread(io.BytesIO(raw), stop_before_pixels=True, force=False)
-    except (InvalidDicomError, EOFError, ValueError, OSError) as e:
-        raise NotStorableError(f"not a DICOM file: {e}") from e
-    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if not ts:
-        raise NotStorableError("DICOM file without a Transfer Syntax UID in its file meta")
-    return InstanceIds.from_dataset(ds, str(ts))
+        ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        if not ts:
+            raise NotStorableError("DICOM file without a Transfer Syntax UID in its file meta")
+        # pydicom decodes values lazily: the UIDs are read here, inside the guard.
+        return InstanceIds.from_dataset(ds, str(ts))
+    except NotStorableError:
+        raise
+    except _DECODE_ERRORS as e:
+        raise NotStorableError(f"not a readable DICOM file: {type(e).__name__}: {e}") from e
 
 
 def _safe(uid: str) -> str:

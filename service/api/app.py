@@ -20,7 +20,8 @@ from sqlalchemy import delete, select, text
 from service import metrics
 from service.api import web
 from service.api.auth import audit, require_key, set_cookie_if_asked
-from service.api.upload import UploadReport, split_multipart_related, store_files
+from service.api.limits import BodyLimitMiddleware
+from service.api.upload import UploadReport, ZipLimits, split_multipart_related, store_files
 from service.db.models import AuditEntry, Delivery, Job, JobState, utcnow
 from service.db.session import Database
 from service.settings import Settings
@@ -82,6 +83,10 @@ def create_app(settings: Settings, db: Database, spool: Spool, service: Any = No
     app.state.spool = spool
     app.state.settings = settings
 
+    # Added before the audit middleware, so inside it: the 413 is raised in the route
+    # (as the body is read) and answered, and audited, like any HTTP error.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.max_upload_mb * 2**20))
+
     @app.middleware("http")
     async def _audit(request: Request, call_next: Any) -> Any:
         response = await call_next(request)
@@ -97,10 +102,7 @@ def create_app(settings: Settings, db: Database, spool: Spool, service: Any = No
             monitor.dispatch(job_id)
         return job_id
 
-    def check_size(request: Request) -> None:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_upload_mb * 2**20:
-            raise HTTPException(413, detail=f"upload larger than {settings.max_upload_mb:g} MB")
+    zip_limits = ZipLimits.from_settings(settings)
 
     def upload_response(report: UploadReport) -> JSONResponse:
         jobs = {uid: queue_study(uid) for uid in report.studies} if report.stored else {}
@@ -153,10 +155,9 @@ def create_app(settings: Settings, db: Database, spool: Spool, service: Any = No
         principal: str = Depends(require_key),
     ) -> JSONResponse:
         """Upload a study as DICOM files or zip archives; a job is queued at once."""
-        check_size(request)
         items = [(f.filename or "upload", await f.read()) for f in files]
         try:
-            report = store_files(spool, items, f"rest:{principal}")
+            report = store_files(spool, items, f"rest:{principal}", zip_limits)
         except OutOfResourcesError as e:
             raise HTTPException(507, detail=str(e)) from e
         return upload_response(report)
@@ -164,7 +165,6 @@ def create_app(settings: Settings, db: Database, spool: Spool, service: Any = No
     @app.post("/dicomweb/studies", tags=["upload"])
     async def stow_rs(request: Request, principal: str = Depends(require_key)) -> JSONResponse:
         """DICOMweb STOW-RS (multipart/related; type="application/dicom")."""
-        check_size(request)
         body = await request.body()
         try:
             parts = split_multipart_related(request.headers.get("content-type", ""), body)
@@ -172,7 +172,10 @@ def create_app(settings: Settings, db: Database, spool: Spool, service: Any = No
             raise HTTPException(415, detail=str(e)) from e
         try:
             report = store_files(
-                spool, [(f"part{i + 1}", p) for i, p in enumerate(parts)], f"stow:{principal}"
+                spool,
+                [(f"part{i + 1}", p) for i, p in enumerate(parts)],
+                f"stow:{principal}",
+                zip_limits,
             )
         except OutOfResourcesError as e:
             raise HTTPException(507, detail=str(e)) from e
