@@ -15,6 +15,7 @@ any image raise `InputError` naming the culprit; nothing is half-loaded.
 from __future__ import annotations
 
 import hashlib
+import struct
 import warnings
 import zipfile
 from collections import defaultdict
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
 
 from model.errors import GeometryError, InputError
@@ -49,6 +50,32 @@ IMAGE_SOP_CLASSES: frozenset[str] = frozenset(
 )
 _DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ".dc3"}
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+#: What a missing, mistyped or garbled header element raises when it is read
+#: (pydicom decodes values lazily, on first access): turned into `InputError`
+#: naming the file, at the boundary where one file's header is read.
+_HEADER_ERRORS = (
+    AttributeError,
+    KeyError,
+    IndexError,
+    TypeError,
+    ValueError,
+    OverflowError,
+    struct.error,
+    BytesLengthException,
+)
+
+
+def _required_int(ds: Dataset, keyword: str, source: object) -> int:
+    """An integer attribute that an image must have, or `InputError` naming file and attribute."""
+    value = ds.get(keyword)
+    if value in (None, ""):
+        raise InputError(f"{source}: image without {keyword}")
+    try:
+        return int(value)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{source}: unreadable {keyword} ({value!r})") from e
 
 
 class _SkipError(Exception):
@@ -142,8 +169,9 @@ def _check_pixel_data(ds: Dataset, source: SourceRef) -> None:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if ts is not None and UID(ts).is_compressed:
         return  # pydicom found the sequence delimiter, so the fragments are complete
-    expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames
-    expected = expected * int(ds.BitsAllocated) // 8
+    rows, columns = _required_int(ds, "Rows", source), _required_int(ds, "Columns", source)
+    expected = rows * columns * int(ds.get("SamplesPerPixel", 1) or 1) * frames
+    expected = expected * _required_int(ds, "BitsAllocated", source) // 8
     if len(ds.PixelData) < expected:
         raise InputError(
             f"{source}: truncated DICOM file (pixel data has {len(ds.PixelData)} bytes, "
@@ -231,8 +259,8 @@ def _items(ds: Dataset, source: SourceRef) -> list[_Item]:
             position=(pos[0], pos[1], pos[2]),
             orientation=(iop[0], iop[1], iop[2], iop[3], iop[4], iop[5]),
             pixel_spacing=(ps[0], ps[1]),
-            rows=int(ds.Rows),
-            columns=int(ds.Columns),
+            rows=_required_int(ds, "Rows", source),
+            columns=_required_int(ds, "Columns", source),
             rescale_slope=slope,
             rescale_intercept=intercept,
             slice_thickness=thick,
@@ -383,6 +411,10 @@ def load_studies(inputs: Sequence[str | Path], rules: dict[str, Any] | None = No
         except _SkipError as skip:
             skipped.append((str(source), str(skip.args[0]), skip.study_uid))
             continue
+        except _HEADER_ERRORS as e:
+            raise InputError(
+                f"{source}: missing or unreadable header attribute ({type(e).__name__}: {e})"
+            ) from e
         sop_uid = items[0].frame.sop_instance_uid
         if sop_uid in seen:
             # The same instance twice (a folder and a file in it, a re-sent export).
@@ -395,7 +427,13 @@ def load_studies(inputs: Sequence[str | Path], rules: dict[str, Any] | None = No
         study = studies.setdefault(study_uid, Study(study_instance_uid=study_uid))
         stacks = _split(items)
         for suffix, stack_items, times in stacks:
-            info, reason = _series_info(stack_items, series_uid, times, rules)
+            try:
+                info, reason = _series_info(stack_items, series_uid, times, rules)
+            except _HEADER_ERRORS as e:
+                raise InputError(
+                    f"{stack_items[0].frame.source}: missing or unreadable header attribute "
+                    f"({type(e).__name__}: {e})"
+                ) from e
             series = Series(
                 info=info,
                 stack_id=series_uid + suffix,
