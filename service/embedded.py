@@ -25,6 +25,7 @@ from sqlalchemy import select
 from service import jobs
 from service.db.models import Job, JobState, utcnow
 from service.db.session import Database
+from service.logs import install_redaction
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 def _child(spec: jobs.JobSpec, processor: str, conn: Connection) -> None:
     """Child process entry: run the pipeline and send ("ok"|"failed"|"error", payload)."""
+    install_redaction()  # a spawned process starts with Python's default warning output
     try:
         conn.send(("ok", jobs.run_pipeline(spec, processor)))
     except jobs.JobFailedError as e:

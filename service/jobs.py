@@ -28,6 +28,7 @@ from sqlalchemy import select, update
 from service import metrics
 from service.db.models import Instance, Job, JobState, utcnow
 from service.db.session import Database
+from service.logs import redact_values
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -215,7 +216,7 @@ def finish_failure(
     log.warning(
         "job %s",
         "will retry" if delay is not None else "failed",
-        extra={"job_id": job_id, "reason": reason},
+        extra={"job_id": job_id, "reason": redact_values(reason)},
     )
     return delay
 

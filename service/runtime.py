@@ -34,6 +34,7 @@ from service.db.models import Job, JobState, utcnow
 from service.db.session import Database
 from service.embedded import EmbeddedWorker
 from service.export import Exporter
+from service.logs import install_redaction
 from service.retention import purge_expired
 from service.scp import StorageSCP
 from service.settings import Settings
@@ -161,6 +162,7 @@ class Service:
         self.api_port: int | None = None
 
     def start(self) -> None:
+        install_redaction()  # also when embedded without `configure_logging` (tests, demo)
         st = self.settings
         for d in (st.data_dir, st.spool_dir, st.results_dir):
             Path(d).mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from service import metrics
+from service.logs import redact_values
 from service.settings import Settings
 from service.store import (
     SUPPORTED_SOP_CLASSES,
@@ -170,7 +171,11 @@ class StorageSCP:
             ts = str(event.context.transfer_syntax)
             ids = InstanceIds.from_dataset(ds, ts)
         except (NotStorableError, ValueError, EOFError, KeyError, TypeError) as e:
-            log.warning("cannot decode data set: %s", e, extra={"calling_ae": calling_ae})
+            log.warning(
+                "cannot decode data set: %s",
+                redact_values(str(e)),  # the exception may quote a (garbled) element value
+                extra={"calling_ae": calling_ae},
+            )
             metrics.INSTANCES_RECEIVED.labels("dimse", "undecodable").inc()
             return STATUS_CANNOT_UNDERSTAND
         if ids.sop_class_uid != str(request.AffectedSOPClassUID) or ids.sop_instance_uid != str(
