@@ -117,8 +117,12 @@ def parse_part10(raw: bytes) -> InstanceIds:
         return InstanceIds.from_dataset(ds, str(ts))
     except NotStorableError:
         raise
+    except InvalidDicomError as e:
+        raise NotStorableError(f"not a DICOM file: {e}") from e
     except _DECODE_ERRORS as e:
-        raise NotStorableError(f"not a readable DICOM file: {type(e).__name__}: {e}") from e
+        raise NotStorableError(
+            f"not a DICOM file (truncated or corrupt): {type(e).__name__}: {e}"
+        ) from e
 
 
 def _safe(uid: str) -> str:
