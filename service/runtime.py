@@ -169,6 +169,7 @@ class Service:
         self.db = Database(st.db_url)
         metrics.register_database(self.db)
         self.spool = Spool(st.spool_dir, self.db, int(st.disk_reserve_mb * 2**20))
+        self.spool.remove_cut_writes()  # before anything writes to the spool
         if st.broker_url:
             from service.tasks import make_celery
 

@@ -16,7 +16,9 @@ import logging
 import os
 import re
 import shutil
+import socket
 import struct
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,8 @@ SUPPORTED_SOP_CLASSES: dict[str, str] = {
 }
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+#: ``.<sop>.dcm.<host>-<pid>-<uuid>.tmp``: a write in progress, and who writes it.
+_TMP_RE = re.compile(r"^\..+\.dcm\.(?P<host>.+)-(?P<pid>[0-9]+)-[0-9a-f]{32}\.tmp$")
 
 
 class OutOfResourcesError(Exception):
@@ -129,6 +133,16 @@ def _safe(uid: str) -> str:
     return uid if _UID_RE.match(uid) else hashlib.sha1(uid.encode()).hexdigest()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -189,7 +203,8 @@ class Spool:
             if not parent.exists():
                 parent.mkdir(parents=True, exist_ok=True)
                 created.append(parent)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        owner = f"{socket.gethostname()}-{os.getpid()}"
+        tmp = path.with_name(f".{path.name}.{owner}-{uuid.uuid4().hex}.tmp")
         try:
             with open(tmp, "wb") as f:
                 f.write(raw)
@@ -264,6 +279,35 @@ class Spool:
             },
         )
         return StoreResult(ids, outcome)
+
+    def remove_cut_writes(self, foreign_after_s: float = 3600.0) -> int:
+        """Delete temporary files of writes cut by a crash; returns how many (at start-up).
+
+        A temporary file is never acknowledged (its instance was not yet
+        stored), so removing it loses nothing a sender was told about.  Files of
+        a process still alive on this host are kept (another ``cmb serve`` role
+        on the same spool); those of another host only once untouched for
+        ``foreign_after_s`` (a shared spool); unnamed ones (older versions) always go.
+        """
+        host, me = socket.gethostname(), os.getpid()
+        removed = 0
+        for tmp in self.root.rglob(".*.tmp"):
+            m = _TMP_RE.match(tmp.name)
+            if m is None:
+                stale = tmp.name.endswith(".tmp") and ".dcm." in tmp.name
+            elif m["host"] == host:
+                stale = int(m["pid"]) == me or not _alive(int(m["pid"]))
+            else:
+                try:
+                    stale = time.time() - tmp.stat().st_mtime > foreign_after_s
+                except FileNotFoundError:
+                    continue
+            if stale:
+                tmp.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            log.warning("removed %d temporary file(s) of writes cut by a crash", removed)
+        return removed
 
     def study_paths(self, study_instance_uid: str) -> list[Path]:
         """Every stored file of a study, sorted (the pipeline's input)."""
