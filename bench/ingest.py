@@ -262,10 +262,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def store_breakdown(files: list[Path], folder: Path) -> dict[str, float]:
     """Where our SCP's time per instance goes: the Spool's steps timed one by one (ms).
 
@@ -303,3 +299,7 @@ def store_breakdown(files: list[Path], folder: Path) -> dict[str, float]:
             steps[k].append(b - a)
         steps["db_record"].append(t4 - t3)
     return {k: 1000.0 * sorted(v)[len(v) // 2] for k, v in steps.items()}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
