@@ -74,7 +74,7 @@ def make_case(seed: int, n_cmbs: int, split: str = "train") -> TinyCase:
     return TinyCase(
         case_id,
         Volume(image.astype(np.float32), affine),
-        Volume(labels, affine),
+        Volume(labels.astype(np.float32), affine),  # write_case stores int16
         record,
     )
 
