@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         models = {t: OnnxModel.load(path, device="cpu", threads=t) for t in (1, 2)}
         rec.params = {"model": str(path), "inputs": {"1mm_256": head_1mm.shape, "swi": swi.shape}}
         for name, vol in (("1mm_256", head_1mm), ("swi_0.45x0.45x1.5", swi)):
-            affine, shape = canonical_grid(vol, 2.0, divisor=16)
+            _, shape = canonical_grid(vol, 2.0, divisor=16)
             variants = {
                 f"threads={t}": (lambda m=m, v=vol: parcellate_onnx(v, m))
                 for t, m in models.items()
