@@ -83,10 +83,33 @@ def build_metadata(
 
 def export_onnx(net: torch.nn.Module, metadata: ModelMetadata, out: str | Path) -> Path:
     """Write ``net`` (logits) + sigmoid as ONNX with ``metadata`` in ``metadata_props``."""
+    head = ProbabilityHead(net).to("cpu").eval()
+    return write_onnx(
+        head,
+        metadata,
+        out,
+        example_size=tuple(metadata.patch_size),
+        producer="cmb-detect training.export",
+    )
+
+
+def write_onnx(
+    head: torch.nn.Module,
+    metadata: ModelMetadata,
+    out: str | Path,
+    *,
+    example_size: Sequence[int],
+    producer: str,
+) -> Path:
+    """Trace ``head`` (image -> probability) to ONNX with dynamic batch and spatial axes.
+
+    The model's plan (``metadata``) goes into ``metadata_props``; the file is
+    checked with ``onnx.checker`` and replaced atomically.  Shared by the CMB
+    and the parcellation exports.
+    """
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    head = ProbabilityHead(net).to("cpu").eval()
-    dummy = torch.zeros((1, 1, *metadata.patch_size), dtype=torch.float32)
+    dummy = torch.zeros((1, 1, *example_size), dtype=torch.float32)
     dynamic = {0: "batch", 2: "depth", 3: "height", 4: "width"}
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.onnx"
@@ -107,7 +130,7 @@ def export_onnx(net: torch.nn.Module, metadata: ModelMetadata, out: str | Path) 
     for key, value in metadata.to_props().items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.producer_name = "cmb-detect training.export"
+    proto.producer_name = producer
     onnx.checker.check_model(proto)
     tmp_out = out_path.with_suffix(out_path.suffix + ".tmp")
     onnx.save(proto, str(tmp_out))

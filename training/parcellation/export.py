@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import onnx
 import torch
 
 from model.location.labels import LABELS
 from model.onnx_model import ModelMetadata
+from training.export import write_onnx
 from training.parcellation.labelmaps import HELDOUT_SUBJECTS
 from training.parcellation.network import ParcNetConfig, SoftmaxHead, build_parcellation_network
 from training.parcellation.synth import NORMALIZATION
-
-OPSET = 17
 
 
 def parcellation_metadata(
@@ -65,36 +62,14 @@ def parcellation_metadata(
 
 
 def export_parcellation(net: torch.nn.Module, metadata: ModelMetadata, out: str | Path) -> Path:
-    out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     head = SoftmaxHead(net).eval()
-    dummy = torch.zeros((1, 1, 32, 32, 32), dtype=torch.float32)
-    dynamic = {0: "batch", 2: "depth", 3: "height", 4: "width"}
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "raw.onnx"
-        with torch.no_grad():
-            torch.onnx.export(
-                head,
-                (dummy,),
-                str(raw),
-                dynamo=False,
-                input_names=["image"],
-                output_names=["probability"],
-                dynamic_axes={"image": dynamic, "probability": dynamic},
-                opset_version=OPSET,
-                do_constant_folding=True,
-            )
-        proto = onnx.load(str(raw))
-    del proto.metadata_props[:]
-    for key, value in metadata.to_props().items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.producer_name = "cmb-detect training.parcellation.export"
-    onnx.checker.check_model(proto)
-    tmp_out = out_path.with_suffix(out_path.suffix + ".tmp")
-    onnx.save(proto, str(tmp_out))
-    tmp_out.replace(out_path)
-    return out_path
+    return write_onnx(
+        head,
+        metadata,
+        out,
+        example_size=(32, 32, 32),
+        producer="cmb-detect training.parcellation.export",
+    )
 
 
 def export_checkpoint(checkpoint: Path, out: Path, metrics: dict[str, Any] | None = None) -> Path:
