@@ -28,11 +28,12 @@ import numpy as np
 import numpy.typing as npt
 import SimpleITK as sitk
 
-from model.errors import CmbError, InputError, ModelError
+from model.errors import CmbError, ModelError
 from model.location.grid import canonical_grid, empty_like_grid
 from model.onnx_model import OnnxModel, default_model_path
 from model.preprocess import foreground_mask, normalize, resample_like
 from model.types import Volume
+from model.volume import read_nifti
 
 METHODS = ("onnx", "mri_synthseg")
 #: The network pools four times.
@@ -126,21 +127,8 @@ def write_nifti(volume: Volume, path: Path) -> None:
 
 def read_label_nifti(path: Path) -> Volume:
     """A NIfTI label map (e.g. ``mri_synthseg`` output) as a Volume of FreeSurfer ids."""
-    if not path.is_file():
-        raise InputError(f"label map {path} does not exist")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise InputError(f"cannot read label map {path}: {e}") from e
-    if image.GetDimension() != 3:
-        raise InputError(f"label map {path} is {image.GetDimension()}D, expected 3D")
-    array = np.rint(sitk.GetArrayFromImage(image)).astype(np.float32)
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
-    affine = np.eye(4)
-    affine[:3, :3] = (direction * spacing)[:, ::-1]
-    affine[:3, 3] = image.GetOrigin()
-    return Volume(array=array, affine=affine)
+    volume = read_nifti(path)
+    return volume.with_array(np.rint(volume.array).astype(np.float32))
 
 
 def labels_onto(labels: Volume, reference: Volume) -> Volume:

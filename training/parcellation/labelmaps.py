@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import SimpleITK as sitk
 
 from model.location.grid import canonical_grid, empty_like_grid
 from model.location.labels import LABEL_IDS
+from model.location.parcellation import read_label_nifti
 from model.paths import PROJECT_ROOT, shared_data_dir
 from model.preprocess import resample_like
 from model.types import Volume
@@ -43,21 +43,6 @@ def label_map_path(subject: int) -> Path:
     )
 
 
-def read_label_volume(path: Path) -> Volume:
-    """A NIfTI label map as a Volume (SimpleITK reads it in LPS, array [k, j, i])."""
-    if not path.is_file():
-        raise FileNotFoundError(f"label map {path} does not exist")
-    image = sitk.ReadImage(str(path))
-    array = sitk.GetArrayFromImage(image).astype(np.float32)
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
-    affine = np.eye(4)
-    # SimpleITK index (x, y, z) = array (i, j, k): reverse the columns.
-    affine[:3, :3] = (direction * spacing)[:, ::-1]
-    affine[:3, 3] = image.GetOrigin()
-    return Volume(array=array, affine=affine)
-
-
 def to_canonical(volume: Volume, spacing_mm: float) -> LabelMap:
     affine, shape = canonical_grid(volume, spacing_mm, divisor=16)
     out = resample_like(volume, empty_like_grid(affine, shape), order=0)
@@ -77,7 +62,7 @@ def load_label_maps(
             with np.load(f) as z:
                 out.append(LabelMap(s, z["array"], z["affine"]))
             continue
-        lm = to_canonical(read_label_volume(label_map_path(s)), spacing_mm)
+        lm = to_canonical(read_label_nifti(label_map_path(s)), spacing_mm)
         np.savez_compressed(f, array=lm.array, affine=lm.affine)
         out.append(LabelMap(s, lm.array, lm.affine))
     return out
