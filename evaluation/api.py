@@ -28,10 +28,10 @@ from evaluation.io import load_predictions, load_truth, pair_cases, read_image, 
 from evaluation.matching import CaseMatch, MatchKind, MatchRule, iou_matrix, match_case
 from evaluation.metrics import detection_metrics, per_scan_metrics
 from evaluation.segmentation import ScanSegmentation, scan_segmentation, segmentation_metrics
-from evaluation.stratify import size_bin, stratify_cmbs, stratify_scans
+from evaluation.stratify import CMB_STRATA_NOTE, size_bin, stratify_cmbs, stratify_scans
 from evaluation.valdo import valdo_predictions, valdo_truth
 
-METRICS_SCHEMA_VERSION = "1.0"
+METRICS_SCHEMA_VERSION = "1.1"
 
 
 @dataclass(frozen=True)
@@ -234,8 +234,13 @@ def evaluate_cases(
     if bar is not None:
         bar.close()
 
+    # Every case matched once per threshold; the per-stratum FROC curves reuse these.
+    cache: dict[float, list[CaseMatch]] = {}
+
     def matcher(threshold: float) -> list[CaseMatch]:
-        return [c.match(config.rule, threshold) for c in prepared]
+        if threshold not in cache:
+            cache[threshold] = [c.match(config.rule, threshold) for c in prepared]
+        return cache[threshold]
 
     all_probs = [p.probability for c in prepared for p in c.candidates]
     if config.threshold is not None:
@@ -251,6 +256,16 @@ def evaluate_cases(
     if bar is not None:
         bar.close()
     scores = [max((p.probability for p in c.candidates), default=0.0) for c in prepared]
+
+    def froc_of(indices: Sequence[int]) -> FrocCurve:
+        """The FROC of a subset of scans, on the thresholds of the global curve."""
+        return froc(
+            lambda t: [matcher(t)[n] for n in indices],
+            all_probs,
+            config.threshold,
+            config.froc_points,
+        )
+
     cmb_dice = {(s.case_id, i): v for s in segs for i, v in s.cmb_dice.items()}
     metrics: dict[str, Any] = {
         "schema_version": METRICS_SCHEMA_VERSION,
@@ -266,8 +281,15 @@ def evaluate_cases(
         "mars_agreement": mars_agreement(matches),
         "froc": curve.to_json(),
         "stratified": {
-            "scan": stratify_scans(matches, [c.acquisition for c in prepared], cmb_dice),
+            "scan": stratify_scans(
+                matches,
+                [c.acquisition for c in prepared],
+                cmb_dice,
+                scores=scores,
+                froc_of=froc_of,
+            ),
             "cmb": stratify_cmbs(matches, cmb_dice),
+            "cmb_note": CMB_STRATA_NOTE,
         },
     }
     return EvaluationResult(config, matches, segs, curve, metrics)

@@ -189,6 +189,8 @@ class CaseTruth:
     mask: MaskSource | None = None
     split: str | None = None
     subject: int | None = None
+    # the StudyInstanceUID of the case's DICOM, when known: pairs predictions from `cmb detect`
+    study_instance_uid: str | None = None
 
     @classmethod
     def from_points(
@@ -196,9 +198,15 @@ class CaseTruth:
         case_id: str,
         points: Iterable[Mapping[str, Any]],
         acquisition: Mapping[str, Any] | None = None,
+        study_instance_uid: str | None = None,
     ) -> CaseTruth:
         cmbs = tuple(TruthCMB.from_json(p, f"{case_id}.cmbs[{n}]") for n, p in enumerate(points))
-        return cls(case_id=case_id, cmbs=cmbs, acquisition=dict(acquisition or {}))
+        return cls(
+            case_id=case_id,
+            cmbs=cmbs,
+            acquisition=dict(acquisition or {}),
+            study_instance_uid=study_instance_uid,
+        )
 
 
 @dataclass(frozen=True)
@@ -211,6 +219,7 @@ class CasePrediction:
     labels: MaskSource | None = None  # instance labels, n = detection id
     probability_path: Path | None = None
     seg_path: Path | None = None  # DICOM SEG, read when there is no labels map
+    study_instance_uid: str | None = None  # from detections.json
 
     def __post_init__(self) -> None:
         ids = [d.id for d in self.detections]

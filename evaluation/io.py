@@ -15,6 +15,10 @@ Truth (``load_truth``), one of:
   "acquisition": {...}}``), or a folder of ``<case_id>.json`` files each holding
   such a list or object.
 
+Pairing (``pair_cases``) is by case id; predictions written by ``cmb detect``
+(folders named by StudyInstanceUID) pair through the ``study_instance_uid`` of
+detections.json and of the truth record (cases.jsonl, or a point-annotation object).
+
 NIfTI files are read with SimpleITK, whose physical frame is LPS like ours.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +152,12 @@ def read_detections(path: Path, case_id: str) -> CasePrediction:
         labels=labels,
         probability_path=probability,
         seg_path=seg,
+        study_instance_uid=_opt_str(data.get("study_instance_uid")),
     )
+
+
+def _opt_str(value: Any) -> str | None:
+    return (str(value).strip() or None) if value is not None else None
 
 
 def load_predictions(pred_dir: Path | str) -> dict[str, CasePrediction]:
@@ -201,17 +211,20 @@ def _truth_from_record(rec: Mapping[str, Any], root: Path, where: str) -> CaseTr
         mask=mask,
         split=rec.get("split"),
         subject=int(subject) if subject is not None else None,
+        study_instance_uid=_opt_str(rec.get("study_instance_uid")),
     )
 
 
 def _truth_from_points(case_id: str, value: Any, where: str) -> CaseTruth:
+    uid = None
     if isinstance(value, Mapping):
         points, acquisition = value.get("cmbs") or [], value.get("acquisition") or {}
+        uid = _opt_str(value.get("study_instance_uid"))
     elif isinstance(value, list):
         points, acquisition = value, {}
     else:
         raise EvaluationInputError(f"{where}: case {case_id} must be a list of points")
-    return CaseTruth.from_points(case_id, points, acquisition)
+    return CaseTruth.from_points(case_id, points, acquisition, study_instance_uid=uid)
 
 
 def load_truth(truth: Path | str, split: str | None = None) -> dict[str, CaseTruth]:
@@ -262,9 +275,51 @@ def load_truth(truth: Path | str, split: str | None = None) -> dict[str, CaseTru
 def pair_cases(
     truth: Mapping[str, CaseTruth], preds: Mapping[str, CasePrediction]
 ) -> list[tuple[CaseTruth, CasePrediction]]:
-    """(truth, prediction) per case id, sorted by id; every unpaired id is an error."""
+    """(truth, prediction) per case id, sorted by id; every unpaired id is an error.
+
+    ``cmb detect`` names its output folders by StudyInstanceUID, not by case id:
+    a prediction whose id is not a truth case id is paired with the truth case
+    whose ``study_instance_uid`` equals the prediction's (from detections.json,
+    else its folder name), when exactly one unpaired truth case has it.
+    """
+    preds = _rekey_by_study_uid(truth, preds)
     missing_pred = set(truth) - set(preds)
     missing_truth = set(preds) - set(truth)
     if missing_pred or missing_truth:
         raise UnpairedCasesError(missing_pred, missing_truth)
     return [(truth[cid], preds[cid]) for cid in sorted(truth)]
+
+
+def _rekey_by_study_uid(
+    truth: Mapping[str, CaseTruth], preds: Mapping[str, CasePrediction]
+) -> dict[str, CasePrediction]:
+    """Predictions re-keyed by truth case id through the StudyInstanceUID (see pair_cases)."""
+    out = dict(preds)
+    by_uid: dict[str, list[str]] = {}
+    for cid, t in truth.items():
+        if cid not in preds and t.study_instance_uid:
+            by_uid.setdefault(t.study_instance_uid, []).append(cid)
+    if not by_uid:
+        return out
+    source: dict[str, str] = {}  # truth case id -> the prediction id paired with it
+    for pid in sorted(set(preds) - set(truth)):
+        p = preds[pid]
+        uid = p.study_instance_uid or pid
+        cids = by_uid.get(uid, [])
+        if len(cids) > 1:
+            raise EvaluationInputError(
+                f"prediction {pid}: StudyInstanceUID {uid} belongs to several truth cases "
+                f"({', '.join(sorted(cids))}); name the prediction folders by case id"
+            )
+        if not cids:
+            continue
+        cid = cids[0]
+        if cid in out:
+            raise EvaluationInputError(
+                f"truth case {cid} (StudyInstanceUID {uid}) has two predictions: "
+                f"{source.get(cid, cid)} and {pid}"
+            )
+        out[cid] = replace(p, case_id=cid)
+        source[cid] = pid
+        del out[pid]
+    return out

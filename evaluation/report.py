@@ -128,18 +128,34 @@ def stratified_tables(result: EvaluationResult) -> list[Table]:
                 fmt(d["precision"]),
                 fmt(d["f1"]),
                 fmt(d["fp_per_scan"], 2),
+                fmt(d["classification"]["sensitivity"]),
+                fmt(d["classification"]["specificity"]),
+                fmt(d["classification"]["auc"]),
+                fmt(d["froc"]["cpm"]) if "froc" in d else "n/a",
             )
             for value, d in table.items()
         )
         tables.append(
             Table(
                 f"By {name.replace('_', ' ')}",
-                (name, "scans", "CMBs", "recall", "precision", "F1", "FP/scan"),
+                (
+                    name,
+                    "scans",
+                    "CMBs",
+                    "recall",
+                    "precision",
+                    "F1",
+                    "FP/scan",
+                    "scan sens",
+                    "scan spec",
+                    "scan AUC",
+                    "FROC CPM",
+                ),
                 rows,
             )
         )
     for name, table in result.metrics["stratified"]["cmb"].items():
-        rows = tuple(
+        cmb_rows = tuple(
             (
                 value,
                 str(d["n_truth"]),
@@ -155,7 +171,7 @@ def stratified_tables(result: EvaluationResult) -> list[Table]:
             Table(
                 f"By CMB {name}",
                 (name, "true CMBs", "TP", "FP", "recall", "precision", "Dice"),
-                rows,
+                cmb_rows,
             )
         )
     return tables
@@ -170,6 +186,44 @@ def _plot_recall(ax: Any, table: dict[str, Any], title: str) -> None:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("recall")
     ax.set_title(title)
+
+
+def froc_plot_name(stratum: str) -> str:
+    return f"froc_by_{stratum}.png"
+
+
+def _plot_froc_by(plt: Any, name: str, table: dict[str, Any], out_dir: Path) -> str | None:
+    """One FROC curve per value of a scan stratum (None when fewer than two values have one)."""
+    curves = {
+        value: d["froc"]
+        for value, d in table.items()
+        if "froc" in d and any(p["sensitivity"] is not None for p in d["froc"]["points"])
+    }
+    if len(curves) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for value, curve in curves.items():
+        pts = [p for p in curve["points"] if p["sensitivity"] is not None]
+        (line,) = ax.plot(
+            [p["fp_per_scan"] for p in pts],
+            [p["sensitivity"] for p in pts],
+            "-",
+            label=f"{value} (CPM {fmt(curve['cpm'])})",
+        )
+        op = curve["operating_point"]
+        if op["sensitivity"] is not None:
+            ax.plot([op["fp_per_scan"]], [op["sensitivity"]], "*", ms=10, color=line.get_color())
+    ax.set_xlabel("false positives per scan")
+    ax.set_ylabel("sensitivity")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"FROC by {name.replace('_', ' ')} (star: operating point)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    file = froc_plot_name(name)
+    fig.savefig(out_dir / file, dpi=100)
+    plt.close(fig)
+    return file
 
 
 def write_plots(result: EvaluationResult, out_dir: Path) -> list[str]:
@@ -197,6 +251,10 @@ def write_plots(result: EvaluationResult, out_dir: Path) -> list[str]:
     fig.savefig(out_dir / PLOTS["froc"], dpi=100)
     plt.close(fig)
     written.append(PLOTS["froc"])
+    for name, table in result.metrics["stratified"]["scan"].items():
+        file = _plot_froc_by(plt, name, table, out_dir)
+        if file is not None:
+            written.append(file)
     strata = {**result.metrics["stratified"]["scan"], **result.metrics["stratified"]["cmb"]}
     for key in ("size", "slice_thickness", "region"):
         if key not in strata:
@@ -237,10 +295,14 @@ def write_report(result: EvaluationResult, out_dir: Path | str) -> dict[str, Pat
     tables = [summary_table(result), *stratified_tables(result)]
     md = ["# CMB evaluation report", ""]
     md += [t.markdown() for t in tables]
+    if result.metrics["stratified"]["cmb"]:
+        md += [f"Note: {result.metrics['stratified']['cmb_note']}.", ""]
     md += ["## Plots", ""] + [f"![{p}]({p})" for p in plots]
     md += ["", "Definitions: docs/evaluation.md. Full numbers: metrics.json, per_cmb.csv.", ""]
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")
     body = "".join(t.html() for t in tables)
+    if result.metrics["stratified"]["cmb"]:
+        body += f"<p>Note: {html.escape(result.metrics['stratified']['cmb_note'])}.</p>\n"
     body += "".join(f'<p><img src="{html.escape(p)}" alt="{html.escape(p)}"></p>' for p in plots)
     page = (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>CMB evaluation</title>"

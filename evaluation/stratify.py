@@ -14,6 +14,10 @@ Two kinds of strata:
   precision per value = TP / (TP + FP) with those assignments.  Dice per
   matched CMB is averaged per value where masks exist.
 
+Scan-level metrics (classification, FROC) are not given per CMB stratum: a scan
+holds CMBs of several sizes, MARS categories and regions, so "the scan's size"
+does not exist; ``CMB_STRATA_NOTE`` says so in metrics.json.
+
 A stratum is left out when no case / CMB carries that metadata; CMBs or scans
 without the value go to ``"unknown"`` when others have it.
 """
@@ -25,11 +29,19 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from evaluation.cases import PredCMB, TruthCMB
+from evaluation.classification import classification_metrics
+from evaluation.froc import FrocCurve
 from evaluation.matching import CaseMatch
 from evaluation.metrics import Counts, per_scan_metrics
 from evaluation.stats import mean_sd, ratio
 
 UNKNOWN = "unknown"
+
+CMB_STRATA_NOTE = (
+    "scan-level metrics (classification, FROC) are not stratified by CMB size, MARS category, "
+    "region or lobe: a scan holds CMBs of several values, so it has no single value to be "
+    "grouped by; these strata report CMB-level recall, precision and Dice only"
+)
 
 SIZE_BINS_MM = (0.0, 2.0, 3.0, 5.0, 10.0)  # lower edges: <2, 2-3, 3-5, 5-10, >=10 mm
 TE_BINS_MS = (0.0, 10.0, 20.0, 30.0)  # <10, 10-20, 20-30, >=30 ms
@@ -107,23 +119,34 @@ def stratify_scans(
     matches: Sequence[CaseMatch],
     acquisitions: Sequence[Mapping[str, Any]],
     cmb_dice: Mapping[tuple[str, int], float] | None = None,
+    *,
+    scores: Sequence[float] | None = None,
+    froc_of: Callable[[Sequence[int]], FrocCurve] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Detection metrics (and Dice per matched CMB) per value of each scan stratum."""
+    """Detection, classification, FROC and Dice per value of each scan stratum.
+
+    ``scores`` are the per-scan AUC scores (default: each scan's maximum
+    probability); ``froc_of(indices)`` builds the FROC curve of the scans at
+    those positions of ``matches`` (no ``"froc"`` entry without it).
+    """
     cmb_dice = cmb_dice or {}
+    if scores is None:
+        scores = [m.max_probability() for m in matches]
     out: dict[str, dict[str, Any]] = {}
     for name, key in SCAN_STRATA.items():
         values = [key(a) for a in acquisitions]
         if all(v is None for v in values):
             continue
-        groups: dict[str, list[CaseMatch]] = defaultdict(list)
-        for m, v in zip(matches, values, strict=True):
-            groups[v or UNKNOWN].append(m)
+        groups: dict[str, list[int]] = defaultdict(list)
+        for n, v in enumerate(values):
+            groups[v or UNKNOWN].append(n)
         table: dict[str, Any] = {}
         for value in sorted(groups, key=_sort_key):
-            ms = groups[value]
+            idx = groups[value]
+            ms = [matches[n] for n in idx]
             ids = {m.case_id for m in ms}
             c = Counts.of(ms)
-            table[value] = {
+            entry: dict[str, Any] = {
                 **c.to_json(),
                 "precision": c.precision,
                 "recall": c.recall,
@@ -131,7 +154,11 @@ def stratify_scans(
                 "fp_per_scan": c.fp_per_scan,
                 "per_scan_recall": per_scan_metrics(ms)["recall"],
                 "dice_per_cmb": mean_sd([v for (cid, _), v in cmb_dice.items() if cid in ids]),
+                "classification": classification_metrics(ms, [scores[n] for n in idx]),
             }
+            if froc_of is not None:
+                entry["froc"] = froc_of(idx).to_json()
+            table[value] = entry
         out[name] = table
     return out
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cmb.cli import main
-from tests.evaluation.conftest import dataset  # noqa: F401  (fixture)
+from tests.evaluation.conftest import affine, dataset, detection, detections_json  # noqa: F401
 
 
 def test_cli_writes_every_output(
@@ -42,7 +42,7 @@ def test_cli_writes_every_output(
     assert "Sensitivity (recall)" in printed
     assert "0.500" in printed
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["schema_version"] == "1.0"
+    assert metrics["schema_version"] == "1.1"
     assert metrics["detection"]["global"]["recall"]["value"] == 0.5
     assert metrics["config"]["match"] == "center:5"
     with (out / "per_cmb.csv").open() as f:
@@ -119,3 +119,42 @@ def test_cli_bad_rule_and_real_process(dataset: tuple[Path, Path], tmp_path: Pat
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "r2" / "metrics.json").is_file()
+
+
+def test_cli_pairs_detect_output_named_by_study_uid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cmb detect` names its folders by StudyInstanceUID; truth records carry the uid."""
+    import numpy as np
+    import pydicom
+
+    from model.series_writer import write_series
+    from model.types import Volume
+
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    image = Volume(np.full((4, 16, 16), 100.0, np.float32), affine())
+    files = write_series(image, truth / "dicom" / "case-001", seed=7)
+    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    record = {
+        "case_id": "case-001",
+        "dicom": "dicom/case-001",
+        "study_instance_uid": uid,
+        "acquisition": {"field_strength_t": 3.0},
+        "cmbs": [{"center_lps_mm": [0.0, 0.0, -6.0], "diameter_mm": 3.0}],
+    }
+    (truth / "cases.jsonl").write_text(json.dumps(record) + "\n")
+    (pred / uid).mkdir(parents=True)
+    dets = detections_json([detection(1, (2, 8, 8), 0.9)])  # kji (2,8,8) -> LPS (0, 0, -6)
+    (pred / uid / "detections.json").write_text(json.dumps({**dets, "study_instance_uid": uid}))
+    out = tmp_path / "report"
+    argv = ["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(out)]
+    assert main([*argv, "--bootstrap", "0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["cases"] == ["case-001"]
+    assert metrics["detection"]["global"]["counts"]["tp"] == 1
+    # a prediction folder whose uid matches no truth record is still listed by id
+    (pred / "9.9.9").mkdir()
+    (pred / "9.9.9" / "detections.json").write_text(json.dumps(detections_json([])))
+    capsys.readouterr()
+    assert main([*argv, "--bootstrap", "0"]) != 0
+    assert "9.9.9" in capsys.readouterr().err

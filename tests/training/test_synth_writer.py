@@ -36,6 +36,7 @@ def test_synthesize_writes_layout_and_dicom(tmp_path: Path) -> None:
     assert image.shape == labels.shape
     assert set(np.unique(labels.array).tolist()) - {0} == {c["label"] for c in rec["cmbs"]}
     (study,) = load_studies([tmp_path / rec["dicom"]])
+    assert study.study_instance_uid == rec["study_instance_uid"]  # cmb evaluate pairs by it
     (series,) = study.series
     assert series.info.echo_time_ms == pytest.approx(rec["acquisition"]["echo_time_ms"], abs=0.01)
     vol = series.load_volume()

@@ -32,20 +32,27 @@ def _one(
     write_images(out, case)
     record = case.record
     if flavours:
-        from model.series_writer import write_series
+        from model.series_writer import StudyMeta, write_series
 
         acq = record["acquisition"]
         folder = Path(out) / "dicom" / case.case_id
+        study = StudyMeta.synthetic(seed).resolved(seed)  # what write_series would use
         write_series(
             case.image,
             folder,
             flavour=flavours[acq["sequence"]],
+            study=study,
             echo_time_ms=acq["echo_time_ms"],
             field_strength_t=acq["field_strength_t"],
             slice_thickness_mm=acq["slice_thickness_mm"],
             seed=seed,
         )
-        record = {**record, "dicom": f"dicom/{case.case_id}"}
+        # the StudyInstanceUID lets `cmb evaluate` pair `cmb detect` output (named by it)
+        record = {
+            **record,
+            "dicom": f"dicom/{case.case_id}",
+            "study_instance_uid": study.study_instance_uid,
+        }
     return record
 
 
