@@ -159,11 +159,6 @@ def test_destination_down_for_long_then_back(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: service/export.py back-off is per outbox row: a newer result overtakes an "
-    "older one still waiting out its back-off (not delivered in order of completion)",
-)
 def test_results_land_in_order_of_completion(
     services: Callable[[Settings], Service],
     make_settings: Callable[..., Settings],
@@ -198,11 +193,6 @@ def test_results_land_in_order_of_completion(
     assert first_delivered <= by_job[done[1].id]  # type: ignore[operator]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: service/store.py Spool: temporary files of writes cut by a crash "
-    "(.<sop>.dcm.<uuid>.tmp) are never removed",
-)
 def test_restart_removes_temporary_files_of_cut_writes(
     services: Callable[[Settings], Service], make_settings: Callable[..., Settings]
 ) -> None:

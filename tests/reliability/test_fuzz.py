@@ -155,11 +155,6 @@ def api(make_settings: Callable[..., Settings], fast_dir: Path) -> tuple[TestCli
     return TestClient(create_app(settings, db, spool), raise_server_exceptions=False), db
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: service/store.py parse_part10 lets struct.error escape (HTTP 500); "
-    "a fuzzed study makes model.pipeline raise AttributeError instead of a CmbError",
-)
 def test_fuzzed_uploads_through_rest_then_jobs(
     api: tuple[TestClient, Database], make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:

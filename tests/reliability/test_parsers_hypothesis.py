@@ -71,11 +71,6 @@ def broken(draw: st.DrawFn, whole_file: bool) -> bytes:
 COUNTS = {"load_studies": 0, "ingest": 0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: model.dicom_in.load_studies raises AttributeError (no Rows/Columns) "
-    "instead of InputError",
-)
 @SETTINGS
 @given(raw=broken(whole_file=False))
 @example(raw=_without_rows())
@@ -97,11 +92,6 @@ def spool(tmp_path_factory: pytest.TempPathFactory) -> Spool:
     return Spool(d / "spool", Database(f"sqlite:///{d / 'db.sqlite'}"), 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: service/store.py parse_part10 lets struct.error/other decoding errors escape "
-    "instead of NotStorableError",
-)
 @SETTINGS
 @given(raw=broken(whole_file=True))
 @example(raw=BASE[:141])  # the file meta group length cut after one byte

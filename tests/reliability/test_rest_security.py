@@ -128,11 +128,6 @@ def peak_rss_mb() -> float:
     return 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: service/api/upload.py iter_files inflates every zip member fully in memory "
-    "(no limit on the decompressed size)",
-)
 def test_zip_bomb_is_refused_within_bounded_memory(client: TestClient) -> None:
     inflated_mb = 192
     bomb = io.BytesIO()
@@ -180,11 +175,6 @@ def test_oversized_upload_with_content_length_is_413(client: TestClient) -> None
     assert r.status_code == 413
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: service/api/app.py check_size only reads Content-Length: a chunked upload "
-    "of any size is accepted",
-)
 def test_oversized_chunked_upload_is_413(client: TestClient) -> None:
     boundary = "cmbboundary"
     ds = study_datasets(1)[0]

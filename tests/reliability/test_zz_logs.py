@@ -21,10 +21,6 @@ from tests.reliability.fuzz import elements, encode, meta_end
 from tests.service.dicom_factory import mr_dataset
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: service logs pydicom warnings that quote raw element values (patient name)",
-)
 def test_no_patient_data_in_any_log_line(
     services: Callable[[Settings], Service],
     make_settings: Callable[..., Settings],
