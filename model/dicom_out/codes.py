@@ -98,6 +98,11 @@ NO_UNITS = _concept(codes.UCUM.NoUnits)  # UCUM "1"
 IMAGING_MEASUREMENT_REPORT = _concept(codes.DCM.ImagingMeasurementReport)  # CID 7021, DCM 126000
 # CID 100 "Quantitative Diagnostic Imaging Procedures": LOINC 24590-2 "Brain MRI".
 PROCEDURE_BRAIN_MRI = _concept(codes.LN.BrainMRI)
+# TID 1500 row 12 "Qualitative Evaluations" container: (C0034375, UMLS), as PS3.16 TID 1500
+# defines it (pydicom's code dictionary has no keyword for it).
+QUALITATIVE_EVALUATIONS = CodedConcept(
+    value="C0034375", scheme_designator="UMLS", meaning="Qualitative Evaluations"
+)
 PRESENT = _concept(codes.DCM.Present)  # DCM 121053
 ABSENT = _concept(codes.DCM.Absent)  # DCM 121054
 PROCESSING_ALGORITHM_IHE = CodedConcept(

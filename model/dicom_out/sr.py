@@ -1,23 +1,29 @@
 """Comprehensive 3D SR, TID 1500 "Measurement Report", of the kept CMBs.
 
 Per CMB (all groups share its Tracking Identifier "CMB n" and Tracking UID,
-which are also the SEG segment's):
+which are also the SEG segment's), in this order:
 
-1. a *volumetric* group (TID 1411) referencing its SEG segment, with volume,
-   diameter, probability, finding site (lobe/structure + laterality), the MARS
-   category and the parcellation region (when no SEG is written, the same
-   content as a TID 1501 group without an ROI reference);
-2. a *planar* group (TID 1410) whose region is the centre as an SCOORD3D POINT
-   in the source frame of reference;
-3. a *planar* group whose region is a CIRCLE (SCOORD) on the source slice
-   through the centre, diameter = the CMB's diameter, so that viewers that only
-   draw TID 1500 image graphics (OHIF) show a marker where the CMB is.
+1. a *planar* group (TID 1410) whose region is a CIRCLE (SCOORD) on the source
+   slice through the centre, diameter = the CMB's diameter, carrying the CMB's
+   volume, diameter, probability, finding site (lobe/structure + laterality),
+   the MARS category and the parcellation region;
+2. a *volumetric* group (TID 1411) referencing its SEG segment (when a SEG is
+   written);
+3. a *planar* group whose region is the centre as an SCOORD3D POINT in the
+   source frame of reference.
 
-Study level: one TID 1501 group "CMB summary" with the number of CMBs (total,
-per MARS category, per lobe with laterality), the presence (Present/Absent:
-an empty result says explicitly that no CMB was found) and the distribution
-pattern.  Algorithm identification (TID 4019) is in every group; the observer
-context is a device observer (TID 1004) for the algorithm.
+Why this order: OHIF 3.13 (cornerstone-dicom-sr) merges the groups of one
+tracking UID and draws the first SCOORD/SCOORD3D it finds; a 2D circle with
+its source image is drawn as a marker on that slice (checked in a browser by
+tests/deploy/test_ohif_sr_markers.py).
+
+Study level: TID 1500 row 12 "Qualitative Evaluations" (not a measurement
+group: OHIF crashes on a group without an image region): presence
+(Present/Absent: an empty result says explicitly that no CMB was found, and
+then has no Imaging Measurements container), the distribution pattern, and
+the counts (total, per MARS category, per lobe) as TEXT, since row 12 admits
+only CODE and TEXT items.  Algorithm identification (TID 4019) is in every
+group; the observer context is a device observer (TID 1004) for the algorithm.
 """
 
 from __future__ import annotations
@@ -108,6 +114,12 @@ def _evaluations(finding: Finding) -> list[QualitativeEvaluation]:
 def _finding_groups(
     finding: Finding, identity: Identity, layout: SourceLayout, seg: Dataset | None
 ) -> list[_Group]:
+    """The CMB's groups, all with its tracking identifier and UID; the circle group first.
+
+    OHIF (cornerstone-dicom-sr, 3.13) merges the groups of one tracking UID and draws the
+    first SCOORD/SCOORD3D it finds; a 2D circle with its source image is what it places
+    on the slice, so the circle group comes first and carries the CMB's measurements.
+    """
     d = finding.detection
     tracking = TrackingIdentifier(uid=identity.uids.tracking(d.id), identifier=finding.name)
     common = dict(
@@ -117,50 +129,13 @@ def _finding_groups(
         algorithm_id=_algorithm(identity),
         finding_sites=_sites(finding),
     )
-    groups: list[_Group] = []
-    if seg is not None:
-        groups.append(
-            VolumetricROIMeasurementsAndQualitativeEvaluations(
-                referenced_segment=ReferencedSegment(
-                    sop_class_uid=str(seg.SOPClassUID),
-                    sop_instance_uid=str(seg.SOPInstanceUID),
-                    segment_number=finding.number,
-                    source_series=SourceSeriesForSegmentation(
-                        identity.result.series.series_instance_uid
-                    ),
-                ),
-                measurements=_measurements(finding),
-                qualitative_evaluations=_evaluations(finding),
-                **common,  # type: ignore[arg-type]
-            )
-        )
-    else:
-        groups.append(
-            MeasurementsAndQualitativeEvaluations(
-                measurements=_measurements(finding),
-                qualitative_evaluations=_evaluations(finding),
-                **common,  # type: ignore[arg-type]
-            )
-        )
-    frame_of_reference = str(layout.datasets[0].FrameOfReferenceUID)
-    groups.append(
-        PlanarROIMeasurementsAndQualitativeEvaluations(
-            referenced_region=ImageRegion3D(
-                graphic_type=hd.sr.GraphicTypeValues3D.POINT,
-                graphic_data=np.asarray([d.center_lps_mm], dtype=np.float64),
-                frame_of_reference_uid=frame_of_reference,
-            ),
-            geometric_purpose=codes.CENTER,
-            **common,  # type: ignore[arg-type]
-        )
-    )
     frame = layout.frame_through(d.center_lps_mm)
     row, col = frame.pixel_of(layout.volume, d.center_lps_mm)
     # SCOORD: (column, row), origin at the top-left corner of the top-left pixel
     # (PS3.3 C.18.6.1.1), so a pixel centre is index + 0.5.
     cx, cy = col + 0.5, row + 0.5
     radius_px = max(d.diameter_mm / 2.0 / min(frame.pixel_spacing), 1.0)
-    groups.append(
+    groups: list[_Group] = [
         PlanarROIMeasurementsAndQualitativeEvaluations(
             referenced_region=ImageRegion(
                 graphic_type=hd.sr.GraphicTypeValues.CIRCLE,
@@ -173,55 +148,88 @@ def _finding_groups(
                     ),
                 ),
             ),
-            measurements=[
-                Measurement(
-                    name=codes.DIAMETER, value=round(float(d.diameter_mm), 3), unit=codes.MM
-                )
-            ],
+            measurements=_measurements(finding),
+            qualitative_evaluations=_evaluations(finding),
+            **common,  # type: ignore[arg-type]
+        )
+    ]
+    if seg is not None:
+        groups.append(
+            VolumetricROIMeasurementsAndQualitativeEvaluations(
+                referenced_segment=ReferencedSegment(
+                    sop_class_uid=str(seg.SOPClassUID),
+                    sop_instance_uid=str(seg.SOPInstanceUID),
+                    segment_number=finding.number,
+                    source_series=SourceSeriesForSegmentation(
+                        identity.result.series.series_instance_uid
+                    ),
+                ),
+                **common,  # type: ignore[arg-type]
+            )
+        )
+    groups.append(
+        PlanarROIMeasurementsAndQualitativeEvaluations(
+            referenced_region=ImageRegion3D(
+                graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+                graphic_data=np.asarray([d.center_lps_mm], dtype=np.float64),
+                frame_of_reference_uid=str(layout.datasets[0].FrameOfReferenceUID),
+            ),
+            geometric_purpose=codes.CENTER,
             **common,  # type: ignore[arg-type]
         )
     )
     return groups
 
 
-def _summary_group(
-    findings: list[Finding], identity: Identity
-) -> MeasurementsAndQualitativeEvaluations:
+def _text(name: hd.sr.CodedConcept, value: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(
+        name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+
+
+def _qualitative_evaluations(findings: list[Finding]) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12 "Qualitative Evaluations": the study-level findings.
+
+    Not a measurement group: OHIF 3.13 crashes on a group without an image region.  Row 12
+    admits CODE (presence, pattern) and TEXT items (row 13), so the counts are TEXT here;
+    the per-CMB groups remain the machine-readable record (one tracking UID per CMB).
+    """
     summary = summary_of(findings)
-    count = codes.NO_UNITS
-    measurements = [Measurement(name=codes.NUMBER_OF_LESIONS, value=summary.total, unit=count)]
+    items: list[hd.sr.ContentItem] = [
+        hd.sr.CodeContentItem(
+            name=codes.CMB_PRESENCE,
+            value=codes.PRESENT if summary.total else codes.ABSENT,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        ),
+        hd.sr.CodeContentItem(
+            name=codes.PATTERN,
+            value=codes.PATTERN_VALUES[summary.pattern],
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        ),
+        _text(codes.NUMBER_OF_LESIONS, str(summary.total)),
+    ]
     for category, n in summary.by_mars.items():
         if category is None and n == 0:
             continue
-        measurements.append(Measurement(name=codes.MARS_COUNT[category], value=n, unit=count))
+        items.append(_text(codes.MARS_COUNT[category], str(n)))
     for (hemisphere, lobe), n in summary.by_lobe.items():
         if lobe == "unknown":
             continue  # counted in the total, no finding site to say
-        site = codes.anatomy_for(lobe) or codes.lobe_value(lobe)
-        measurements.append(
-            Measurement(
-                name=codes.NUMBER_OF_LESIONS,
-                value=n,
-                unit=count,
-                finding_sites=[
-                    FindingSite(anatomic_location=site, laterality=codes.laterality_for(hemisphere))
-                ],
-            )
-        )
-    evaluations = [
-        QualitativeEvaluation(codes.CMB_PRESENCE, codes.PRESENT if summary.total else codes.ABSENT),
-        QualitativeEvaluation(codes.PATTERN, codes.PATTERN_VALUES[summary.pattern]),
-    ]
+        items.append(_text(codes.NUMBER_OF_LESIONS, f"{f'{hemisphere} {lobe}'.strip()}: {n}"))
+    container = hd.sr.ContainerContentItem(
+        name=codes.QUALITATIVE_EVALUATIONS,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
+
+
+def _placeholder(identity: Identity) -> MeasurementsAndQualitativeEvaluations:
+    """A group that only exists for highdicom's constructor; removed before writing."""
     return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
-            uid=identity.uids.summary_tracking(), identifier="CMB summary"
-        ),
-        finding_type=codes.HEMORRHAGE,
-        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-        algorithm_id=_algorithm(identity),
-        finding_sites=[FindingSite(anatomic_location=codes.BRAIN)],
-        measurements=measurements,
-        qualitative_evaluations=evaluations,
+            uid=identity.uids.summary_tracking(), identifier="placeholder"
+        )
     )
 
 
@@ -242,19 +250,27 @@ def build_sr(
             serial_number=identity.serial_number,
         ),
     )
-    groups: list[_Group] = [_summary_group(findings, identity)]
+    groups: list[_Group] = []
     for finding in findings:
         groups.extend(_finding_groups(finding, identity, layout, seg))
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=observer),
         procedure_reported=codes.PROCEDURE_BRAIN_MRI,
-        imaging_measurements=groups,
+        # highdicom requires one group; without CMBs the (empty) container is dropped below
+        imaging_measurements=groups or [_placeholder(identity)],
         title=codes.IMAGING_MEASUREMENT_REPORT,
     )
+    root = report[0]
+    if not groups:
+        # TID 1500: at least one of rows 6 (Imaging Measurements), 10 or 12 is present.
+        root.ContentSequence = hd.sr.ContentSequence(
+            [i for i in root.ContentSequence if i.name != pd_codes.DCM.ImagingMeasurements]
+        )
+    root.ContentSequence.append(_qualitative_evaluations(findings))
     evidence = list(layout.datasets) + ([seg] if seg is not None else [])
     sr = Comprehensive3DSR(
         evidence=evidence,
-        content=report[0],
+        content=root,
         series_instance_uid=identity.uids.series("sr"),
         series_number=SERIES_NUMBERS["sr"],
         sop_instance_uid=identity.uids.instance("sr"),

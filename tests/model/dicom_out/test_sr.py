@@ -58,6 +58,18 @@ def test_sr_groups_and_markers(
         ref = volumetric[0].referenced_segment
         assert ref is not None and ref.referenced_segment_numbers == [number]
         planar = report.get_planar_roi_measurement_groups(tracking_uid=tracking)
+        # the circle group comes first and carries the measurements (what OHIF draws)
+        first = report.get_planar_roi_measurement_groups()[0]
+        assert first.get_measurements()  # e.g. the first CMB's circle
+        circle_group = next(
+            g
+            for g in planar
+            if isinstance(g.roi, hd.sr.ImageRegion) and g.roi.graphic_type.value == "CIRCLE"
+        )
+        values = {m.name.meaning: m.value for m in circle_group.get_measurements()}
+        assert values["Volume"] == pytest.approx(det.volume_mm3, abs=1e-3)
+        assert values["Diameter"] == pytest.approx(det.diameter_mm, abs=1e-3)
+        assert values["Probability"] == pytest.approx(det.probability, abs=1e-4)
         point = next(g.roi for g in planar if isinstance(g.roi, hd.sr.ImageRegion3D))
         np.testing.assert_allclose(point.value[0], det.center_lps_mm, atol=1e-3)
         circle = next(
@@ -79,5 +91,8 @@ def test_sr_groups_and_markers(
         np.testing.assert_allclose(lps, det.center_lps_mm, atol=1e-3)
         radius_px = np.linalg.norm(np.subtract(*circle.value[:2]))
         assert radius_px * min(ps) == pytest.approx(det.diameter_mm / 2, rel=1e-3)
-    summary = report.get_image_measurement_groups()
-    assert len(summary) == 1
+    # study-level findings are TID 1500 "Qualitative Evaluations", not a measurement group
+    assert report.get_image_measurement_groups() == []
+    root = sr.ContentSequence
+    evaluations = [i for i in root if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    assert len(evaluations) == 1

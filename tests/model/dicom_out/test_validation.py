@@ -180,14 +180,17 @@ def test_dsrdump_lists_every_cmb_with_its_numbers(axial_case: Case, tmp_path: Pa
     for number, det in enumerate(kept, start=1):
         mine = [g for g in groups if f'"Tracking Identifier")="CMB {number}"' in g]
         assert len(mine) == 3, f"CMB {number}: expected volumetric, centre and circle groups"
-        volumetric = next(g for g in mine if "Referenced Segment" in g)
+        # the circle on the source slice comes first and carries the numbers (OHIF draws it)
+        assert "(CIRCLE," in mine[0]
+        volumetric = mine[0]
         volume = float(re.search(r'"Volume"\)="([0-9.]+)"', volumetric).group(1))  # type: ignore[union-attr]
         diameter = float(re.search(r'"Diameter"\)="([0-9.]+)"', volumetric).group(1))  # type: ignore[union-attr]
         prob = float(re.search(r'"Probability"\)="([0-9.]+)"', volumetric).group(1))  # type: ignore[union-attr]
         assert volume == pytest.approx(det.volume_mm3, abs=1e-3)
         assert diameter == pytest.approx(det.diameter_mm, abs=1e-3)
         assert prob == pytest.approx(det.probability, abs=1e-4)
-        assert f"(SG image,,{number})" in volumetric  # its SEG segment
+        segment = next(g for g in mine if "Referenced Segment" in g)
+        assert f"(SG image,,{number})" in segment  # its SEG segment
         centre = next(g for g in mine if "SCOORD3D" in g)
         xyz = re.search(r"\(POINT,,([-0-9.e]+)/([-0-9.e]+)/([-0-9.e]+)\)", centre)
         assert xyz is not None
@@ -195,7 +198,8 @@ def test_dsrdump_lists_every_cmb_with_its_numbers(axial_case: Case, tmp_path: Pa
         assert any("(CIRCLE," in g for g in mine)
     assert '"Tracking Identifier")="CMB 3"' not in text  # the rejected candidate
     assert "lateraloccipital" not in text
-    summary = next(g for g in groups if '"CMB summary"' in g)
+    assert '"CMB summary"' not in text  # study level: TID 1500 Qualitative Evaluations
+    summary = text.split('"Qualitative Evaluations"')[1]
     assert re.search(r'"Number of lesions \(observable entity\)"\)="2(\.0)?"', summary)
     assert re.search(r'"Number of lobar microbleeds"\)="1(\.0)?"', summary)
     assert re.search(r'"Number of deep microbleeds"\)="1(\.0)?"', summary)
@@ -211,3 +215,6 @@ def test_dsrdump_states_no_cmb_found(make_case: Callable[..., Case], tmp_path: P
     assert '"No microbleeds"' in text
     assert re.search(r'"Number of lesions \(observable entity\)"\)="0(\.0)?"', text)
     assert "Referenced Segment" not in text
+    assert '"Imaging Measurements"' not in text  # TID 1500: row 12 alone is enough
+    sr = hd.sr.srread(written["sr"])  # type: ignore[arg-type]  # highdicom reads it back
+    assert sr.content.get_planar_roi_measurement_groups() == []  # type: ignore[attr-defined]
