@@ -78,6 +78,9 @@ def saturated(png: Path, rect: list[float]) -> np.ndarray:
 
 
 def sr_state(browser: Chromium) -> dict[str, Any] | None:
+    crashed = [c for c in browser.console if "ReferencedSOPSequence" in c]
+    if crashed:
+        pytest.fail(f"OHIF failed on our SR: {crashed[0][:300]}")
     browser.js(DISMISS)
     centres = json.dumps([list(map(float, c)) for c in CMB_CENTRES])
     text = browser.js(SR_VIEWPORT % centres)
