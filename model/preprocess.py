@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import SimpleITK as sitk  # noqa: N813
+import SimpleITK as sitk
 
 from model.types import Volume
 
