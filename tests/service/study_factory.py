@@ -81,7 +81,7 @@ def write_model(path: Path) -> Path:
 
 
 def sr_cmb_count(ds: object) -> tuple[int, int]:
-    """(the SR's "Number of lesions", distinct "CMB n" tracking identifiers) of a TID 1500 SR."""
+    """(total "Number of lesions", distinct "CMB n" tracking identifiers) of a TID 1500 SR."""
     lesions: list[float] = []
     trackers: set[str] = set()
 
@@ -89,9 +89,14 @@ def sr_cmb_count(ds: object) -> tuple[int, int]:
         for item in getattr(node, "ContentSequence", []):
             names = getattr(item, "ConceptNameCodeSequence", [])
             meaning = names[0].CodeMeaning if names else ""
-            if item.ValueType == "NUM" and meaning.startswith("Number of lesions"):
-                lesions.append(float(item.MeasuredValueSequence[0].NumericValue))
             value = str(getattr(item, "TextValue", ""))
+            if meaning.startswith("Number of lesions"):
+                # The study total is a TEXT item of TID 1500's Qualitative Evaluations
+                # ("3"); per-site counts share the concept with a "site: n" value.
+                if item.ValueType == "NUM":
+                    lesions.append(float(item.MeasuredValueSequence[0].NumericValue))
+                elif value.isdigit():
+                    lesions.append(float(value))
             if meaning == "Tracking Identifier" and value[:4] == "CMB " and value[4:].isdigit():
                 trackers.add(value)
             walk(item)
