@@ -11,7 +11,8 @@ study:
 * stability wait: job ``created_at`` (REST ``/jobs``, the moment the job is
   queued) minus t_last (under heavy load storescu's association release can
   lag the last stored instance, which shortens this, even below 0);
-* latency: the moment both SEG and SR files are complete at the destination
+* latency: the moment the SR is complete at the destination (the outbox sends SEG, SR, then
+  PDF; a study without findings has no SEG)
   minus ``created_at`` (so it excludes the stability wait and includes any
   queueing behind other studies);
 
@@ -76,6 +77,23 @@ def calibrated_untrained(path: Path, study_dir: Path) -> Path:
     return path
 
 
+def _has_sr(folder: Path) -> bool:
+    """Whether a complete SR has arrived in one of storescp's study folders."""
+    import pydicom
+    import pydicom.errors
+
+    for f in folder.iterdir():
+        if f.name.startswith("."):
+            continue
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except (OSError, EOFError, ValueError, pydicom.errors.InvalidDicomError):
+            continue  # a file storescp is still writing
+        if ds.get("Modality") == "SR":
+            return True
+    return False
+
+
 def scenario(
     model: Path, studies: list[Path], workers: int, tmp: Path, name: str
 ) -> dict[str, Any]:
@@ -125,8 +143,8 @@ def scenario(
         deadline = time.time() + 3600
         while len(done) < len(studies) and time.time() < deadline:
             for sub in dest_dir.iterdir():
-                files = [f for f in sub.iterdir() if not f.name.startswith(".")]
-                if sub.name not in done and len(files) >= 2:
+                # The SR is always sent, last; a study without findings has no SEG.
+                if sub.name not in done and _has_sr(sub):
                     done[sub.name] = time.time()
             time.sleep(0.1)
         jobs = _get(f"{api}/jobs")["jobs"]
