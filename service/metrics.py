@@ -117,13 +117,8 @@ class DatabaseCollector(Collector):
         )
 
 
-def register_database(db: Database) -> None:
-    """Attach the DB collector once per process."""
-    global _db_collector
-    if _db_collector is not None:
-        REGISTRY.unregister(_db_collector)
-    _db_collector = DatabaseCollector(db)
-    REGISTRY.register(_db_collector)
-
-
-_db_collector: DatabaseCollector | None = None
+def database_registry(db: Database) -> CollectorRegistry:
+    """A registry holding the DB collector of ``db`` (one per API app)."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(DatabaseCollector(db))
+    return registry

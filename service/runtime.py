@@ -167,7 +167,6 @@ class Service:
         for d in (st.data_dir, st.spool_dir, st.results_dir):
             Path(d).mkdir(parents=True, exist_ok=True)
         self.db = Database(st.db_url)
-        metrics.register_database(self.db)
         self.spool = Spool(st.spool_dir, self.db, int(st.disk_reserve_mb * 2**20))
         self.spool.remove_cut_writes()  # before anything writes to the spool
         if st.broker_url:

@@ -143,10 +143,15 @@ def create_app(settings: Settings, db: Database, spool: Spool, service: Any = No
             status_code=200 if not problems else 503,
         )
 
+    # The process-wide counters, plus the job/queue gauges of THIS app's database
+    # (a registry of its own, so that two apps in one process never mix databases).
+    db_registry = metrics.database_registry(db)
+
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     def metrics_route() -> PlainTextResponse:
         """Prometheus metrics."""
-        return PlainTextResponse(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest(metrics.REGISTRY) + generate_latest(db_registry)
+        return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/studies", tags=["upload"], status_code=202)
     async def upload(
