@@ -16,7 +16,6 @@ import logging
 import multiprocessing as mp
 import os
 import socket
-import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -26,6 +25,7 @@ from service import jobs
 from service.db.models import Job, JobState, utcnow
 from service.db.session import Database
 from service.logs import install_redaction
+from service.polling import PollingLoop
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,30 +75,24 @@ def run_in_child(spec: jobs.JobSpec, processor: str, time_limit_s: float) -> tup
     return outcome
 
 
-class EmbeddedWorker:
+class EmbeddedWorker(PollingLoop):
     """`concurrency` threads, each claiming the oldest due job and running it in a child."""
 
+    name = "cmb-worker"
+    drain = True  # run the next due job at once; sleep only when there was none
+
     def __init__(self, settings: Settings, db: Database) -> None:
+        super().__init__(settings.poll_interval_s, threads=settings.worker_concurrency)
         self.settings = settings
         self.db = db
         self.processor = settings.pipeline
         self.worker_id = f"embedded@{socket.gethostname()}:{os.getpid()}"
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
         n = jobs.requeue_orphans(self.db)
         if n:
             log.warning("requeued %d job(s) left running by an earlier process", n)
-        for i in range(self.settings.worker_concurrency):
-            t = threading.Thread(target=self._loop, name=f"cmb-worker-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout)
+        super().start()
 
     def _next_due(self) -> str | None:
         with self.db.session() as s:
@@ -108,16 +102,6 @@ class EmbeddedWorker:
                 .order_by(Job.created_at)
                 .limit(1)
             )
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                worked = self.run_once()
-            except Exception:  # keep the worker alive; the job stays in the DB
-                log.exception("embedded worker loop fault")
-                worked = False
-            if not worked:
-                self._stop.wait(self.settings.poll_interval_s)
 
     def run_once(self) -> bool:
         """Claim and run one due job; False when there was none."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import threading
 from datetime import timedelta
 
 from pydicom import dcmread
@@ -29,6 +28,7 @@ from sqlalchemy import func, select
 from service import metrics
 from service.db.models import Delivery, DeliveryState, Job, JobState, utcnow
 from service.db.session import Database
+from service.polling import PollingLoop
 from service.settings import Destination, Settings
 
 log = logging.getLogger(__name__)
@@ -55,32 +55,16 @@ def client_tls_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
-class Exporter:
+class Exporter(PollingLoop):
     """Polls due outbox rows and sends them, one association per destination per round."""
 
+    name = "cmb-exporter"
+
     def __init__(self, settings: Settings, db: Database) -> None:
+        super().__init__(settings.poll_interval_s)
         self.settings = settings
         self.db = db
         self.tls = client_tls_context(settings)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="cmb-exporter", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # the outbox is in the DB; the next round tries again
-                log.exception("exporter round failed")
-            self._stop.wait(self.settings.poll_interval_s)
 
     def enqueue(self) -> int:
         """Outbox rows for succeeded jobs that have none yet (one per destination and file).

@@ -35,6 +35,7 @@ from service.db.session import Database
 from service.embedded import EmbeddedWorker
 from service.export import Exporter
 from service.logs import install_redaction
+from service.polling import PollingLoop
 from service.retention import purge_expired
 from service.scp import StorageSCP
 from service.settings import Settings
@@ -63,8 +64,10 @@ def ensure_api_key(settings: Settings) -> Settings:
     return settings.model_copy(update={"api_keys": [f"local:{key}"]})
 
 
-class Monitor:
+class Monitor(PollingLoop):
     """Turns stable studies into jobs and (with Celery) dispatches queued jobs."""
+
+    name = "cmb-monitor"
 
     def __init__(
         self,
@@ -77,31 +80,13 @@ class Monitor:
         """``follow_only`` (role ``api``): no stability checks, sweeps or purges, only
         dispatching uploads to the broker and following finished jobs' timings for
         this process's ``/metrics``; the ``scp`` process does the rest."""
+        super().__init__(settings.poll_interval_s)
         self.settings = settings
         self.db = db
         self.celery_app = celery_app
         self.follow_only = follow_only
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._next_purge = 0.0
         self._timings = metrics.JobTimingsFollower(db)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="cmb-monitor", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # state is in the DB: the next round retries
-                log.exception("monitor round failed")
-            self._stop.wait(self.settings.poll_interval_s)
 
     def run_once(self) -> list[str]:
         if self.follow_only:
