@@ -54,6 +54,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sequence", choices=("swi", "t2star", "mixed"), default="mixed")
     p.add_argument("--n-cmbs", type=int, default=None, help="fix the number of microbleeds")
     p.add_argument(
+        "--negative-every",
+        type=int,
+        default=0,
+        metavar="K",
+        help="cases whose seed is divisible by K get no microbleed (default: off)",
+    )
+    p.add_argument(
+        "--draw-subject",
+        action="store_true",
+        help="draw each case's subject from its seed instead of cycling through --subjects",
+    )
+    p.add_argument(
         "--dicom",
         choices=sorted(DICOM_FLAVOURS),
         default=None,
@@ -88,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         dicom_flavours=DICOM_FLAVOURS[args.dicom] if args.dicom else None,
         workers=args.workers,
         progress=not args.no_progress,
+        negative_every=args.negative_every,
+        draw_subject=args.draw_subject,
     )
     print(f"wrote {n} cases to {args.out}")
     return 0

@@ -82,3 +82,30 @@ def test_same_seed_same_files_bit_for_bit_any_worker_count(tmp_path: Path) -> No
         )
     a, b = digest(tmp_path / "a"), digest(tmp_path / "b")
     assert len(a) == 5 and a == b
+
+
+def test_negative_every_and_drawn_subjects_reproduce_the_validation_recipe(
+    tmp_path: Path,
+) -> None:
+    # the recipe of the held-out set (docs/model-card.md): seeds divisible by 3 have no CMB,
+    # each case's subject drawn from its own seed among the validation subjects
+    from training.synth.engine import drawn_subject
+
+    n = synthesize(
+        tmp_path,
+        cases=2,
+        seed=299,  # 300 is divisible by 3
+        split="val",
+        negative_every=3,
+        draw_subject=True,
+        n_cmbs=2,
+        progress=False,
+        params_override=SMALL,
+    )
+    assert n == 2
+    recs = {r["acquisition"]["seed"]: r for r in read_cases(tmp_path)}
+    assert recs[299]["acquisition"]["n_cmbs"] == 2 and recs[300]["acquisition"]["n_cmbs"] == 0
+    assert recs[300]["cmbs"] == []
+    for seed, rec in recs.items():
+        assert rec["subject"] == drawn_subject(seed, "val")
+    assert {drawn_subject(s, "val") for s in range(100000, 100060)} == {17, 18, 19, 20}

@@ -164,7 +164,9 @@ def _mars_map(labels: npt.NDArray[np.int16]) -> npt.NDArray[np.int8]:
     return mars
 
 
-@functools.lru_cache(maxsize=4)
+# All 20 subjects fit (~30 MB each): pools cycle through the subjects, so a
+# smaller cache would never hit and every case would pay ~5 s to reload.
+@functools.lru_cache(maxsize=20)
 def load_subject(number: int, margin_mm: int = 20) -> Subject:
     """Load subject ``number`` (1-20), cropped to the brain plus ``margin_mm`` (skull, scalp)."""
     if number not in TRAIN_SUBJECTS + VAL_SUBJECTS:

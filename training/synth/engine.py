@@ -112,6 +112,20 @@ def _apparent_diameter(mask: npt.NDArray[np.bool_], spacing: npt.NDArray[np.floa
     return 2.0 * float(np.sqrt(area / np.pi))
 
 
+def _case_rngs(seed: int) -> list[np.random.Generator]:
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(9)]
+
+
+def _draw_subject(r_par: np.random.Generator, split: str) -> int:
+    pool = TRAIN_SUBJECTS if split == "train" else VAL_SUBJECTS
+    return int(pool[int(r_par.integers(len(pool)))])
+
+
+def drawn_subject(seed: int, split: str) -> int:
+    """The subject ``generate_case(seed, split=split)`` uses when none is given."""
+    return _draw_subject(_case_rngs(seed)[0], split)
+
+
 def generate_case(
     seed: int,
     *,
@@ -124,11 +138,10 @@ def generate_case(
     """Generate one case (deterministic in all arguments)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(9)]
+    rngs = _case_rngs(seed)
     r_par, r_def, r_con, r_vei, r_cmb, r_mim, r_acq, r_noi, r_iro = rngs
     if subject is None:
-        pool = TRAIN_SUBJECTS if split == "train" else VAL_SUBJECTS
-        subject = int(pool[int(r_par.integers(len(pool)))])
+        subject = _draw_subject(r_par, split)
     check_subject(subject, split)
     p = sample_params(
         r_par,

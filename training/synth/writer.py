@@ -69,11 +69,17 @@ def synthesize(
     workers: int = 1,
     progress: bool = True,
     params_override: dict[str, Any] | None = None,
+    negative_every: int = 0,
+    draw_subject: bool = False,
 ) -> int:
     """Generate ``cases`` cases with seeds ``seed .. seed+cases-1``; returns the case count.
 
-    Case ``i`` uses subject ``subjects[i % len(subjects)]``.  The output does not
-    depend on ``workers`` (cases.jsonl is sorted by case id at the end).
+    Case ``i`` uses subject ``subjects[i % len(subjects)]``, or one drawn from the
+    split's subjects by the case's own seed when ``draw_subject`` (how the
+    held-out validation set of docs/model-card.md was made).  With
+    ``negative_every=K`` every case whose seed is divisible by K has no CMB.
+    The output does not depend on ``workers`` (cases.jsonl is sorted by case id
+    at the end).
     """
     pool = subjects or list(TRAIN_SUBJECTS if split == "train" else VAL_SUBJECTS)
     for s in pool:
@@ -84,10 +90,10 @@ def synthesize(
         (
             str(out),
             seed + i,
-            pool[i % len(pool)],
+            None if draw_subject else pool[i % len(pool)],
             split,
             sequence,
-            n_cmbs,
+            0 if negative_every > 0 and (seed + i) % negative_every == 0 else n_cmbs,
             dicom_flavours,
             params_override,
         )
