@@ -30,10 +30,14 @@ from model.types import ModelInfo
 
 FORMAT_VERSION = "1"
 PREFIX = "cmb."
-TASKS = ("cmb_segmentation", "parcellation")
+TASKS = ("cmb_segmentation", "parcellation", "cmb_candidate_classification")
 OUTPUTS = ("sigmoid", "softmax", "logits")
 DEVICES = ("auto", "cpu", "cuda")
-DEFAULT_FILES = {"cmb_segmentation": "cmb_unet.onnx", "parcellation": "parcellation.onnx"}
+DEFAULT_FILES = {
+    "cmb_segmentation": "cmb_unet.onnx",
+    "parcellation": "parcellation.onnx",
+    "cmb_candidate_classification": "cmb_classifier.onnx",
+}
 REQUIRED_KEYS = (
     "format_version",
     "name",

@@ -2,6 +2,7 @@
 
 Stages, in the order of ARCHITECTURE.md: read -> select series -> volume ->
 U-Net probability (resample, normalize, sliding window) -> candidates ->
+candidate classifier (when installed: ``model.candidate_classifier``) ->
 location filter (when a parcellation model is available) -> outputs.
 
 Output folder of one study (``<out_dir>/<StudyInstanceUID>/``)::
@@ -18,6 +19,7 @@ results atomically.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from model.candidate_classifier import candidate_threshold, classify_candidates
 from model.candidates import extract_candidates
 from model.dicom_in import load_studies
 from model.errors import InputError
@@ -48,6 +51,7 @@ log = logging.getLogger(__name__)
 #: Output kinds `cmb detect --outputs` accepts. "json" and "nifti" are always written.
 DICOM_OUTPUT_KINDS = ("seg", "sr", "pdf", "sc")
 LOCATION_METHODS = ("auto", "onnx", "mri_synthseg", "off")
+CLASSIFIER_MODES = ("auto", "on", "off")
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -68,6 +72,11 @@ class PipelineOptions:
     # "onnx" requires it, "mri_synthseg" uses FreeSurfer, "off" skips the filter.
     location: str = "auto"
     parcellation_model_path: Path | None = None
+    # Candidate classifier: "auto" runs it when installed (model/weights/cmb_classifier.onnx
+    # or classifier_model_path), "on" requires it, "off" keeps the U-Net candidates as they are.
+    classifier: str = "auto"
+    classifier_model_path: Path | None = None
+    classifier_threshold: float | None = None  # None: the threshold stored in the classifier
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
@@ -76,6 +85,14 @@ class PipelineOptions:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.classifier not in CLASSIFIER_MODES:
+            raise ValueError(
+                f"classifier must be one of {CLASSIFIER_MODES}, got {self.classifier!r}"
+            )
+        if self.classifier_threshold is not None and not 0.0 < self.classifier_threshold < 1.0:
+            raise ValueError(
+                f"classifier_threshold must be in (0, 1), got {self.classifier_threshold}"
+            )
         if self.location not in LOCATION_METHODS:
             raise ValueError(f"location must be one of {LOCATION_METHODS}, got {self.location!r}")
         unknown = set(self.outputs) - set(DICOM_OUTPUT_KINDS)
@@ -115,6 +132,38 @@ def load_model(options: PipelineOptions) -> OnnxModel:
     return OnnxModel.load(options.model_path, device=options.device, threads=options.threads)
 
 
+def load_classifier(options: PipelineOptions, unet: OnnxModel) -> tuple[OnnxModel | None, str]:
+    """The candidate classifier the options ask for (None: not run) and why.
+
+    ``auto`` runs the installed classifier only behind the U-Net whose
+    candidates it was trained on (``cmb.unet`` names that file's SHA-256): its
+    candidate threshold and what it learned to reject belong to that U-Net.
+    ``on`` runs it behind any U-Net.
+    """
+    if options.classifier == "off":
+        return None, "switched off by the user"
+    path = options.classifier_model_path or WEIGHTS_DIR / "cmb_classifier.onnx"
+    if not path.is_file():
+        if options.classifier == "on":
+            raise InputError(f"classifier 'on' but there is no classifier model at {path}")
+        return None, f"no classifier model at {path}: U-Net candidates are not re-scored"
+    classifier = _cached_model(str(path), options.device, options.threads)
+    if options.classifier == "auto":
+        trained_for = classifier.metadata.extra.get("unet", "")
+        if f"sha256:{unet.info.sha256}" not in trained_for:
+            return None, (
+                f"the classifier at {path} was trained on the candidates of another U-Net "
+                f"({trained_for or 'unknown'}); choose it explicitly to run it"
+            )
+    return classifier, f"the model at {path}"
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_model(path: str, device: str, threads: int | None) -> OnnxModel:
+    # a worker runs many studies: load the small classifier once, not per study
+    return OnnxModel.load(path, device=device, threads=threads)
+
+
 def detect_series(
     study: Study,
     model: OnnxModel,
@@ -133,9 +182,29 @@ def detect_series(
         probability = predict_probability(
             volume, model, overlap=options.overlap, tta=options.tta, progress=window_progress
         )
-    threshold = options.threshold if options.threshold is not None else model.metadata.threshold
+    classifier, why = load_classifier(options, model)
+    if options.threshold is not None:
+        threshold = options.threshold
+    elif classifier is not None:
+        threshold = candidate_threshold(classifier)
+    else:
+        threshold = model.metadata.threshold
     with clock.stage("candidates"):
         labels, detections = extract_candidates(probability, threshold)
+    classification: dict[str, Any] = {"applied": False, "reason": why}
+    if classifier is not None:
+        with clock.stage("classify"):
+            classify_candidates(
+                volume, detections, classifier, threshold=options.classifier_threshold
+            )
+        classification = {
+            "applied": True,
+            "reason": why,
+            "model": classifier.info.to_json(),
+            "candidate_threshold": threshold,
+            "threshold": options.classifier_threshold or classifier.metadata.threshold,
+            "rejected": sum(1 for d in detections if d.reject_reason == "classifier"),
+        }
     with clock.stage("location"):
         location = _run_location_filter(volume, labels, detections, series, options)
     result = Result(
@@ -148,6 +217,7 @@ def detect_series(
         model=model.info,
         timings_s=clock.timings,
         location=location,
+        classifier=classification,
     )
     return result, series
 

@@ -195,7 +195,9 @@ class Detection:
     center_lps_mm: tuple[float, float, float]
     diameter_mm: float
     volume_mm3: float
-    probability: float  # maximum probability inside the component
+    # The confidence every output reports: the U-Net's maximum inside the
+    # component, or the candidate classifier's probability when it ran.
+    probability: float
     mean_probability: float = 0.0
     elongation: float = 1.0  # ratio of largest to smallest principal axis (1 = sphere)
     n_voxels: int = 0
@@ -206,6 +208,8 @@ class Detection:
     hemisphere: str | None = None
     status: DetectionStatus = DetectionStatus.KEPT
     reject_reason: str | None = None
+    # The U-Net's maximum when the candidate classifier replaced ``probability``.
+    unet_probability: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.probability <= 1.0:
@@ -235,6 +239,11 @@ class Detection:
             "volume_mm3": round(float(self.volume_mm3), 3),
             "probability": round(float(self.probability), 4),
             "mean_probability": round(float(self.mean_probability), 4),
+            "unet_probability": (
+                round(float(self.unet_probability), 4)
+                if self.unet_probability is not None
+                else None
+            ),
             "elongation": round(float(self.elongation), 3),
             "n_voxels": int(self.n_voxels),
             "region": self.region,
@@ -271,6 +280,8 @@ class Result:
     timings_s: dict[str, float] = field(default_factory=dict)
     # What the location filter did: method, rejections per rule, MARS rating.
     location: dict[str, Any] | None = None
+    # Whether the candidate classifier ran: its model, thresholds, how many it rejected.
+    classifier: dict[str, Any] | None = None
 
     @property
     def kept(self) -> list[Detection]:
@@ -287,5 +298,6 @@ class Result:
             "model": self.model.to_json(),
             "detections": [d.to_json() for d in self.detections],
             "location_filter": self.location,
+            "candidate_classifier": self.classifier,
             "timings_s": {k: round(float(v), 4) for k, v in self.timings_s.items()},
         }

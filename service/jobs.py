@@ -58,6 +58,8 @@ def pipeline_options(settings: Settings) -> dict[str, Any]:
         "device": settings.device,
         "threads": settings.threads,
         "outputs": tuple(settings.outputs),
+        "classifier": settings.classifier,
+        "classifier_model_path": settings.classifier_model_path,
     }
 
 

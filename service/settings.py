@@ -136,6 +136,14 @@ class Settings(BaseSettings):
     model_path: Path | None = Field(None, description="ONNX model; empty: the shipped model")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="inference device")
     threads: int | None = Field(None, ge=1, description="CPU threads for inference")
+    classifier: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="candidate classifier: auto (the installed one, behind the U-Net it was "
+        "trained for), on, off",
+    )
+    classifier_model_path: Path | None = Field(
+        None, description="candidate classifier ONNX; empty: the shipped one"
+    )
     outputs: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["seg", "sr"], description="DICOM outputs to write and send"
     )

@@ -26,9 +26,11 @@ from typing import Any
 
 from evaluation.cases import PredCMB, TruthCMB
 from evaluation.matching import MatchRule, match_case
+from model.candidate_classifier import candidate_threshold, classify_candidates
 from model.candidates import extract_candidates
 from model.infer import predict_probability
 from model.onnx_model import OnnxModel
+from model.types import Detection
 from training.data import CaseRef, load_volumes
 
 log = logging.getLogger(__name__)
@@ -115,8 +117,13 @@ def evaluate_case(
     rule: MatchRule | None = None,
     overlap: float = 0.5,
     save_dir: Path | None = None,
+    classifier: OnnxModel | None = None,
 ) -> CaseResult:
     """Counts of one validation case at every threshold.
+
+    With a ``classifier`` (the cascade of ``model.candidate_classifier``),
+    candidates are extracted once at its candidate threshold, scored, and the
+    thresholds apply to the classifier's probability instead of the U-Net map.
 
     With ``save_dir``, the candidates at the lowest threshold are written to
     ``save_dir/<case_id>/detections.json`` for ``cmb evaluate`` (FROC, strata).
@@ -129,8 +136,15 @@ def evaluate_case(
     ]
     large = [(t.diameter_apparent_mm or t.diameter_mm or 0.0) >= LARGE_MM for t in truth]
     result = CaseResult(ref.case_id, _groups(ref.record))
+    scored: list[Detection] | None = None
+    if classifier is not None:
+        _, scored = extract_candidates(probability, candidate_threshold(classifier))
+        classify_candidates(image, scored, classifier, threshold=0.0)
     if save_dir is not None:
-        _, detections = extract_candidates(probability, min(thresholds))
+        if scored is not None:
+            detections = scored
+        else:
+            _, detections = extract_candidates(probability, min(thresholds))
         folder = save_dir / ref.case_id
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "detections.json").write_text(
@@ -139,14 +153,19 @@ def evaluate_case(
                     "case_id": ref.case_id,
                     "acquisition": ref.record.get("acquisition") or {},
                     "model": model.info.to_json(),
-                    "candidate_threshold": min(thresholds),
+                    "candidate_threshold": (
+                        candidate_threshold(classifier) if classifier else min(thresholds)
+                    ),
                     "detections": [d.to_json() for d in detections],
                 },
                 indent=1,
             )
         )
     for threshold in thresholds:
-        _, detections = extract_candidates(probability, threshold)
+        if scored is not None:
+            detections = [d for d in scored if d.probability >= threshold]
+        else:
+            _, detections = extract_candidates(probability, threshold)
         preds = [PredCMB.from_detection(d) for d in detections]
         match = match_case(truth, preds, rule, case_id=ref.case_id)
         matched = {p.truth_index for p in match.pairs}
@@ -178,11 +197,14 @@ def choose_threshold(per_threshold: dict[float, dict[str, Any]], max_fp_per_scan
 
 
 _WORKER_MODEL: OnnxModel | None = None
+_WORKER_CLASSIFIER: OnnxModel | None = None
 
 
-def _init_worker(model_path: str, threads: int) -> None:
-    global _WORKER_MODEL
+def _init_worker(model_path: str, threads: int, classifier_path: str | None = None) -> None:
+    global _WORKER_MODEL, _WORKER_CLASSIFIER
     _WORKER_MODEL = OnnxModel.load(model_path, device="cpu", threads=threads)
+    if classifier_path is not None:
+        _WORKER_CLASSIFIER = OnnxModel.load(classifier_path, device="cpu", threads=threads)
 
 
 def _worker_case(
@@ -195,7 +217,13 @@ def _worker_case(
     if _WORKER_MODEL is None:
         raise RuntimeError("validation worker used before its model was loaded")
     return evaluate_case(
-        ref, _WORKER_MODEL, thresholds, rule=rule, overlap=overlap, save_dir=save_dir
+        ref,
+        _WORKER_MODEL,
+        thresholds,
+        rule=rule,
+        overlap=overlap,
+        save_dir=save_dir,
+        classifier=_WORKER_CLASSIFIER,
     )
 
 
@@ -211,10 +239,13 @@ def validate_model(
     progress: Callable[[Iterable[CaseRef]], Iterable[CaseRef]] | None = None,
     save_dir: str | Path | None = None,
     workers: int = 1,
+    classifier_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Validate an ONNX model file; returns a JSON-able report (see module docstring).
 
     ``workers`` > 1 runs cases in that many processes (``threads`` each, default 1).
+    ``classifier_path``: validate the cascade U-Net + candidate classifier; the
+    thresholds then apply to the classifier's probability.
     """
     if not refs:
         raise ValueError("validation needs at least one case")
@@ -229,7 +260,11 @@ def validate_model(
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(str(model_path), threads or 1),
+            initargs=(
+                str(model_path),
+                threads or 1,
+                str(classifier_path) if classifier_path is not None else None,
+            ),
         ) as pool:
             jobs = [
                 pool.submit(_worker_case, ref, tuple(thresholds), rule, overlap, save)
@@ -241,8 +276,21 @@ def validate_model(
             results = [j.result() for j in jobs]
     else:
         model = OnnxModel.load(model_path, device="cpu", threads=threads)
+        classifier = (
+            OnnxModel.load(classifier_path, device="cpu", threads=threads)
+            if classifier_path is not None
+            else None
+        )
         results = [
-            evaluate_case(ref, model, thresholds, rule=rule, overlap=overlap, save_dir=save)
+            evaluate_case(
+                ref,
+                model,
+                thresholds,
+                rule=rule,
+                overlap=overlap,
+                save_dir=save,
+                classifier=classifier,
+            )
             for ref in (progress(refs) if progress else refs)
         ]
     per_threshold: dict[float, dict[str, Any]] = {}

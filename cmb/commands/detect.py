@@ -52,6 +52,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="parcellation ONNX model (default: shipped)",
     )
+    p.add_argument(
+        "--classifier",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="candidate classifier (second stage): auto runs the installed one behind the "
+        "U-Net it was trained for, on runs it behind any U-Net, off skips it",
+    )
+    p.add_argument(
+        "--classifier-model",
+        type=Path,
+        default=None,
+        help="candidate classifier ONNX model (default: shipped)",
+    )
+    p.add_argument(
+        "--classifier-threshold",
+        type=float,
+        default=None,
+        help="classifier probability below which a candidate is rejected "
+        "(default: the one stored in the classifier)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -74,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
             outputs=outputs,
             location=args.location,
             parcellation_model_path=args.parcellation_model,
+            classifier=args.classifier,
+            classifier_model_path=args.classifier_model,
+            classifier_threshold=args.classifier_threshold,
         )
     except ValueError as e:
         raise InputError(str(e)) from e

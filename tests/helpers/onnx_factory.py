@@ -14,11 +14,17 @@ predict it with scipy:
   more weakly, on the dark side of a straight bright/dark edge: phantoms for
   end-to-end tests should be dark spheres inside a bright background that
   fills the volume.
+* ``cmb_candidate_classification``: one convolution as large as the cube
+  (``[N, 1, 1, 1, 1]`` out) comparing the cube's mean with the mean of its
+  central 3x3x3 voxels, ``sigmoid(gain * (mean(cube) - mean(centre)) + bias)``:
+  a candidate on a dark blob scores high, one in a uniform region
+  ``sigmoid(bias)``.  The model has the extra key ``cmb.candidate_threshold``.
 * ``parcellation``: a 1x1x1 convolution with C channels and softmax whose
   argmax is ``round(clip(x, 0, 1) * (C - 1))``: with ``percentile_minmax``
   normalization the label follows the intensity.
 
-``expected_probability`` / ``expected_labels`` compute the same with scipy.
+``expected_probability`` / ``expected_labels`` / ``expected_classifier_score``
+compute the same with scipy/numpy.
 """
 
 from __future__ import annotations
@@ -137,6 +143,37 @@ def _segmentation_graph(
     return nodes, inits, int(weights.shape[0])
 
 
+def classifier_kernel(patch_size: Sequence[int], gain: float) -> npt.NDArray[np.float32]:
+    """Weights of the classifier test model: gain * (mean of cube - mean of central 3^3)."""
+    size = tuple(int(p) for p in patch_size)
+    kernel = np.full(size, 1.0 / float(np.prod(size)), dtype=np.float64)
+    centre = tuple(slice(n // 2 - 1, n // 2 + 2) for n in size)
+    kernel[centre] -= 1.0 / 27.0
+    return (gain * kernel).astype(np.float32)
+
+
+def expected_classifier_score(
+    cube: npt.NDArray[Any], gain: float = DEFAULT_GAIN, bias: float = DEFAULT_BIAS
+) -> float:
+    """What the classifier test model gives for one normalized cube."""
+    logit = float((classifier_kernel(cube.shape, gain) * cube).sum()) + bias
+    return float(_sigmoid(np.asarray(logit)))
+
+
+def _classifier_graph(
+    patch_size: Sequence[int], gain: float, bias: float
+) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    inits = [
+        numpy_helper.from_array(classifier_kernel(patch_size, gain)[None, None], "W"),
+        numpy_helper.from_array(np.array([bias], dtype=np.float32), "B"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "W", "B"], ["conv"]),
+        helper.make_node("Sigmoid", ["conv"], ["probability"]),
+    ]
+    return nodes, inits
+
+
 def _parcellation_graph(
     n_labels: int, slope: float
 ) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
@@ -187,7 +224,7 @@ def make_test_model(
     if normalization is None:
         normalization = (
             DEFAULT_NORMALIZATION
-            if task == "cmb_segmentation"
+            if task in ("cmb_segmentation", "cmb_candidate_classification")
             else {"method": "percentile_minmax", "lower": 0.0, "upper": 100.0, "mask": "all"}
         )
     if task == "cmb_segmentation":
@@ -206,6 +243,13 @@ def make_test_model(
         nodes, inits = _parcellation_graph(len(labels), slope=50.0)
         channels = len(labels)
         out_name = "probability"
+    elif task == "cmb_candidate_classification":
+        labels = labels or {0: "not_cmb", 1: "cmb"}
+        output = "sigmoid"
+        nodes, inits = _classifier_graph(patch_size, gain, bias)
+        channels = 1
+        out_name = "probability"
+        metadata = {"cmb.candidate_threshold": "0.3", **(metadata or {})}
     else:
         raise ValueError(f"unknown task {task!r}")
     graph = helper.make_graph(

@@ -1,0 +1,119 @@
+"""`cmb classifier harvest|train|export`: the candidate classifier (second stage, needs `training`).
+
+harvest: run the U-Net on dataset folders and keep each candidate (and each
+missed true CMB) as a labelled cube; train: fit the classifier on harvested
+folders; export: write the ONNX file, validated as a cascade with the U-Net
+on held-out dataset folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "classifier",
+        help="candidate classifier (false-positive reduction): harvest, train, export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="classifier_command", required=True)
+
+    h = sub.add_parser("harvest", help="labelled candidate cubes of dataset folders")
+    h.add_argument("--data", nargs="+", required=True, type=Path, metavar="DIR")
+    h.add_argument("--out", required=True, type=Path, help="folder of <case_id>.npz")
+    h.add_argument("--unet", type=Path, default=None, help="U-Net ONNX (default: shipped)")
+    h.add_argument("--candidate-threshold", type=float, default=0.3)
+    h.add_argument("--overlap", type=float, default=0.0, help="sliding-window overlap")
+    h.add_argument("--workers", type=int, default=1)
+    h.set_defaults(func=run_harvest)
+
+    t = sub.add_parser("train", help="train on harvested folders")
+    t.add_argument("--train", nargs="+", required=True, metavar="DIR")
+    t.add_argument("--val", nargs="+", required=True, metavar="DIR")
+    t.add_argument("--out", required=True, type=Path)
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--steps", type=int, default=200, help="steps per epoch")
+    t.add_argument("--candidate-threshold", type=float, default=0.3)
+    t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=run_train)
+
+    e = sub.add_parser("export", help="ONNX export, validated as a cascade")
+    e.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
+    e.add_argument("--out", required=True, type=Path)
+    e.add_argument("--unet", type=Path, default=None, help="U-Net ONNX (default: shipped)")
+    e.add_argument("--val-data", nargs="+", default=(), metavar="DIR")
+    e.add_argument("--overlap", type=float, default=0.0)
+    e.add_argument("--workers", type=int, default=1)
+    e.add_argument("--threads", type=int, default=None)
+    e.add_argument("--predictions", type=Path, default=None, metavar="DIR")
+    e.add_argument("--metrics-json", type=Path, default=None)
+    e.set_defaults(func=run_export)
+
+
+def _training() -> None:
+    from model.errors import InputError
+
+    try:
+        import torch  # noqa: F401
+    except ImportError as err:
+        raise InputError(
+            f"cmb classifier needs the `training` extra: pip install '.[training]' ({err})"
+        ) from err
+
+
+def run_harvest(args: argparse.Namespace) -> int:
+    _training()
+    from model.onnx_model import default_model_path
+    from training.classifier.harvest import harvest
+
+    n = harvest(
+        args.data,
+        args.unet or default_model_path(),
+        args.out,
+        candidate_threshold=args.candidate_threshold,
+        overlap=args.overlap,
+        workers=args.workers,
+    )
+    print(f"harvested {n} case(s) into {args.out}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    _training()
+    from training.classifier.train import ClassifierConfig, train
+
+    config = ClassifierConfig(
+        train=[str(d) for d in args.train],
+        val=[str(d) for d in args.val],
+        epochs=args.epochs,
+        steps_per_epoch=args.steps,
+        candidate_threshold=args.candidate_threshold,
+        threads=args.threads,
+        seed=args.seed,
+    )
+    print(json.dumps(train(config, args.out), indent=1))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    _training()
+    from training.classifier.export import export_classifier
+
+    path = export_classifier(
+        args.checkpoint,
+        args.out,
+        unet_path=args.unet,
+        val_dirs=args.val_data,
+        overlap=args.overlap,
+        workers=args.workers,
+        threads=args.threads,
+        predictions_dir=args.predictions,
+        metrics_json=args.metrics_json,
+    )
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,127 @@
+"""Second stage: a small 3D CNN scores each U-Net candidate (false-positive reduction).
+
+The U-Net finds nearly every large microbleed at a low threshold but also
+dozens of veins, calcifications and artefacts per scan.  Like the cascade of
+Dou et al. (IEEE TMI 2016, the paper of the public DOU set), a second network
+looks at a small cube centred on each candidate and gives the probability that
+it is a microbleed.  The pipeline then:
+
+1. extracts candidates from the U-Net map at the classifier's
+   ``cmb.candidate_threshold`` (lower than a stand-alone U-Net threshold, so the
+   cascade's recall ceiling is high);
+2. resamples and normalizes the volume with the classifier's own plan
+   (``model.preprocess.prepare``, the code training uses), cuts a
+   ``cmb.patch_size`` cube around each candidate centre;
+3. stores the U-Net maximum as ``Detection.unet_probability`` and the
+   classifier's output as ``Detection.probability`` (the confidence every
+   output reports), and rejects candidates below ``cmb.threshold`` with the
+   reason ``classifier``.
+
+The model file is an ordinary ONNX model of this project's format
+(``docs/model-format.md``) with ``cmb.task = "cmb_candidate_classification"``
+and a ``[N, 1, 1, 1, 1]`` output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from model.errors import ModelError
+from model.onnx_model import OnnxModel
+from model.preprocess import prepare
+from model.types import Detection, Volume
+
+TASK = "cmb_candidate_classification"
+#: ``Detection.reject_reason`` of candidates the classifier scores below its threshold.
+REJECT_REASON = "classifier"
+#: Metadata key (``cmb.`` prefix) of the U-Net threshold the cascade extracts candidates at.
+CANDIDATE_THRESHOLD_KEY = "candidate_threshold"
+
+
+def candidate_threshold(model: OnnxModel) -> float:
+    """The U-Net threshold at which candidates are extracted for this classifier."""
+    raw = model.metadata.extra.get(CANDIDATE_THRESHOLD_KEY)
+    if raw is None:
+        raise ModelError(f"classifier {model.info.name} lacks cmb.{CANDIDATE_THRESHOLD_KEY}")
+    try:
+        value = float(raw)
+    except ValueError as e:
+        raise ModelError(
+            f"classifier {model.info.name}: cmb.{CANDIDATE_THRESHOLD_KEY} is not a number"
+        ) from e
+    if not 0.0 < value < 1.0:
+        raise ModelError(
+            f"classifier {model.info.name}: cmb.{CANDIDATE_THRESHOLD_KEY} {value} not in (0, 1)"
+        )
+    return value
+
+
+def extract_patches(
+    prepared: Volume, centres_lps_mm: npt.ArrayLike, size: Sequence[int]
+) -> npt.NDArray[np.float32]:
+    """Cubes of ``size`` voxels of ``prepared`` centred on each LPS point: ``[N, 1, *size]``.
+
+    The centre voxel of a cube is the one nearest to the point (for an even
+    size, the point falls between the two middle voxels, rounded down).
+    Outside the volume the cube holds the volume's minimum (air after
+    normalization).
+    """
+    centres = np.asarray(centres_lps_mm, dtype=np.float64).reshape(-1, 3)
+    shape = np.asarray(size, dtype=np.int64)
+    if shape.shape != (3,) or np.any(shape < 1):
+        raise ValueError(f"patch size must be 3 positive integers, got {size}")
+    out = np.empty((centres.shape[0], 1, *shape.tolist()), dtype=np.float32)
+    if centres.shape[0] == 0:
+        return out
+    array = np.asarray(prepared.array, dtype=np.float32)
+    pad = int(shape.max())
+    padded = np.pad(array, pad, mode="constant", constant_values=float(array.min()))
+    index = np.rint(prepared.lps_to_index(centres)).astype(np.int64)
+    # keep far-away points inside the padded array (their cube is all background)
+    start = np.clip(index - shape // 2 + pad, 0, np.asarray(padded.shape) - shape)
+    for n, (k, j, i) in enumerate(start):
+        out[n, 0] = padded[k : k + shape[0], j : j + shape[1], i : i + shape[2]]
+    return out
+
+
+def score_patches(
+    model: OnnxModel, patches: npt.NDArray[np.float32], *, batch_size: int = 64
+) -> npt.NDArray[np.float32]:
+    """Classifier probability of each ``[N, 1, D, H, W]`` patch: ``[N]``."""
+    if model.metadata.task != TASK:
+        raise ModelError(f"model {model.info.name} is a {model.metadata.task} model, not {TASK}")
+    scores = [
+        model.run(patches[n : n + batch_size]).reshape(-1)
+        for n in range(0, patches.shape[0], batch_size)
+    ]
+    return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
+
+
+def classify_candidates(
+    volume: Volume,
+    detections: list[Detection],
+    model: OnnxModel,
+    *,
+    threshold: float | None = None,
+) -> None:
+    """Score ``detections`` (in place) and reject those below ``threshold``.
+
+    ``threshold`` defaults to the classifier's ``cmb.threshold``.  Candidates
+    already rejected keep their first reason but get a score too.
+    """
+    if not detections:
+        return
+    cut = model.metadata.threshold if threshold is None else threshold
+    prepared = prepare(volume, model.metadata)
+    patches = extract_patches(
+        prepared, [d.center_lps_mm for d in detections], model.metadata.patch_size
+    )
+    scores = score_patches(model, patches)
+    for det, score in zip(detections, scores, strict=True):
+        det.unet_probability = det.probability
+        det.probability = float(np.clip(score, 0.0, 1.0))
+        if det.kept and det.probability < cut:
+            det.reject(REJECT_REASON)

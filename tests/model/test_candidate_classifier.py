@@ -1,0 +1,173 @@
+"""The candidate classifier stage: cubes around candidates, scores, rejections, the pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.candidate_classifier import (
+    REJECT_REASON,
+    candidate_threshold,
+    classify_candidates,
+    extract_patches,
+    score_patches,
+)
+from model.errors import InputError, ModelError
+from model.onnx_model import OnnxModel
+from model.pipeline import PipelineOptions, load_classifier, process
+from model.preprocess import prepare
+from model.series_writer import StudyMeta, write_series
+from model.types import Detection, DetectionStatus, Volume
+from tests.helpers.onnx_factory import (
+    expected_classifier_score,
+    make_test_model,
+    oblique_affine,
+    sphere_phantom,
+)
+
+PATCH = (12, 12, 12)
+
+
+def _detection(n: int, centre: np.ndarray, probability: float = 0.6) -> Detection:
+    return Detection(
+        id=n,
+        center_lps_mm=(float(centre[0]), float(centre[1]), float(centre[2])),
+        diameter_mm=3.0,
+        volume_mm3=14.0,
+        probability=probability,
+    )
+
+
+def test_patches_are_centred_on_the_nearest_voxel_of_an_oblique_grid() -> None:
+    affine = oblique_affine(spacing=(1.5, 0.8, 0.8))
+    array = np.arange(20 * 22 * 24, dtype=np.float32).reshape(20, 22, 24)
+    volume = Volume(array, affine)
+    points = [(5, 6, 7), (10, 11, 12)]
+    lps = volume.index_to_lps(np.asarray(points, dtype=float) + 0.3)  # off-grid: rounds down
+    cubes = extract_patches(volume, lps, (5, 6, 7))
+    assert cubes.shape == (2, 1, 5, 6, 7)
+    for cube, (k, j, i) in zip(cubes, points, strict=True):
+        assert cube[0, 2, 3, 3] == array[k, j, i]
+        np.testing.assert_array_equal(cube[0], array[k - 2 : k + 3, j - 3 : j + 3, i - 3 : i + 4])
+
+
+def test_patches_outside_the_volume_hold_its_minimum() -> None:
+    array = np.full((10, 10, 10), 5.0, dtype=np.float32)
+    array[0, 0, 0] = -3.0
+    volume = Volume(array, np.eye(4))
+    cubes = extract_patches(volume, [(0.0, 0.0, 0.0), (500.0, -900.0, 40.0)], (4, 4, 4))
+    corner = cubes[0, 0]
+    np.testing.assert_array_equal(corner[:2], -3.0)  # slices -2 and -1: outside
+    np.testing.assert_array_equal(corner[2:, 2:, 2:], array[:2, :2, :2])  # (0,0,0) at the centre
+    np.testing.assert_array_equal(cubes[1], -3.0)
+    assert extract_patches(volume, np.zeros((0, 3)), (4, 4, 4)).shape == (0, 1, 4, 4, 4)
+    with pytest.raises(ValueError, match="patch size"):
+        extract_patches(volume, [(0.0, 0.0, 0.0)], (4, 0, 4))
+
+
+def test_classifier_scores_blobs_high_and_rejects_uniform_tissue(tmp_path: Path) -> None:
+    affine = oblique_affine(spacing=(1.0, 1.0, 1.0))
+    blob = affine[:3, :3] @ np.array([15.0, 16.0, 14.0]) + affine[:3, 3]
+    flat = affine[:3, :3] @ np.array([30.0, 30.0, 30.0]) + affine[:3, 3]
+    volume = sphere_phantom((40, 40, 40), affine, [blob], [2.5], noise=0.0)
+    path = make_test_model(
+        tmp_path / "classifier.onnx",
+        task="cmb_candidate_classification",
+        patch_size=PATCH,
+        threshold=0.5,
+    )
+    model = OnnxModel.load(path, device="cpu")
+    assert candidate_threshold(model) == pytest.approx(0.3)
+    detections = [_detection(1, blob, 0.9), _detection(2, flat, 0.7)]
+    classify_candidates(volume, detections, model)
+
+    prepared = prepare(volume, model.metadata)
+    cubes = extract_patches(prepared, [blob, flat], PATCH)
+    expected = [expected_classifier_score(c[0]) for c in cubes]
+    assert [d.probability for d in detections] == pytest.approx(expected, abs=1e-5)
+    assert expected[0] > 0.5 > expected[1]
+    assert [d.unet_probability for d in detections] == [0.9, 0.7]
+    assert detections[0].kept
+    assert detections[1].status is DetectionStatus.REJECTED
+    assert detections[1].reject_reason == REJECT_REASON
+    assert detections[1].to_json()["unet_probability"] == 0.7
+
+
+def test_classifier_refuses_other_models_and_bad_metadata(tmp_path: Path) -> None:
+    seg = OnnxModel.load(make_test_model(tmp_path / "seg.onnx"), device="cpu")
+    with pytest.raises(ModelError, match="not cmb_candidate_classification"):
+        score_patches(seg, np.zeros((1, 1, 12, 12, 12), np.float32))
+    bare = make_test_model(
+        tmp_path / "bare.onnx",
+        task="cmb_candidate_classification",
+        patch_size=PATCH,
+        metadata={"cmb.candidate_threshold": "1.5"},
+    )
+    with pytest.raises(ModelError, match="not in"):
+        candidate_threshold(OnnxModel.load(bare, device="cpu"))
+
+
+def _study(tmp_path: Path) -> tuple[Path, list[np.ndarray]]:
+    affine = oblique_affine(spacing=(1.0, 1.0, 1.0))
+    centres = [
+        affine[:3, :3] @ np.array(c, float) + affine[:3, 3] for c in ((12, 14, 15), (26, 24, 25))
+    ]
+    volume = sphere_phantom((40, 40, 40), affine, centres, [2.0, 2.0], noise=1.0)
+    write_series(volume, tmp_path / "study", study=StudyMeta.synthetic(7), flavour="siemens_swi")
+    return tmp_path / "study", centres
+
+
+def test_pipeline_runs_the_classifier_when_asked(tmp_path: Path) -> None:
+    study, _ = _study(tmp_path)
+    unet = make_test_model(tmp_path / "unet.onnx")
+    classifier = make_test_model(
+        tmp_path / "classifier.onnx", task="cmb_candidate_classification", patch_size=PATCH
+    )
+    common = {"model_path": unet, "outputs": (), "location": "off"}
+    (plain,) = process([study], tmp_path / "plain", PipelineOptions(**common, classifier="off"))
+    (cascade,) = process(
+        [study],
+        tmp_path / "cascade",
+        PipelineOptions(**common, classifier="on", classifier_model_path=classifier),
+    )
+    doc = json.loads(cascade.files["detections"].read_text())
+    info = doc["candidate_classifier"]
+    assert info["applied"] is True and info["candidate_threshold"] == pytest.approx(0.3)
+    assert info["rejected"] == sum(d["reject_reason"] == "classifier" for d in doc["detections"])
+    assert all(d["unet_probability"] is not None for d in doc["detections"])
+    # the two spheres survive the classifier; the plain run does not record one
+    assert len(cascade.result.kept) == len(plain.result.kept) == 2
+    assert json.loads(plain.files["detections"].read_text())["candidate_classifier"] == {
+        "applied": False,
+        "reason": "switched off by the user",
+    }
+
+
+def test_auto_runs_a_classifier_only_behind_its_own_unet(tmp_path: Path) -> None:
+    unet_path = make_test_model(tmp_path / "unet.onnx")
+    unet = OnnxModel.load(unet_path, device="cpu")
+    other = make_test_model(
+        tmp_path / "other.onnx", task="cmb_candidate_classification", patch_size=PATCH
+    )
+    ours = make_test_model(
+        tmp_path / "ours.onnx",
+        task="cmb_candidate_classification",
+        patch_size=PATCH,
+        metadata={"cmb.unet": f"test 0 sha256:{unet.info.sha256}"},
+    )
+    model, why = load_classifier(PipelineOptions(classifier_model_path=other), unet)
+    assert model is None and "another U-Net" in why
+    model, _ = load_classifier(PipelineOptions(classifier_model_path=ours), unet)
+    assert model is not None and model.path == ours
+    model, why = load_classifier(
+        PipelineOptions(classifier_model_path=tmp_path / "missing.onnx"), unet
+    )
+    assert model is None and "no classifier model" in why
+    with pytest.raises(InputError, match="no classifier model"):
+        load_classifier(
+            PipelineOptions(classifier="on", classifier_model_path=tmp_path / "missing.onnx"),
+            unet,
+        )

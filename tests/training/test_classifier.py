@@ -1,0 +1,133 @@
+"""Candidate classifier: harvest labels, training, export validated as a cascade, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.candidate_classifier import TASK, candidate_threshold
+from model.onnx_model import OnnxModel
+from tests.helpers.onnx_factory import make_test_model
+from tests.helpers.tiny_cmb_layout import TinyCase, make_case
+from training.classifier.harvest import harvest, harvest_case
+from training.classifier.network import CandidateClassifier
+from training.classifier.train import ClassifierConfig, Pool, augment, recall_at_fp
+from training.data import list_cases
+from training.datasets.layout import finalize, write_case
+
+
+@pytest.fixture(scope="module")
+def unet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # gain 20: the tiny cases' spheres reach ~1 after z-scoring with the air around the head
+    return make_test_model(tmp_path_factory.mktemp("unet") / "unet.onnx", gain=20.0)
+
+
+def _layout_with_mimics(out: Path, split: str, seed0: int) -> Path:
+    """Tiny cases with three dark spheres of which the truth lists two: one mimic each."""
+    for n in range(3):
+        case = make_case(seed0 + n, 3, split)
+        mimic = case.record["cmbs"].pop()
+        labels = np.where(case.labels.array == mimic["label"], 0, case.labels.array)
+        write_case(
+            out, TinyCase(case.case_id, case.image, case.labels.with_array(labels), case.record)
+        )
+    finalize(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return (
+        _layout_with_mimics(root / "train", "train", 0),
+        _layout_with_mimics(root / "val", "val", 50),
+    )
+
+
+def test_harvest_labels_candidates_by_the_evaluation_rule(
+    unet: Path, layouts: tuple[Path, Path]
+) -> None:
+    ref = list_cases([layouts[0]])[0]  # three dark spheres, two of them CMBs
+    arrays = harvest_case(ref, OnnxModel.load(unet, device="cpu"), candidate_threshold=0.5)
+    n = len(arrays["label"])
+    assert arrays["patches"].shape == (n, 32, 32, 32)
+    assert int(arrays["n_truth"]) == 2
+    # every true CMB is a positive row exactly once: matched candidate or added truth
+    positives = arrays["truth_index"][arrays["label"] == 1]
+    assert sorted(positives.tolist()) == [0, 1]
+    added = ~arrays["is_candidate"]
+    assert np.all(arrays["label"][added] == 1)
+    assert np.all(np.isnan(arrays["unet_probability"][added]))
+    assert np.all(arrays["unet_probability"][arrays["is_candidate"]] >= 0.5)
+    assert (arrays["label"][arrays["is_candidate"]] == 0).sum() >= 1  # the mimic
+    # the centre of a positive cube is dark (a sphere), the cube's rim is tissue
+    cube = arrays["patches"][arrays["label"] == 1][0].astype(np.float32)
+    assert cube[16, 16, 16] < cube[:, :, :4].mean()
+
+
+def test_recall_at_fp_picks_the_lowest_cut_within_the_limit() -> None:
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5], np.float32)
+    label = np.array([1, 0, 1, 0, 1], np.uint8)
+    # 2 scans, 0.5 FP/scan -> at most 1 FP: the top 3 rows (2 TP, 1 FP)
+    recall, fps, threshold = recall_at_fp(scores, label, n_truth=4, n_scans=2, max_fp_per_scan=0.5)
+    assert (recall, fps, threshold) == (0.5, 0.5, pytest.approx(0.7))
+
+
+def test_augment_keeps_shape_and_changes_patches() -> None:
+    rng = np.random.default_rng(0)
+    patches = rng.normal(size=(4, 32, 32, 32)).astype(np.float16)
+    out = augment(patches, rng, 24, 3)
+    assert out.shape == (4, 24, 24, 24) and out.dtype == np.float32
+    assert not np.allclose(out, patches[:, 4:28, 4:28, 4:28].astype(np.float32))
+
+
+def test_train_export_and_cascade_validation_through_the_cli(
+    unet: Path, layouts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from cmb.cli import main
+
+    train_dir, val_dir = layouts
+    h_train, h_val = tmp_path / "h_train", tmp_path / "h_val"
+    common = ["--unet", str(unet), "--candidate-threshold", "0.5"]
+    assert (
+        main(["classifier", "harvest", "--data", str(train_dir), "--out", str(h_train), *common])
+        == 0
+    )
+    assert harvest([val_dir], unet, h_val, candidate_threshold=0.5) == 3
+    assert harvest([val_dir], unet, h_val, candidate_threshold=0.5) == 0  # resumes: all done
+    run = tmp_path / "run"
+    args = ["classifier", "train", "--train", str(h_train), "--val", str(h_val), "--out", str(run)]
+    assert main([*args, "--epochs", "2", "--steps", "3", "--candidate-threshold", "0.5"]) == 0
+    best = json.loads((run / "best.json").read_text())
+    assert best["epoch"] in (1, 2) and best["val_cases"] == 3
+    assert len((run / "log.csv").read_text().splitlines()) == 3
+
+    out = tmp_path / "classifier.onnx"
+    export = ["classifier", "export", str(run / "best.pt"), "--out", str(out)]
+    assert main([*export, "--unet", str(unet), "--val-data", str(val_dir)]) == 0
+    model = OnnxModel.load(out, device="cpu")
+    assert model.metadata.task == TASK
+    assert model.metadata.patch_size == (24, 24, 24)
+    assert candidate_threshold(model) == 0.5
+    unet_model = OnnxModel.load(unet, device="cpu")
+    assert model.metadata.normalization == unet_model.metadata.normalization
+    assert f"sha256:{unet_model.info.sha256}" in model.metadata.extra["unet"]
+    report = json.loads(out.with_suffix(".metrics.json").read_text())
+    assert report["threshold"] == model.metadata.threshold
+    assert report["validation"]["summary"]["scans"] == 3
+    assert model.metadata.metrics == report["validation"]["summary"]
+
+    # ONNX Runtime and torch agree on the exported network
+    state = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
+    config = ClassifierConfig(**state["config"])
+    net = CandidateClassifier(config.features, config.dropout).eval()
+    net.load_state_dict(state["state_dict"])
+    x = np.random.default_rng(2).normal(size=(3, 1, 24, 24, 24)).astype(np.float32)
+    with torch.no_grad():
+        expected = torch.sigmoid(net(torch.from_numpy(x))).numpy()
+    assert float(np.abs(model.run(x) - expected).max()) <= 1e-4
+    assert len(Pool.load([str(h_train)]).case_ids) == 3

@@ -1,0 +1,134 @@
+"""Export a classifier checkpoint to ONNX, validated as a cascade with the U-Net.
+
+The exported file carries the U-Net's plan (spacing and normalization: the
+classifier's patches are cut from the same prepared volume), its own cube
+size, the U-Net threshold its candidates are extracted at
+(``cmb.candidate_threshold``) and the classifier threshold chosen on the
+held-out set: the highest recall of the cascade at no more than
+``max_fp_per_scan`` false positives per scan (``training.validate``, the
+product's inference path on every validation case).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.candidate_classifier import CANDIDATE_THRESHOLD_KEY, TASK
+from model.onnx_model import ModelMetadata, OnnxModel, default_model_path
+from training.classifier.network import CandidateClassifier
+from training.classifier.train import ClassifierConfig
+from training.export import set_metadata, write_onnx
+from training.network import ProbabilityHead
+
+DEFAULT_THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
+
+
+def _metadata(
+    config: ClassifierConfig,
+    unet: OnnxModel,
+    threshold: float,
+    metrics: dict[str, Any] | None,
+    trained_on: str | None,
+    provenance: dict[str, Any],
+) -> ModelMetadata:
+    plan = unet.metadata
+    return ModelMetadata(
+        name=config.name,
+        version=config.version,
+        task=TASK,
+        spacing_mm=plan.spacing_mm,
+        patch_size=(config.patch,) * 3,
+        normalization=dict(plan.normalization),
+        output="sigmoid",
+        threshold=float(threshold),
+        labels={0: "not_cmb", 1: "cmb"},
+        metrics=metrics,
+        trained_on=trained_on,
+        description="3D CNN that re-scores U-Net candidates (microbleed vs mimic)",
+        extra={
+            CANDIDATE_THRESHOLD_KEY: repr(float(config.candidate_threshold)),
+            "unet": f"{plan.name} {plan.version} sha256:{unet.info.sha256}",
+            **{k: str(v) for k, v in provenance.items()},
+        },
+    )
+
+
+def export_classifier(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    unet_path: str | Path | None = None,
+    val_dirs: Sequence[str | Path] = (),
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    max_fp_per_scan: float = 0.5,
+    overlap: float = 0.0,
+    workers: int = 1,
+    threads: int | None = None,
+    predictions_dir: str | Path | None = None,
+    metrics_json: str | Path | None = None,
+) -> Path:
+    """Write the ONNX file; with ``val_dirs``, validate the cascade and embed the result."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    config = ClassifierConfig(**state["config"])
+    net = CandidateClassifier(config.features, config.dropout)
+    net.load_state_dict(state["state_dict"])
+    unet_file = Path(unet_path) if unet_path is not None else default_model_path()
+    unet = OnnxModel.load(unet_file, device="cpu")
+    provenance = {
+        "hardware": f"CPU {platform.machine()}, {config.threads} torch threads, "
+        f"torch {torch.__version__}",
+        "training_wall_s": state.get("training_wall_s"),
+        "epoch": state.get("epoch"),
+    }
+    provenance = {k: v for k, v in provenance.items() if v is not None}
+    trained_on = f"{len(config.train)} harvest folder(s): {', '.join(config.train)}"
+    chosen = float(state.get("threshold", 0.5))
+    path = write_onnx(
+        ProbabilityHead(net.eval()),
+        _metadata(config, unet, chosen, None, trained_on, provenance),
+        out,
+        example_size=(config.patch,) * 3,
+        producer="cmb-detect training.classifier",
+    )
+    val: dict[str, Any] = {}
+    if val_dirs:
+        from training.data import list_cases
+        from training.validate import validate_model
+
+        val = validate_model(
+            unet_file,
+            list_cases(val_dirs),
+            tuple(thresholds),
+            max_fp_per_scan=max_fp_per_scan,
+            overlap=overlap,
+            save_dir=predictions_dir,
+            threads=threads,
+            workers=workers,
+            classifier_path=path,
+        )
+        val["data"] = [str(d) for d in val_dirs]
+        chosen = float(val["threshold"])
+        set_metadata(path, _metadata(config, unet, chosen, val["summary"], trained_on, provenance))
+    report = Path(metrics_json) if metrics_json else path.with_suffix(".metrics.json")
+    report.write_text(
+        json.dumps(
+            {
+                "model": path.name,
+                "unet": unet_file.name,
+                "threshold": chosen,
+                "candidate_threshold": config.candidate_threshold,
+                "config": state["config"],
+                "provenance": provenance,
+                "validation": val,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+    )
+    return path

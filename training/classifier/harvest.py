@@ -1,0 +1,129 @@
+"""Harvest the U-Net's candidates of a dataset as labelled patches for the classifier.
+
+For each case the product's own path runs (``predict_probability`` on the
+ONNX U-Net, ``extract_candidates`` at a low threshold); each candidate is
+labelled by the evaluation package's matching rule (a microbleed when it
+matches a true CMB, else a false positive: the veins, calcifications and
+artefacts the classifier must learn to reject).  True CMBs the U-Net missed
+are added as positives centred on the truth, so the classifier also learns
+the faint ones.  Patches are cut by ``model.candidate_classifier.extract_patches``
+on the U-Net's plan (spacing, normalization), the grid the runtime uses.
+
+One ``<case_id>.npz`` per case (float16 patches, labels, U-Net maxima, LPS
+centres, whether a row is a candidate or an added truth): a case already
+harvested is skipped, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.cases import PredCMB, TruthCMB
+from evaluation.matching import MatchRule, match_case
+from model.candidate_classifier import extract_patches
+from model.candidates import extract_candidates
+from model.infer import predict_probability
+from model.onnx_model import OnnxModel
+from model.preprocess import prepare
+from training.data import CaseRef, list_cases, load_volumes
+
+log = logging.getLogger(__name__)
+
+#: Harvested cube edge (voxels): larger than the classifier's input so training can shift it.
+HARVEST_SIZE = 32
+
+
+def truth_of(ref: CaseRef) -> list[TruthCMB]:
+    return [
+        TruthCMB.from_json(c, f"{ref.case_id}.cmbs[{n}]")
+        for n, c in enumerate(ref.record.get("cmbs") or [])
+    ]
+
+
+def harvest_case(
+    ref: CaseRef,
+    unet: OnnxModel,
+    *,
+    candidate_threshold: float,
+    overlap: float = 0.0,
+    rule: MatchRule | None = None,
+    size: int = HARVEST_SIZE,
+) -> dict[str, np.ndarray]:
+    """The labelled candidate patches of one case (arrays of one ``.npz``)."""
+    image, _ = load_volumes(ref)
+    probability = predict_probability(image, unet, overlap=overlap)
+    _, detections = extract_candidates(probability, candidate_threshold)
+    truth = truth_of(ref)
+    preds = [PredCMB.from_detection(d) for d in detections]
+    match = match_case(truth, preds, rule or MatchRule(), case_id=ref.case_id)
+    by_pred = match.truth_for_pred()
+    found = set(match.pred_for_truth())
+    centres = [d.center_lps_mm for d in detections]
+    label = [int(n in by_pred) for n in range(len(detections))]
+    truth_index = [by_pred[n].truth_index if n in by_pred else -1 for n in range(len(detections))]
+    unet_prob = [d.probability for d in detections]
+    added = [n for n in range(len(truth)) if n not in found]
+    centres += [truth[n].center_lps_mm for n in added]
+    label += [1] * len(added)
+    truth_index += added
+    unet_prob += [float("nan")] * len(added)
+    prepared = prepare(image, unet.metadata)
+    patches = extract_patches(prepared, np.asarray(centres).reshape(-1, 3), (size,) * 3)
+    return {
+        "patches": patches[:, 0].astype(np.float16),
+        "label": np.asarray(label, dtype=np.uint8),
+        "truth_index": np.asarray(truth_index, dtype=np.int32),
+        "unet_probability": np.asarray(unet_prob, dtype=np.float32),
+        "is_candidate": np.asarray([True] * len(detections) + [False] * len(added)),
+        "center_lps_mm": np.asarray(centres, dtype=np.float64).reshape(-1, 3),
+        "n_truth": np.asarray(len(truth)),
+    }
+
+
+_UNET: OnnxModel | None = None
+
+
+def _init(model_path: str, threads: int) -> None:
+    global _UNET
+    _UNET = OnnxModel.load(model_path, device="cpu", threads=threads)
+
+
+def _one(ref: CaseRef, out: str, candidate_threshold: float, overlap: float) -> str:
+    if _UNET is None:
+        raise RuntimeError("harvest worker used before its model was loaded")
+    arrays = harvest_case(ref, _UNET, candidate_threshold=candidate_threshold, overlap=overlap)
+    final = Path(out) / f"{ref.case_id}.npz"
+    tmp = final.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]
+    os.replace(tmp, final)
+    return ref.case_id
+
+
+def harvest(
+    data: list[Path],
+    unet_path: Path,
+    out: Path,
+    *,
+    candidate_threshold: float = 0.3,
+    overlap: float = 0.0,
+    workers: int = 1,
+    limit: int | None = None,
+) -> int:
+    """Harvest every case of ``data`` not yet in ``out``; returns how many were written."""
+    out.mkdir(parents=True, exist_ok=True)
+    refs = [r for r in list_cases(data) if not (out / f"{r.case_id}.npz").is_file()]
+    refs = refs[:limit] if limit is not None else refs
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=max(1, workers), mp_context=ctx, initializer=_init, initargs=(str(unet_path), 1)
+    ) as pool:
+        jobs = [pool.submit(_one, r, str(out), candidate_threshold, overlap) for r in refs]
+        for n, job in enumerate(jobs, 1):
+            log.info("harvested %s (%d/%d)", job.result(), n, len(jobs))
+    return len(refs)

@@ -1,0 +1,236 @@
+"""Train the candidate classifier on harvested patches and export it to ONNX.
+
+Input: folders of ``<case_id>.npz`` written by ``training.classifier.harvest``
+(training pools and one held-out validation pool).  Batches are balanced
+(half microbleeds, half U-Net false positives, so the rare class is not
+drowned), each patch randomly shifted by up to ``shift`` voxels, flipped on
+every axis, its two in-plane axes swapped (the slice axis keeps its own blur),
+and its intensities scaled, offset and noised.  After every epoch the
+cascade is scored on the validation candidates: recall at no more than
+``max_fp_per_scan`` false positives per scan, using the labels the harvest
+gave (one-to-one matches of the evaluation package); the best epoch is kept
+and exported with the threshold that gave that recall.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from training.classifier.network import CandidateClassifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClassifierConfig:
+    name: str = "cmb_classifier"
+    version: str = "0.1.0"
+    seed: int = 0
+    patch: int = 24
+    shift: int = 3
+    features: tuple[int, ...] = (16, 32, 64)
+    dropout: float = 0.3
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    epochs: int = 20
+    steps_per_epoch: int = 200
+    batch_size: int = 32
+    candidate_threshold: float = 0.3
+    max_fp_per_scan: float = 0.5
+    threads: int = 1
+    train: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Pool:
+    """All harvested rows of some folders, in memory."""
+
+    patches: npt.NDArray[np.float16]  # [N, S, S, S]
+    label: npt.NDArray[np.uint8]
+    unet_probability: npt.NDArray[np.float32]
+    is_candidate: npt.NDArray[np.bool_]
+    case: npt.NDArray[np.int32]
+    n_truth: npt.NDArray[np.int32]  # per case
+    case_ids: list[str]
+
+    @classmethod
+    def load(cls, folders: list[str]) -> Pool:
+        parts: dict[str, list[Any]] = {k: [] for k in ("patches", "label", "unet", "cand", "case")}
+        n_truth: list[int] = []
+        ids: list[str] = []
+        for folder in folders:
+            for path in sorted(Path(folder).glob("*.npz")):
+                if path.name.endswith(".tmp.npz"):
+                    continue
+                with np.load(path) as z:
+                    parts["patches"].append(z["patches"])
+                    parts["label"].append(z["label"])
+                    parts["unet"].append(z["unet_probability"])
+                    parts["cand"].append(z["is_candidate"])
+                    parts["case"].append(np.full(len(z["label"]), len(ids), dtype=np.int32))
+                    n_truth.append(int(z["n_truth"]))
+                ids.append(path.stem)
+        if not ids:
+            raise FileNotFoundError(f"no harvested cases in {folders}")
+        return cls(
+            patches=np.concatenate(parts["patches"]),
+            label=np.concatenate(parts["label"]),
+            unet_probability=np.concatenate(parts["unet"]),
+            is_candidate=np.concatenate(parts["cand"]),
+            case=np.concatenate(parts["case"]),
+            n_truth=np.asarray(n_truth, dtype=np.int32),
+            case_ids=ids,
+        )
+
+
+def center_crop(patches: npt.NDArray[Any], size: int, offset: npt.NDArray[np.int64]) -> Any:
+    """Cubes of ``size`` from ``[N, S, S, S]``, shifted by ``offset`` [N, 3] from the centre."""
+    full = patches.shape[1]
+    start = (full - size) // 2 + offset
+    out = np.empty((patches.shape[0], size, size, size), dtype=np.float32)
+    for n, (k, j, i) in enumerate(start):
+        out[n] = patches[n, k : k + size, j : j + size, i : i + size]
+    return out
+
+
+def augment(
+    patches: npt.NDArray[Any], rng: np.random.Generator, size: int, shift: int
+) -> npt.NDArray[np.float32]:
+    n = patches.shape[0]
+    x = center_crop(patches, size, rng.integers(-shift, shift + 1, size=(n, 3)))
+    for axis in (1, 2, 3):
+        flip = rng.random(n) < 0.5
+        x[flip] = np.flip(x[flip], axis=axis)
+    swap = rng.random(n) < 0.5
+    x[swap] = np.swapaxes(x[swap], 2, 3)
+    scale = rng.uniform(0.8, 1.25, size=(n, 1, 1, 1))
+    offset = rng.normal(0.0, 0.15, size=(n, 1, 1, 1))
+    noise = rng.normal(0.0, 1.0, size=x.shape) * rng.uniform(0.0, 0.15, size=(n, 1, 1, 1))
+    return (x * scale + offset + noise).astype(np.float32)
+
+
+def recall_at_fp(
+    scores: npt.NDArray[np.float32],
+    label: npt.NDArray[np.uint8],
+    n_truth: int,
+    n_scans: int,
+    max_fp_per_scan: float,
+) -> tuple[float, float, float]:
+    """(recall, fp/scan, threshold): the lowest score cut with FP/scan <= the limit."""
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(label[order] == 1)
+    fp = np.cumsum(label[order] == 0)
+    ok = np.flatnonzero(fp / n_scans <= max_fp_per_scan)
+    if ok.size == 0 or n_truth == 0:
+        return 0.0, 0.0, 1.0
+    last = int(ok[-1])
+    # cut just above the next (excluded) score, or at the last included one
+    threshold = float(scores[order[last]])
+    return float(tp[last] / n_truth), float(fp[last] / n_scans), threshold
+
+
+def score(net: torch.nn.Module, patches: npt.NDArray[Any], size: int) -> npt.NDArray[np.float32]:
+    net.eval()
+    out = []
+    zero = np.zeros((0, 3), dtype=np.int64)
+    with torch.no_grad():
+        for n in range(0, patches.shape[0], 256):
+            chunk = patches[n : n + 256]
+            x = center_crop(chunk, size, np.resize(zero, (chunk.shape[0], 3)))
+            logits = net(torch.from_numpy(x[:, None]))
+            out.append(torch.sigmoid(logits).reshape(-1).numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def evaluate(net: torch.nn.Module, val: Pool, config: ClassifierConfig) -> dict[str, float]:
+    rows = val.is_candidate & (val.unet_probability >= config.candidate_threshold)
+    s = score(net, val.patches[rows], config.patch)
+    n_truth = int(val.n_truth.sum())
+    n_scans = len(val.case_ids)
+    recall, fps, threshold = recall_at_fp(
+        s, val.label[rows], n_truth, n_scans, config.max_fp_per_scan
+    )
+    ceiling = float(val.label[rows].sum() / max(n_truth, 1))
+    return {"recall": recall, "fp_per_scan": fps, "threshold": threshold, "ceiling": ceiling}
+
+
+def train(config: ClassifierConfig, out: Path) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    rng = np.random.default_rng(config.seed)
+    tr = Pool.load(config.train)
+    val = Pool.load(config.val)
+    pos = np.flatnonzero(tr.label == 1)
+    neg = np.flatnonzero((tr.label == 0) & (tr.unet_probability >= config.candidate_threshold))
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError(
+            f"the harvest of {config.train} has {pos.size} microbleed and {neg.size} "
+            f"non-microbleed candidates (U-Net >= {config.candidate_threshold}); both are needed"
+        )
+    log.info(
+        "train: %d cases, %d positives, %d negatives; val: %d cases",
+        len(tr.case_ids),
+        pos.size,
+        neg.size,
+        len(val.case_ids),
+    )
+    net = CandidateClassifier(config.features, config.dropout)
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total = config.epochs * config.steps_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    best: dict[str, Any] = {"recall": -1.0}
+    start = time.monotonic()
+    with (out / "log.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "loss", "recall", "fp_per_scan", "threshold", "seconds"])
+        for epoch in range(1, config.epochs + 1):
+            net.train()
+            losses = []
+            half = config.batch_size // 2
+            for _ in range(config.steps_per_epoch):
+                idx = np.concatenate([rng.choice(pos, half), rng.choice(neg, half)])
+                x = augment(tr.patches[idx], rng, config.patch, config.shift)
+                y = torch.from_numpy(tr.label[idx].astype(np.float32))
+                logits = net(torch.from_numpy(x[:, None])).reshape(-1)
+                loss = loss_fn(logits, y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(loss.item())
+            metrics = evaluate(net, val, config)
+            seconds = round(time.monotonic() - start, 1)
+            writer.writerow([epoch, np.mean(losses), *metrics.values(), seconds][:6])
+            f.flush()
+            log.info("epoch %d loss %.4f val %s (%.0f s)", epoch, np.mean(losses), metrics, seconds)
+            if metrics["recall"] > best["recall"]:
+                best = {**metrics, "epoch": epoch}
+                torch.save(
+                    {
+                        "state_dict": net.state_dict(),
+                        "config": asdict(config),
+                        "epoch": epoch,
+                        "threshold": metrics["threshold"],
+                        "training_wall_s": seconds,
+                    },
+                    out / "best.pt",
+                )
+    best["training_wall_s"] = round(time.monotonic() - start, 1)
+    best["train_cases"] = len(tr.case_ids)
+    best["val_cases"] = len(val.case_ids)
+    (out / "best.json").write_text(json.dumps(best, indent=1))
+    return best
