@@ -22,10 +22,10 @@ from service.logs import redact_values
 from service.settings import Settings
 from service.store import (
     SUPPORTED_SOP_CLASSES,
-    InstanceIds,
     NotStorableError,
     OutOfResourcesError,
     Spool,
+    parse_part10,
 )
 
 log = logging.getLogger(__name__)
@@ -166,11 +166,12 @@ class StorageSCP:
             log.error("refusing instance: %s", e)
             metrics.INSTANCES_RECEIVED.labels("dimse", "out_of_resources").inc()
             return STATUS_OUT_OF_RESOURCES
+        # The bytes as received, with a file meta: what the spool writes, and the one
+        # decode this handler does (identifiers only, not the pixel data).
+        raw = bytes(event.encoded_dataset(include_meta=True))
         try:
-            ds = event.dataset
-            ts = str(event.context.transfer_syntax)
-            ids = InstanceIds.from_dataset(ds, ts)
-        except (NotStorableError, ValueError, EOFError, KeyError, TypeError) as e:
+            ids = parse_part10(raw)
+        except NotStorableError as e:
             log.warning(
                 "cannot decode data set: %s",
                 redact_values(str(e)),  # the exception may quote a (garbled) element value
@@ -183,7 +184,6 @@ class StorageSCP:
         ):
             metrics.INSTANCES_RECEIVED.labels("dimse", "mismatch").inc()
             return STATUS_SOP_CLASS_MISMATCH
-        raw = bytes(event.encoded_dataset(include_meta=True))
         try:
             result = self.spool.store(raw, ids, source=f"dimse:{calling_ae}")
         except OutOfResourcesError as e:

@@ -3,9 +3,13 @@
 The order is the contract of the C-STORE SCP: the file is on disk (file and
 directory fsynced) and its row committed before a success status leaves; a
 crash at any point either loses an instance the sender was never told about, or
-keeps one it was.  A duplicate (same SOP Instance UID, same bytes) changes
-nothing; the same UID with different bytes replaces the file and marks the
-study changed, so it is processed again.
+keeps one it was.  The fsynced file is the durable record of a new instance: on
+SQLite its row is committed without a flush of its own (`relax_commit`), and
+`Spool.reindex`, run when a Spool is opened, records every file whose row a
+crash of the machine lost (docs/reliability.md, "Durability of ingest").  A
+duplicate (same SOP Instance UID, same bytes) changes nothing; the same UID with
+different bytes replaces the file, is committed durably, and marks the study
+changed, so it is processed again.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
+from sqlalchemy import Integer, String, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from service.db.models import Instance, Series, Study, utcnow
-from service.db.session import Database
+from service.db.models import Instance, Series, Study, UTCDateTime, utcnow
+from service.db.session import Database, relax_commit
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,52 @@ SUPPORTED_SOP_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
     "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image Storage",
 }
+
+_STUDIES: Table = Study.__table__  # type: ignore[assignment]
+_SERIES: Table = Series.__table__  # type: ignore[assignment]
+_INSTANCES: Table = Instance.__table__  # type: ignore[assignment]
+
+# The record's statements, built once: building a Core statement per C-STORE cost
+# more CPU than executing it (docs/benchmarks.md, section 3).
+_SELECT_DIGEST = select(_INSTANCES.c.sha256).where(
+    _INSTANCES.c.sop_instance_uid == bindparam("b_uid")
+)
+_TOUCH_STUDY = (
+    update(_STUDIES)
+    .where(_STUDIES.c.study_instance_uid == bindparam("b_study"))
+    .values(
+        last_received_at=bindparam("b_now", type_=UTCDateTime()),
+        dirty=True,
+        calling_ae=func.coalesce(bindparam("b_ae", type_=String()), _STUDIES.c.calling_ae),
+    )
+)
+_TOUCH_SERIES = (
+    update(_SERIES)
+    .where(_SERIES.c.series_instance_uid == bindparam("b_series"))
+    .values(
+        last_received_at=bindparam("b_now", type_=UTCDateTime()),
+        n_instances=_SERIES.c.n_instances + bindparam("b_added", type_=Integer()),
+    )
+)
+_INSERT_STUDY = insert(_STUDIES)
+_INSERT_SERIES = insert(_SERIES)
+_INSERT_INSTANCE = insert(_INSTANCES)
+_INSTANCE_COLUMNS = (
+    "sop_class_uid",
+    "series_instance_uid",
+    "study_instance_uid",
+    "transfer_syntax_uid",
+    "path",
+    "sha256",
+    "size",
+    "source",
+    "received_at",
+)
+_UPDATE_INSTANCE = (
+    update(_INSTANCES)
+    .where(_INSTANCES.c.sop_instance_uid == bindparam("b_uid"))
+    .values({c: bindparam(f"b_{c}", type_=_INSTANCES.c[c].type) for c in _INSTANCE_COLUMNS})
+)
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 #: ``.<sop>.dcm.<host>-<pid>-<uuid>.tmp``: a write in progress, and who writes it.
@@ -154,11 +205,15 @@ def _fsync_dir(path: Path) -> None:
 class Spool:
     """Writes instances under ``<spool>/<study>/<series>/<sop>.dcm`` and records them."""
 
-    def __init__(self, root: Path, db: Database, reserve_bytes: int) -> None:
+    def __init__(
+        self, root: Path, db: Database, reserve_bytes: int, *, reindex: bool = True
+    ) -> None:
         self.root = root
         self.db = db
         self.reserve_bytes = reserve_bytes
         root.mkdir(parents=True, exist_ok=True)
+        if reindex:  # before this process writes: rows a crash lost come back first
+            self.reindex()
 
     def check_space(self, incoming: int = 0) -> None:
         free = shutil.disk_usage(self.root).free
@@ -177,20 +232,36 @@ class Spool:
         )
 
     def store(self, raw: bytes, ids: InstanceIds, source: str) -> StoreResult:
-        """Write ``raw`` durably and record it; returns only once both are done."""
+        """Write ``raw`` durably and record it; returns only once both are done.
+
+        The fsynced file is the durable record of a new instance; on SQLite its
+        row is committed without waiting for the disk (`relax_commit`) and
+        rebuilt from the file by `reindex` if a crash of the machine loses it.  A
+        replacement (same UID, other bytes) is committed durably: its old row
+        would otherwise survive a crash and hide the new file from `reindex`.
+        """
         if ids.sop_class_uid not in SUPPORTED_SOP_CLASSES:
             raise NotStorableError(f"SOP class {ids.sop_class_uid} is not supported")
         digest = hashlib.sha256(raw).hexdigest()
-        with self.db.session() as s:
-            existing = s.get(Instance, ids.sop_instance_uid)
-            if existing is not None and existing.sha256 == digest:
-                return StoreResult(ids, "duplicate")
-        self.check_space(len(raw))
         path = self.path_for(ids)
+        # A row is only ever written after its file: without the file this is
+        # no resend, and the duplicate check is left to the record's transaction.
+        if path.exists() and self._recorded_digest(ids.sop_instance_uid) == digest:
+            return StoreResult(ids, "duplicate")
+        self.check_space(len(raw))
         self._write(path, raw)
+        return self._record_retrying(ids, path, digest, len(raw), source)
+
+    def _recorded_digest(self, sop_instance_uid: str) -> str | None:
+        with self.db.engine.connect() as conn:
+            return conn.execute(_SELECT_DIGEST, {"b_uid": sop_instance_uid}).scalar_one_or_none()
+
+    def _record_retrying(
+        self, ids: InstanceIds, path: Path, digest: str, size: int, source: str
+    ) -> StoreResult:
         for attempt in range(3):
             try:
-                return self._record(ids, path, digest, len(raw), source)
+                return self._record(ids, path, digest, size, source)
             except IntegrityError:
                 # Another association created the same study/series/instance row at once.
                 if attempt == 2:
@@ -214,60 +285,86 @@ class Spool:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        # The new name is durable only once its directory is fsynced (POSIX fsync
+        # of the file covers its data and inode, not the entry that names it);
+        # so every instance pays this one, also in a directory fsynced before.
         _fsync_dir(path.parent)
         for d in created:
             _fsync_dir(d.parent)
 
     def _record(
-        self, ids: InstanceIds, path: Path, digest: str, size: int, source: str
+        self,
+        ids: InstanceIds,
+        path: Path,
+        digest: str,
+        size: int,
+        source: str,
+        *,
+        relaxed: bool = True,
     ) -> StoreResult:
+        """One transaction: the duplicate check, the study, series and instance rows.
+
+        Core statements, no ORM session: this runs once per C-STORE, on the
+        association's thread, before the response.
+        """
         now = utcnow()
         calling_ae = source.split(":", 1)[1] if source.startswith("dimse:") else None
-        with self.db.session() as s:
-            study = s.get(Study, ids.study_instance_uid, with_for_update=True)
-            if study is None:
-                study = Study(
-                    study_instance_uid=ids.study_instance_uid,
-                    first_received_at=now,
-                    last_received_at=now,
-                    dirty=True,
-                    calling_ae=calling_ae,
-                )
-                s.add(study)
-                s.flush()
-            series = s.get(Series, ids.series_instance_uid)
-            if series is None:
-                series = Series(
-                    series_instance_uid=ids.series_instance_uid,
-                    study_instance_uid=ids.study_instance_uid,
-                    modality=ids.modality,
-                    n_instances=0,
-                    last_received_at=now,
-                )
-                s.add(series)
-                s.flush()
-            inst = s.get(Instance, ids.sop_instance_uid)
-            if inst is not None and inst.sha256 == digest:
+        uid = ids.sop_instance_uid
+        with self.db.engine.begin() as conn:
+            prior = conn.execute(_SELECT_DIGEST, {"b_uid": uid}).scalar_one_or_none()
+            if prior == digest:
                 return StoreResult(ids, "duplicate")
-            outcome = "replaced" if inst is not None else "stored"
-            if inst is None:
-                inst = Instance(sop_instance_uid=ids.sop_instance_uid)
-                s.add(inst)
-                series.n_instances += 1
-            inst.sop_class_uid = ids.sop_class_uid
-            inst.series_instance_uid = ids.series_instance_uid
-            inst.study_instance_uid = ids.study_instance_uid
-            inst.transfer_syntax_uid = ids.transfer_syntax_uid
-            inst.path = str(path)
-            inst.sha256 = digest
-            inst.size = size
-            inst.source = source[:32]
-            inst.received_at = now
-            series.last_received_at = now
-            study.last_received_at = now
-            study.dirty = True
-            if calling_ae:
-                study.calling_ae = calling_ae
+            if prior is None and relaxed:
+                relax_commit(conn)  # before any write: the file is the durable record
+            study = ids.study_instance_uid
+            touched = conn.execute(
+                _TOUCH_STUDY, {"b_study": study, "b_now": now, "b_ae": calling_ae}
+            )
+            if touched.rowcount == 0:
+                conn.execute(
+                    _INSERT_STUDY,
+                    {
+                        "study_instance_uid": study,
+                        "first_received_at": now,
+                        "last_received_at": now,
+                        "dirty": True,
+                        "calling_ae": calling_ae,
+                    },
+                )
+            added = 1 if prior is None else 0
+            series = ids.series_instance_uid
+            touched = conn.execute(
+                _TOUCH_SERIES, {"b_series": series, "b_now": now, "b_added": added}
+            )
+            if touched.rowcount == 0:
+                conn.execute(
+                    _INSERT_SERIES,
+                    {
+                        "series_instance_uid": series,
+                        "study_instance_uid": study,
+                        "modality": ids.modality,
+                        "n_instances": added,
+                        "last_received_at": now,
+                    },
+                )
+            values = {
+                "sop_class_uid": ids.sop_class_uid,
+                "series_instance_uid": series,
+                "study_instance_uid": study,
+                "transfer_syntax_uid": ids.transfer_syntax_uid,
+                "path": str(path),
+                "sha256": digest,
+                "size": size,
+                "source": source[:32],
+                "received_at": now,
+            }
+            if prior is None:
+                conn.execute(_INSERT_INSTANCE, {"sop_instance_uid": uid, **values})
+            else:
+                conn.execute(
+                    _UPDATE_INSTANCE, {"b_uid": uid, **{f"b_{k}": v for k, v in values.items()}}
+                )
+        outcome = "replaced" if prior is not None else "stored"
         log.info(
             "instance %s",
             outcome,
@@ -279,6 +376,48 @@ class Spool:
             },
         )
         return StoreResult(ids, outcome)
+
+    def reindex(self) -> int:
+        """Record every spool file that has no row; returns how many (at start-up).
+
+        A new instance's row is committed without waiting for the disk on SQLite
+        (see `store`), so a crash of the machine may lose the rows of the last
+        instances while their files, fsynced before the response, survive.
+        Each such file is read again and recorded as ``recovered``; its study
+        becomes dirty, so it is processed.  A file that does not parse, or does
+        not belong at its place, is left alone and logged (never deleted).
+        """
+        files = [p for p in self.root.glob("*/*/*.dcm") if not p.name.startswith(".")]
+        if not files:
+            return 0
+        with self.db.engine.connect() as conn:
+            known = set(conn.execute(select(_INSTANCES.c.path)).scalars())
+        recovered = 0
+        for path in files:
+            if str(path) in known:
+                continue
+            try:
+                raw = path.read_bytes()
+                ids = parse_part10(raw)
+            except (OSError, NotStorableError) as e:
+                log.error("spool file not re-indexed, left in place: %s: %s", path, e)
+                continue
+            if self.path_for(ids) != path or ids.sop_class_uid not in SUPPORTED_SOP_CLASSES:
+                log.error("spool file not re-indexed, it does not belong there: %s", path)
+                continue
+            digest = hashlib.sha256(raw).hexdigest()
+            for attempt in range(3):
+                try:
+                    result = self._record(ids, path, digest, len(raw), "recovered", relaxed=False)
+                    break
+                except IntegrityError:
+                    if attempt == 2:
+                        raise
+            if result.outcome != "duplicate":
+                recovered += 1
+        if recovered:
+            log.warning("re-indexed %d spool file(s) whose row a crash had lost", recovered)
+        return recovered
 
     def remove_cut_writes(self, foreign_after_s: float = 3600.0) -> int:
         """Delete temporary files of writes cut by a crash; returns how many (at start-up).
@@ -311,8 +450,6 @@ class Spool:
 
     def study_paths(self, study_instance_uid: str) -> list[Path]:
         """Every stored file of a study, sorted (the pipeline's input)."""
-        from sqlalchemy import select
-
         with self.db.session() as s:
             rows = s.scalars(
                 select(Instance.path).where(Instance.study_instance_uid == study_instance_uid)
