@@ -53,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--model", type=Path)
     parser.add_argument("--jobs", type=int, help="jobs of the leak check")
+    parser.add_argument(
+        "--leak-shape",
+        type=int,
+        nargs=3,
+        metavar=("SLICES", "ROWS", "COLS"),
+        help="study of the leak check (default 40 192 192 at 1.5 x 0.5 x 0.5 mm)",
+    )
+    parser.add_argument("--leak-only", action="store_true", help="skip the peak-RSS-per-size part")
     args = parser.parse_args(argv)
     quick = args.quick
     n_jobs = args.jobs or (4 if quick else 12)
@@ -62,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     if model is None:
         model = untrained_model(tmp / "untrained.onnx")
         rec.notes.append("UNTRAINED U-Net of the shipped architecture (memory and time only)")
-    sizes = QUICK_SIZES if quick else SIZES
+    sizes = {} if args.leak_only else (QUICK_SIZES if quick else SIZES)
     leak_spec = QUICK_LEAK_STUDY if quick else LEAK_STUDY
+    if args.leak_shape:
+        leak_spec = (tuple(args.leak_shape), leak_spec[1], leak_spec[2])
     rec.params = {
         "model": str(model),
         "sizes": {k: {"shape": v[0], "spacing_mm": v[1]} for k, v in sizes.items()},
@@ -82,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             "within_3gb": rows[-1]["peak_rss_mib"] <= 3 * 1024,
         }
         print(name, per_size[name])
-    rec.results["per_size"] = per_size
+    if per_size:
+        rec.results["per_size"] = per_size
 
     study = write_study(tmp / "in", "leak", leak_spec, seed=99)
     rows = run_jobs(model, study, n_jobs, tmp / "out")
