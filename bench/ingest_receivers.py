@@ -5,7 +5,8 @@ listening and serves until killed.
 
 * ``ours``: the product's Storage SCP (``service.scp.StorageSCP``) with its
   spool (file written + fsync + directory fsync) and SQLite record before the
-  response, exactly as ``cmb serve`` runs it.
+  response, exactly as ``cmb serve`` runs it (logging not configured: the
+  per-instance INFO line costs ~0.2 ms, docs/benchmarks.md section 3).
 * ``minimal``: a pynetdicom SCP with the same presentation contexts whose
   handler only writes the received bytes to a file (no fsync, no parsing
   beyond what pynetdicom does): the upper bound of a pynetdicom-based SCP.
