@@ -191,7 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     for i, (name, spec) in enumerate(specs.items()):
         study_dir = write_study(tmp / "in", name, spec, seed=i)
         side, threshold, location = side_stages(study_dir, model, None, tmp)
-        product = [product_run(study_dir, model, threshold, tmp / "out") for _ in range(repeats)]
+        # a trained model runs as shipped: its own threshold, and the candidate classifier
+        # (when installed) at its candidate threshold
+        product_threshold = None if trained else threshold
+        product = [
+            product_run(study_dir, model, product_threshold, tmp / "out") for _ in range(repeats)
+        ]
         walls = [p["wall_s"] for p in product]
         entry: dict[str, Any] = {
             "product_total_wall_s": stats(walls),

@@ -38,6 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--epochs", type=int, default=20)
     t.add_argument("--steps", type=int, default=200, help="steps per epoch")
     t.add_argument("--candidate-threshold", type=float, default=0.3)
+    t.add_argument(
+        "--features", type=int, nargs="+", default=[16, 32, 64], help="channels per block"
+    )
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=run_train)
@@ -95,6 +100,9 @@ def run_train(args: argparse.Namespace) -> int:
         candidate_threshold=args.candidate_threshold,
         threads=args.threads,
         seed=args.seed,
+        features=tuple(args.features),
+        batch_size=args.batch_size,
+        lr=args.lr,
     )
     print(json.dumps(train(config, args.out), indent=1))
     return 0
