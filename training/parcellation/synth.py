@@ -4,13 +4,14 @@ One sample = (image patch, target patch, parameters).  Steps, each drawn at
 random and recorded in the parameters:
 
 1. spatial: left/right flip (labels swapped), rotation, scaling, translation
-   (the crop position) and a smooth elastic field, applied to the label map
-   with nearest-neighbour sampling;
+   (the crop is centred on a random brain voxel) and a smooth elastic field,
+   applied to the label map with nearest-neighbour sampling;
 2. contrast: a Gaussian mixture, one mean and standard deviation per
-   generation class (SynthSeg's ``generation_classes``: left/right share a
-   class).  Either fully random (SynthSeg's uniform priors) or a jittered
-   sequence prior (T1, T2, FLAIR, T2*-GRE, SWI: bright CSF on T2*, dark
-   iron-rich pallidum/putamen and dark veins on SWI);
+   generation class (SynthSeg's ``generation_classes``: a few labels share a
+   class, e.g. 4/5 and 17/18; left and right structures have separate ones).
+   Either fully random (SynthSeg's uniform priors) or a jittered sequence
+   prior (T1, T2, FLAIR, T2*-GRE, SWI: bright CSF on T2*, dark iron-rich
+   pallidum/putamen and dark veins on SWI);
 3. acquisition: in-plane blur, thick slices along one axis (blur with the
    slice profile, down- and up-sampling), noise, a smooth multiplicative bias
    field and a gamma;
@@ -121,7 +122,8 @@ class Synthesizer:
         self.mirror_lut = np.arange(max_label, dtype=np.int64)
         for a, b in MIRROR.items():
             self.mirror_lut[a] = b
-        self.target_lut = torch.from_numpy(target_lut(max_label))
+        self._target_lut_np = target_lut(max_label)
+        self.target_lut = torch.from_numpy(self._target_lut_np)
         self._class_lut_t = torch.from_numpy(self.class_lut)
 
     # ------------------------------------------------------------------ spatial
@@ -142,8 +144,15 @@ class Synthesizer:
         # affine_grid works in (x, y, z) = (i, j, k) order of the normalised coordinates.
         ratio = (out / shape)[::-1]
         a = rot @ np.diag(1.0 / scale) @ np.diag(ratio)
-        room = np.clip(1.0 - ratio, 0.0, None)
-        shift = rng.uniform(-1, 1, 3) * (room + 0.1)
+        # The crop is centred on a random voxel of the labelled brain (channels
+        # > 0).  Drawn over the whole grid, most patches held only air and scalp
+        # (background) and the network learned to predict background everywhere.
+        brain = np.argwhere(self._target_lut_np[lab] > 0)
+        if brain.size:
+            centre = brain[int(rng.integers(len(brain)))].astype(np.float64)
+        else:
+            centre = (shape - 1) / 2.0
+        shift = ((2.0 * centre + 1.0) / shape - 1.0)[::-1]  # (x, y, z) normalised
         theta = torch.tensor(np.concatenate([a, shift[:, None]], axis=1), dtype=torch.float32)[None]
         grid = F.affine_grid(theta, [1, 1, *size], align_corners=False)
         if cfg.elastic_std_vox > 0:

@@ -33,13 +33,18 @@ from training.parcellation.synth import SynthConfig, Synthesizer
 class TrainConfig:
     out: Path
     seconds: float
-    lr: float = 1e-3
+    lr: float = 5e-3
     seed: int = 0
     threads: int = 2
     checkpoint_every_s: float = 300.0
     log_every: int = 10
     max_iterations: int | None = None
     subjects: tuple[int, ...] = TRAIN_SUBJECTS
+
+
+def loss_function() -> DiceCELoss:
+    """Soft Dice over the label channels (background excluded) + cross-entropy over all."""
+    return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
 
 
 def save_checkpoint(
@@ -70,7 +75,7 @@ def train(
     synth = Synthesizer(synth_cfg)
     net = build_parcellation_network(net_cfg)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    loss_fn = loss_function()
     ckpt = cfg.out / "checkpoint.pt"
     iteration = 0
     elapsed_before = 0.0
@@ -165,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-iterations", type=int)
     p.add_argument("--patch", type=int, default=80)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     a = p.parse_args(argv)
