@@ -1,9 +1,10 @@
-"""`cmb classifier harvest|train|export`: the candidate classifier (second stage, needs `training`).
+"""`cmb classifier harvest|train|compare|export`: the candidate classifier (needs `training`).
 
 harvest: run the U-Net on dataset folders and keep each candidate (and each
 missed true CMB) as a labelled cube; train: fit the classifier on harvested
-folders; export: write the ONNX file, validated as a cascade with the U-Net
-on held-out dataset folders.
+folders; compare: recall at several FP rates of the U-Net alone and of the
+cascade on harvested candidates; export: write the ONNX file, validated as a
+cascade with the U-Net on held-out dataset folders.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=run_train)
+
+    c = sub.add_parser("compare", help="recall at FP rates: U-Net alone vs cascade (harvest)")
+    c.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
+    c.add_argument("--val", nargs="+", required=True, metavar="DIR", help="harvest folders")
+    c.set_defaults(func=run_compare)
 
     e = sub.add_parser("export", help="ONNX export, validated as a cascade")
     e.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
@@ -105,6 +111,14 @@ def run_train(args: argparse.Namespace) -> int:
         lr=args.lr,
     )
     print(json.dumps(train(config, args.out), indent=1))
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    _training()
+    from training.classifier.compare import compare
+
+    print(json.dumps(compare(args.checkpoint, args.val), indent=1))
     return 0
 
 

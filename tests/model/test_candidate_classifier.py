@@ -16,7 +16,7 @@ from model.candidate_classifier import (
     score_patches,
 )
 from model.errors import InputError, ModelError
-from model.onnx_model import OnnxModel
+from model.onnx_model import OnnxModel, default_model_path
 from model.pipeline import PipelineOptions, load_classifier, process
 from model.preprocess import prepare
 from model.series_writer import StudyMeta, write_series
@@ -171,3 +171,14 @@ def test_auto_runs_a_classifier_only_behind_its_own_unet(tmp_path: Path) -> None
             PipelineOptions(classifier="on", classifier_model_path=tmp_path / "missing.onnx"),
             unet,
         )
+
+
+def test_the_shipped_classifier_runs_behind_the_shipped_unet() -> None:
+    # replacing one of the two files without the other would silently drop the second stage
+    unet = OnnxModel.load(default_model_path(), device="cpu")
+    classifier, why = load_classifier(PipelineOptions(), unet)
+    assert classifier is not None, why
+    assert classifier.metadata.task == "cmb_candidate_classification"
+    assert classifier.metadata.spacing_mm == unet.metadata.spacing_mm
+    assert classifier.metadata.normalization == unet.metadata.normalization
+    assert 0.0 < candidate_threshold(classifier) < classifier.metadata.threshold < 1.0

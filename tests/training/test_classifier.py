@@ -107,6 +107,17 @@ def test_train_export_and_cascade_validation_through_the_cli(
     log = (run / "log.csv").read_text().splitlines()
     assert len(log) == 3 and log[0].endswith("recall_ceiling,seconds")
 
+    assert main(["classifier", "compare", str(run / "best.pt"), "--val", str(h_val)]) == 0
+    from training.classifier.compare import compare
+
+    table = compare(run / "best.pt", [str(h_val)])
+    assert table["scans"] == 3 and table["cmbs"] == 6
+    assert set(table["recall_at_fp_per_scan"]) == {"unet_alone", "cascade"}
+    assert all(
+        0.0 <= r <= table["recall_ceiling"]
+        for r in table["recall_at_fp_per_scan"]["cascade"].values()
+    )
+
     out = tmp_path / "classifier.onnx"
     export = ["classifier", "export", str(run / "best.pt"), "--out", str(out)]
     assert main([*export, "--unet", str(unet), "--val-data", str(val_dir)]) == 0
