@@ -9,6 +9,7 @@ slice with a marker for context, and a close-up with the outline.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import logging
@@ -51,8 +52,21 @@ ZOOM_MM = 50.0
 FONT_FALLBACK = ("DejaVu Sans", "Noto Sans CJK JP", "Droid Sans Fallback", "WenQuanYi Zen Hei")
 
 
+@functools.cache
 def _installed_fonts() -> list[str]:
     names = {f.name for f in font_manager.fontManager.ttflist}
+    if not set(FONT_FALLBACK[1:]) & names:
+        # matplotlib lists the system fonts once and caches the list on disk
+        # (~/.cache/matplotlib): a CJK font installed after that is not in it.
+        # Add the system fonts it does not know, once per process.
+        known = {f.fname for f in font_manager.fontManager.ttflist}
+        for path in font_manager.findSystemFonts():
+            if path not in known:
+                try:
+                    font_manager.fontManager.addfont(path)
+                except (OSError, RuntimeError, ValueError):  # unreadable or not a font
+                    continue
+        names = {f.name for f in font_manager.fontManager.ttflist}
     return [f for f in FONT_FALLBACK if f in names] or ["sans-serif"]
 
 
