@@ -25,6 +25,7 @@ from bench.common import REPO, Recorder, shipped_model, stats, untrained_model
 
 SETTINGS = {
     "overlap_0.0": (0.0, False),
+    "overlap_0.0_tta": (0.0, True),
     "overlap_0.25": (0.25, False),
     "overlap_0.5": (0.5, False),
     "overlap_0.5_tta": (0.5, True),
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--truth", type=Path, default=REPO / "runs" / "data" / "val")
     parser.add_argument("--cases", type=int)
     parser.add_argument("--allow-untrained", action="store_true")
+    parser.add_argument(
+        "--settings", nargs="+", choices=sorted(SETTINGS), help="subset of the settings"
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     rec = Recorder("inference_recall", quick)
@@ -64,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ids = sorted(truth_all)[: args.cases or (1 if quick else 3)]
     truth = {i: truth_all[i] for i in ids}
     settings = QUICK_SETTINGS if quick else SETTINGS
+    if args.settings:
+        settings = {k: SETTINGS[k] for k in args.settings}
     model = OnnxModel.load(model_path, device="cpu")
     rec.params = {
         "model": str(model_path),
