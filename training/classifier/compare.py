@@ -13,10 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from training.classifier.network import CandidateClassifier
-from training.classifier.train import ClassifierConfig, Pool, recall_at_fp, score
+from training.classifier.train import Pool, load_checkpoint, recall_at_fp, score
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -24,12 +21,9 @@ FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 def compare(
     checkpoint: str | Path, val_dirs: Sequence[str], fp_rates: Sequence[float] = FP_RATES
 ) -> dict[str, Any]:
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    config = ClassifierConfig(**state["config"])
-    net = CandidateClassifier(config.features, config.dropout)
-    net.load_state_dict(state["state_dict"])
+    net, config, _ = load_checkpoint(checkpoint)
     val = Pool.load(list(val_dirs))
-    rows = val.is_candidate & (val.unet_probability >= config.candidate_threshold)
+    rows = val.candidate_rows(config.candidate_threshold)
     n_truth, n_scans = int(val.n_truth.sum()), len(val.case_ids)
     scores = {
         "unet_alone": val.unet_probability[rows],

@@ -21,8 +21,7 @@ import torch
 
 from model.candidate_classifier import CANDIDATE_THRESHOLD_KEY, TASK
 from model.onnx_model import ModelMetadata, OnnxModel, default_model_path
-from training.classifier.network import CandidateClassifier
-from training.classifier.train import ClassifierConfig
+from training.classifier.train import ClassifierConfig, load_checkpoint
 from training.export import set_metadata, write_onnx
 from training.network import ProbabilityHead
 
@@ -74,10 +73,7 @@ def export_classifier(
     metrics_json: str | Path | None = None,
 ) -> Path:
     """Write the ONNX file; with ``val_dirs``, validate the cascade and embed the result."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    config = ClassifierConfig(**state["config"])
-    net = CandidateClassifier(config.features, config.dropout)
-    net.load_state_dict(state["state_dict"])
+    net, config, state = load_checkpoint(checkpoint)
     unet_file = Path(unet_path) if unet_path is not None else default_model_path()
     unet = OnnxModel.load(unet_file, device="cpu")
     provenance = {
@@ -90,7 +86,7 @@ def export_classifier(
     trained_on = f"{len(config.train)} harvest folder(s): {', '.join(config.train)}"
     chosen = float(state.get("threshold", 0.5))
     path = write_onnx(
-        ProbabilityHead(net.eval()),
+        ProbabilityHead(net),
         _metadata(config, unet, chosen, None, trained_on, provenance),
         out,
         example_size=(config.patch,) * 3,

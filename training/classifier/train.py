@@ -66,6 +66,10 @@ class Pool:
     n_truth: npt.NDArray[np.int32]  # per case
     case_ids: list[str]
 
+    def candidate_rows(self, threshold: float) -> npt.NDArray[np.bool_]:
+        """The U-Net's own candidates at ``threshold`` (not the added missed CMBs)."""
+        return self.is_candidate & (self.unet_probability >= threshold)
+
     @classmethod
     def load(cls, folders: list[str]) -> Pool:
         parts: dict[str, list[Any]] = {k: [] for k in ("patches", "label", "unet", "cand", "case")}
@@ -156,7 +160,7 @@ def score(net: torch.nn.Module, patches: npt.NDArray[Any], size: int) -> npt.NDA
 
 
 def evaluate(net: torch.nn.Module, val: Pool, config: ClassifierConfig) -> dict[str, float]:
-    rows = val.is_candidate & (val.unet_probability >= config.candidate_threshold)
+    rows = val.candidate_rows(config.candidate_threshold)
     s = score(net, val.patches[rows], config.patch)
     n_truth = int(val.n_truth.sum())
     n_scans = len(val.case_ids)
@@ -202,7 +206,7 @@ def train(config: ClassifierConfig, out: Path) -> dict[str, Any]:
     )
     loss_fn = torch.nn.BCEWithLogitsLoss()
     # the baseline on the same candidates: the U-Net's own maximum as the score
-    rows = val.is_candidate & (val.unet_probability >= config.candidate_threshold)
+    rows = val.candidate_rows(config.candidate_threshold)
     recall, fps, threshold = recall_at_fp(
         val.unet_probability[rows],
         val.label[rows],
@@ -265,3 +269,14 @@ def train(config: ClassifierConfig, out: Path) -> dict[str, Any]:
     best["val_cases"] = len(val.case_ids)
     (out / "best.json").write_text(json.dumps(best, indent=1))
     return best
+
+
+def load_checkpoint(
+    path: str | Path,
+) -> tuple[CandidateClassifier, ClassifierConfig, dict[str, Any]]:
+    """(network in eval mode, its config, the whole checkpoint) of a ``best.pt``."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    config = ClassifierConfig(**state["config"])
+    net = CandidateClassifier(config.features, config.dropout)
+    net.load_state_dict(state["state_dict"])
+    return net.eval(), config, state
