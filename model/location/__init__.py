@@ -4,7 +4,9 @@ Public entry points (called by :mod:`model.pipeline` after candidate extraction)
 
 * :func:`parcellate` -> label map (FreeSurfer ids) on the volume's grid;
 * :func:`locate_and_filter` fills ``region``/``mars``/``lobe``/``hemisphere`` of
-  every detection and rejects implausible ones with a reason code;
+  every detection still kept (candidates the classifier rejected are not
+  located: each costs about a second) and rejects implausible ones with a
+  reason code;
 * :func:`mars_rating` -> counts per MARS category, lobe and hemisphere,
   definite vs possible, and the overall pattern.
 
@@ -107,11 +109,17 @@ def _side(frame: BrainFrame | None, point: tuple[float, float, float]) -> str | 
 def locate(
     detections: list[Detection], parcellation: Volume, config: LocationConfig | None = None
 ) -> tuple[dict[int, Region], BrainFrame | None]:
-    """Region of every detection and the brain frame (fills region/mars/lobe/hemisphere)."""
+    """Region of every kept detection and the brain frame (fills region/mars/lobe/hemisphere).
+
+    Detections an earlier stage rejected (``kept`` false) are skipped: they are
+    not reported, and locating one costs about a second on a whole SWI volume.
+    """
     cfg = config or LocationConfig()
     frame = brain_frame(parcellation)
     regions: dict[int, Region] = {}
     for det in detections:
+        if not det.kept:
+            continue
         reg = region_of(
             parcellation,
             det.center_lps_mm,

@@ -151,8 +151,9 @@ def symmetric_pairs(
         return set()
     out: set[int] = set()
     for left, right in _SYMMETRIC_PAIRS:
-        lefts = [d for d in detections if regions[d.id].label == left]
-        rights = [d for d in detections if regions[d.id].label == right]
+        located = [d for d in detections if d.id in regions]
+        lefts = [d for d in located if regions[d.id].label == left]
+        rights = [d for d in located if regions[d.id].label == right]
         for a in lefts:
             mirrored = frame.mirror(a.center_lps_mm, left, right)
             if mirrored is None:
