@@ -50,7 +50,7 @@ RUN python -m venv /opt/cmb \
  && WHEEL=$(ls /wheels/cmb_detect-*.whl) \
  && /opt/cmb/bin/pip install --no-cache-dir "${WHEEL}[cpu]" \
  && /opt/cmb/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
- && /opt/cmb/bin/python -c "from model.onnx_model import default_model_path as p; print('shipped models', p(), p('cmb_candidate_classification'))" \
+ && /opt/cmb/bin/python -c "from model.onnx_model import default_model_path as p; print('shipped models', p(), p('cmb_candidate_classification'), p('parcellation'))" \
  && find /opt/cmb -name '__pycache__' -prune -exec rm -rf {} + \
  && rm -rf /opt/cmb/lib/python*/site-packages/pip*
 
@@ -94,7 +94,7 @@ RUN python3 -m venv /opt/cmb \
  && WHEEL=$(ls /wheels/cmb_detect-*.whl) \
  && /opt/cmb/bin/pip install --no-cache-dir "${WHEEL}[gpu]" "onnxruntime-gpu==${ORT_GPU_VERSION}" \
  && /opt/cmb/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
- && /opt/cmb/bin/python -c "from model.onnx_model import default_model_path as p; print('shipped models', p(), p('cmb_candidate_classification'))" \
+ && /opt/cmb/bin/python -c "from model.onnx_model import default_model_path as p; print('shipped models', p(), p('cmb_candidate_classification'), p('parcellation'))" \
  && find /opt/cmb -name '__pycache__' -prune -exec rm -rf {} + \
  && rm -rf /opt/cmb/lib/python*/site-packages/pip*
 
