@@ -1,0 +1,88 @@
+"""The filter-effect tables: counts per rule configuration and classifier threshold."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from model.location import LocationConfig
+from model.location import rules as rule_codes
+from training.parcellation.filter_effect import (
+    configurations,
+    read_cases,
+    rule_table,
+    summarise,
+)
+
+
+def _candidate(center: list[float], p: float, rejected: dict[str, str | None]) -> dict[str, Any]:
+    det = {"id": 1, "center_lps_mm": center, "probability": p, "diameter_mm": 3.0}
+    return {"detection": det, "rejected_by": rejected}
+
+
+def _cases() -> list[dict[str, Any]]:
+    """Case a: one true CMB, found (kept by every configuration but "only csf"), and an
+    FP outside the brain; case b: no CMB, one weak FP in CSF."""
+    truth = [{"center_lps_mm": [0.0, 0.0, 0.0], "diameter_mm": 3.0, "diameter_apparent_mm": 3.0}]
+    a = {
+        "case_id": "a",
+        "truth": truth,
+        "candidates": [
+            _candidate([0.5, 0.0, 0.0], 0.99, {"none": None, "all": None, "only csf": "csf"}),
+            _candidate(
+                [60.0, 0.0, 0.0], 0.98, {"none": None, "all": "outside_brain", "only csf": None}
+            ),
+        ],
+    }
+    b = {
+        "case_id": "b",
+        "truth": [],
+        "candidates": [
+            _candidate([10.0, 10.0, 10.0], 0.6, {"none": None, "all": "csf", "only csf": "csf"})
+        ],
+    }
+    return [a, b]
+
+
+def test_summarise_counts_each_configuration_at_each_threshold() -> None:
+    table = summarise(_cases(), thresholds=(0.5, 0.97))["by_configuration"]
+    assert table["none"]["0.5"] == {
+        "tp": 1,
+        "fp": 2,
+        "recall": 1.0,
+        "recall_large": 1.0,
+        "fp_per_scan": 1.0,
+    }
+    assert (table["none"]["0.97"]["tp"], table["none"]["0.97"]["fp"]) == (1, 1)
+    assert (table["all"]["0.5"]["tp"], table["all"]["0.5"]["fp"]) == (1, 0)
+    assert (table["only csf"]["0.5"]["tp"], table["only csf"]["0.5"]["fp"]) == (0, 1)
+    assert table["only csf"]["0.5"]["recall"] == 0.0
+
+
+def test_rule_table_reports_removed_fps_and_lost_cmbs_against_no_rules() -> None:
+    md = rule_table(summarise(_cases(), thresholds=(0.97,)), 0.97)
+    lines = {line.split("|")[1].strip(): line for line in md.splitlines()[2:]}
+    assert "| 1/1 (100 %) | 0/1 |" in lines["all"]
+    assert "| 0/1 (0 %) | 1/1 |" in lines["only csf"]
+
+
+def test_configurations_switch_rules_as_named() -> None:
+    configs = configurations()
+    codes = rule_codes.REASON_CODES
+    assert configs["all"] == LocationConfig()
+    assert not any(getattr(configs["none"], code) for code in codes)
+    for code in codes:
+        assert [getattr(configs[f"only {code}"], c) for c in codes] == [c == code for c in codes]
+        assert [getattr(configs[f"without {code}"], c) for c in codes] == [c != code for c in codes]
+
+
+def test_summarise_needs_cases_and_reads_them_back(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        summarise([])
+    path = tmp_path / "cases.jsonl"
+    path.write_text("".join(json.dumps(c) + "\n" for c in _cases()))
+    assert read_cases(path) == _cases()
+    assert read_cases(tmp_path / "missing.jsonl") == []
