@@ -126,3 +126,22 @@ def test_nothing_above_threshold() -> None:
     assert labels.shape == volume.shape
     with pytest.raises(ValueError, match="threshold"):
         extract_candidates(volume, 1.5)
+
+
+def test_size_counts_the_voxels_at_the_size_level_not_the_whole_low_threshold_component() -> None:
+    # A blurred blob as the network draws it: the component at 0.3 includes a rim
+    # that the size (and the size rule) must not count.
+    sigma = 3.0
+    k, j, i = np.mgrid[:40, :40, :40]
+    prob = np.exp(-((k - 20) ** 2 + (j - 20) ** 2 + (i - 20) ** 2) / (2 * sigma**2))
+    volume = Volume(array=prob.astype(np.float32), affine=np.eye(4))
+    _, (det,) = extract_candidates(volume, 0.3)
+    r50 = sigma * math.sqrt(2 * math.log(2))
+    r30 = sigma * math.sqrt(2 * math.log(1 / 0.3))
+    assert det.diameter_mm == pytest.approx(2 * r50, rel=0.1)
+    assert det.n_voxels == pytest.approx(4 / 3 * math.pi * r30**3, rel=0.1)
+    _, (whole,) = extract_candidates(volume, 0.3, size_level=0.0)
+    assert whole.diameter_mm == pytest.approx(2 * r30, rel=0.1)
+    # a weak candidate (peak below the size level) still has the size of its peak
+    _, (weak,) = extract_candidates(volume.with_array(volume.array * 0.4), 0.3)
+    assert weak.volume_mm3 == 1.0
