@@ -109,6 +109,7 @@ def run_local(
     data_dir: Path,
     *,
     model_path: Path | None = None,
+    location: str = "auto",
     timeout_s: float = 600.0,
     progress: Callable[[str], None] = print,
     keep_serving: Callable[[LocalRun], None] | None = None,
@@ -126,6 +127,7 @@ def run_local(
         destinations=[f"{PACS_AE}@127.0.0.1:{dest_port}"],
         allow_ae=[SENDER_AE],
         model_path=model_path,
+        location=location,
         log_format="text",
         log_level="WARNING",
     )

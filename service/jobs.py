@@ -60,6 +60,8 @@ def pipeline_options(settings: Settings) -> dict[str, Any]:
         "outputs": tuple(settings.outputs),
         "classifier": settings.classifier,
         "classifier_model_path": settings.classifier_model_path,
+        "location": settings.location,
+        "parcellation_model_path": settings.parcellation_model_path,
     }
 
 

@@ -144,6 +144,14 @@ class Settings(BaseSettings):
     classifier_model_path: Path | None = Field(
         None, description="candidate classifier ONNX; empty: the shipped one"
     )
+    location: Literal["auto", "onnx", "mri_synthseg", "off"] = Field(
+        "auto",
+        description="location filter: auto (the shipped parcellation model when installed), "
+        "onnx (require it), mri_synthseg (FreeSurfer's, on the PATH), off",
+    )
+    parcellation_model_path: Path | None = Field(
+        None, description="parcellation ONNX; empty: the shipped one"
+    )
     outputs: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["seg", "sr"], description="DICOM outputs to write and send"
     )

@@ -129,6 +129,7 @@ def start_serve(
         CMB_DISK_RESERVE_MB="0",
         CMB_DEVICE="cpu",
         CMB_THREADS="1",
+        CMB_LOCATION="off",  # the phantom is no brain
         CMB_EXPORT_BACKOFF_S="0.5",
         CMB_LOG_FORMAT="text",
     )

@@ -92,7 +92,9 @@ def test_serve_and_worker_on_redis_and_postgres(
 ) -> None:
     dest, dest_dir = storescp
     model = write_model(tmp_path / "model.onnx")
-    env = celery_env(postgres_url, queue, tmp_path / "shared", CMB_MODEL_PATH=str(model))
+    env = celery_env(
+        postgres_url, queue, tmp_path / "shared", CMB_MODEL_PATH=str(model), CMB_LOCATION="off"
+    )
     served = start_serve(procs, tmp_path, dest, model, env=env, name="shared")
     start_worker(procs, tmp_path, env, "worker1")
     study = write_phantom_study(tmp_path / "study")

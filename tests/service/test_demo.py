@@ -28,6 +28,7 @@ def test_run_local_delivers_seg_and_sr(tmp_path: Path) -> None:
         study.root,
         tmp_path / "data",
         model_path=model,
+        location="off",  # the phantom is no brain
         timeout_s=180,
         progress=messages.append,
         keep_serving=look,

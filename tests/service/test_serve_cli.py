@@ -41,6 +41,7 @@ def serve_env(**extra: str) -> dict[str, str]:
         CMB_DISK_RESERVE_MB="0",
         CMB_DEVICE="cpu",
         CMB_THREADS="1",
+        CMB_LOCATION="off",  # the phantom is no brain
         CMB_EXPORT_BACKOFF_S="0.5",
         CMB_LOG_FORMAT="json",
         CMB_LOG_LEVEL="INFO",

@@ -85,3 +85,21 @@ def test_docs_table_lists_every_setting() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "settings.md").read_text()
     missing = [n for n in Settings.model_fields if f"`CMB_{n.upper()}`" not in doc]
     assert missing == []
+
+
+def test_pipeline_settings_reach_the_pipeline_options(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from model.pipeline import PipelineOptions
+    from service.jobs import pipeline_options
+
+    monkeypatch.setenv("CMB_LOCATION", "mri_synthseg")
+    monkeypatch.setenv("CMB_PARCELLATION_MODEL_PATH", str(tmp_path / "parc.onnx"))
+    monkeypatch.setenv("CMB_CLASSIFIER", "off")
+    options = PipelineOptions(**pipeline_options(load_settings()))
+    assert options.location == "mri_synthseg"
+    assert options.parcellation_model_path == tmp_path / "parc.onnx"
+    assert options.classifier == "off"
+    monkeypatch.setenv("CMB_LOCATION", "atlas")
+    with pytest.raises(SettingsError, match="location"):
+        load_settings()

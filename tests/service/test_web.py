@@ -31,6 +31,7 @@ def served(make_settings: Callable[..., Settings], tmp_path: Path) -> Iterator[S
         dicom_port=0,
         pipeline="model.pipeline:process",
         model_path=model,
+        location="off",  # the phantom is no brain
         device="cpu",
         threads=1,
     )

@@ -22,7 +22,9 @@ def test_pipeline_writes_dicom_outputs(tmp_path: Path) -> None:
     volume = sphere_phantom(shape, affine, centres, [2.0, 2.0], noise=1.0)
     write_series(volume, tmp_path / "study", study=StudyMeta.synthetic(5), flavour="siemens_swi")
     model = make_test_model(tmp_path / "model.onnx")
-    options = PipelineOptions(model_path=model, outputs=("seg", "sr", "pdf", "sc"))
+    options = PipelineOptions(
+        model_path=model, outputs=("seg", "sr", "pdf", "sc"), location="off"
+    )  # the phantom is no brain
     (outputs,) = process([tmp_path / "study"], tmp_path / "out", options)
     files = outputs.files
     assert {"seg", "sr", "pdf"} <= set(files)
