@@ -52,7 +52,11 @@ class LocationConfig:
     pineal_radius_mm: float = 8.0
     symmetric_calcification: bool = True
     symmetry_tolerance_mm: float = 8.0
-    too_large: bool = True
+    # Off by default: behind the cascade the candidate's size comes from the
+    # network's blurred map (1.5x the apparent size, median); at 10 mm the rule
+    # removed 6 false positives and 16 true microbleeds on the held-out set
+    # (docs/location-filter.md, "Measured behind the shipped cascade").
+    too_large: bool = False
     max_diameter_mm: float = 10.0
     tubular: bool = True
     tubular_elongation: float = 3.0

@@ -47,14 +47,16 @@ THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)
 
 
 def configurations(base: LocationConfig | None = None) -> dict[str, LocationConfig]:
-    """none, all, each rule alone ("only X") and all but one ("without X")."""
+    """none, the defaults, all rules, each rule alone ("only X"), all but one ("without X")."""
     cfg = base or LocationConfig()
-    off = {code: False for code in rule_codes.REASON_CODES}
-    out = {"none": LocationConfig(**{**_fields(cfg), **off}), "all": cfg}
+    fields = _fields(cfg)
+    every = LocationConfig(**{**fields, **{code: True for code in rule_codes.REASON_CODES}})
+    none = LocationConfig(**{**fields, **{code: False for code in rule_codes.REASON_CODES}})
+    out = {"none": none, "defaults": cfg, "all": every}
     for code in rule_codes.REASON_CODES:
-        out[f"only {code}"] = cfg.only(code)
+        out[f"only {code}"] = every.only(code)
     for code in rule_codes.REASON_CODES:
-        out[f"without {code}"] = LocationConfig(**{**_fields(cfg), code: False})
+        out[f"without {code}"] = LocationConfig(**{**_fields(every), code: False})
     return out
 
 

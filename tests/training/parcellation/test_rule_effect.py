@@ -31,7 +31,8 @@ def test_candidates_rules_and_table() -> None:
     assert cands[1][0].elongation == 20.0
     parc = case.labels.with_array(np.full((20, 40, 40), 41, np.float32))  # all white matter
     info = SeriesInfo("1", "2", "MR", SequenceKind.SWI)
-    counts = apply(cands, case.labels, parc, info, {"all": LocationConfig()})["all"]
+    every_rule = LocationConfig(too_large=True)
+    counts = apply(cands, case.labels, parc, info, {"all": every_rule})["all"]
     assert counts[("cmb", "kept")] == 1
     assert counts[("vein", "tubular")] == 1
     assert counts[("flow_void", "too_large")] == 1
