@@ -11,8 +11,10 @@ seconds, with the product's own stage timings (``Result.timings_s``).  The
 "infer" stage is split by timing its resample/normalize (``prepare``) and
 resample-back steps on their own; the "write" stage by writing NIfTI, SEG, SR
 and PDF one at a time from the same Result.  The location stage (parcellation
-network + rules, ``model.location``) is timed beside the pipeline, which does
-not call it yet.  Each study costs one full sliding-window inference per repeat
+network + rules, ``model.location``) is part of the product run when a
+parcellation model is installed (the phantom is no brain, so its rules' outcome
+means nothing here, only its time); it is also timed beside it on every
+U-Net candidate.  Each study costs one full sliding-window inference per repeat
 (plus one at overlap 0 for the threshold), to keep the run short on a shared
 machine.
 

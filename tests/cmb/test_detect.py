@@ -53,6 +53,10 @@ def _cmb(*args: str | Path, check: bool = False) -> subprocess.CompletedProcess[
     )
 
 
+def _detect(source: Path, out: Path, model: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return _cmb("detect", source, "--out", out, "--model", model, *extra)
+
+
 @pytest.fixture(scope="module")
 def phantom() -> Volume:
     return sphere_phantom(SHAPE, AFFINE, CENTRES, [2.5, 2.0, 3.0], noise=2.0, seed=3)
@@ -98,7 +102,7 @@ def test_detect_writes_schema_valid_results(
     tmp_path: Path, study_dir: Path, test_model: Path, phantom: Volume
 ) -> None:
     out = tmp_path / "out"
-    proc = _cmb("detect", study_dir, "--out", out, "--model", test_model, "--outputs", "", *PHANTOM)
+    proc = _detect(study_dir, out, test_model, "--outputs", "", *PHANTOM)
     assert proc.returncode == 0, proc.stderr
     folders = [p for p in out.iterdir() if not p.name.startswith(".")]
     assert len(folders) == 1
@@ -193,7 +197,7 @@ def test_nifti_input(tmp_path: Path, phantom: Volume, test_model: Path) -> None:
     path = tmp_path / "swi.nii.gz"
     write_nifti(phantom, path)
     out = tmp_path / "out"
-    proc = _cmb("detect", path, "--out", out, "--model", test_model, *PHANTOM)
+    proc = _detect(path, out, test_model, *PHANTOM)
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(next(out.glob("*/detections.json")).read_text())
     jsonschema.validate(payload, SCHEMA)
@@ -262,17 +266,7 @@ def test_detect_writes_dicom_results(tmp_path: Path, study_dir: Path, test_model
     import pydicom
 
     out = tmp_path / "out"
-    proc = _cmb(
-        "detect",
-        study_dir,
-        "--out",
-        out,
-        "--model",
-        test_model,
-        "--outputs",
-        "seg,sr,pdf,sc",
-        *PHANTOM,
-    )
+    proc = _detect(study_dir, out, test_model, "--outputs", "seg,sr,pdf,sc", *PHANTOM)
     assert proc.returncode == 0, proc.stderr
     folder = next(p for p in out.iterdir() if not p.name.startswith("."))
     payload = json.loads((folder / "detections.json").read_text())
