@@ -38,6 +38,7 @@ from model.candidates import extract_candidates
 from model.infer import predict_probability
 from model.location import LocationConfig, apply_rules, locate, parcellate
 from model.location import rules as rule_codes
+from model.location.region import Region
 from model.onnx_model import OnnxModel, default_model_path
 from model.types import SequenceKind, SeriesInfo
 from training.data import CaseRef, list_cases, load_volumes
@@ -97,9 +98,23 @@ def measure_case(
             {
                 "detection": d.to_json(),
                 "rejected_by": {name: reasons[n] for name, reasons in rejected.items()},
+                "region": _region_features(regions[d.id]),
             }
             for n, d in enumerate(detections)
         ],
+    }
+
+
+def _region_features(region: Region) -> dict[str, Any]:
+    """What the rules read of a region, for tuning their thresholds offline."""
+    return {
+        "label": region.label,
+        "parenchyma_fraction": round(region.neighbourhood.parenchyma_fraction, 3),
+        "fluid_fraction": round(region.neighbourhood.fluid_fraction, 3),
+        "distance_cortex_mm": round(region.distance_cortex_mm, 2),
+        "distance_ventricle_mm": round(region.distance_ventricle_mm, 2),
+        "distance_deep_nuclei_mm": round(region.distance_deep_nuclei_mm, 2),
+        "wm_subclass": region.wm_subclass,
     }
 
 
