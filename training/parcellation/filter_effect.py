@@ -223,6 +223,35 @@ def run(
     return summarise(done)
 
 
+def write_predictions(
+    cases: Sequence[dict[str, Any]], out: Path, configuration: str = "defaults"
+) -> int:
+    """``out/<case>/detections.json`` with ``configuration``'s rejections, for ``cmb evaluate``.
+
+    Candidates below the run's ``min_score`` were not kept in ``cases.jsonl``,
+    so an FROC from these files stops at that classifier score.  Returns the
+    number of cases written.
+    """
+    for case in cases:
+        detections = []
+        for cand in case["candidates"]:
+            det = dict(cand["detection"])
+            reason = cand["rejected_by"][configuration]
+            det["status"] = "rejected" if reason else "kept"
+            det["reject_reason"] = reason
+            detections.append(det)
+        folder = out / case["case_id"]
+        folder.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "case_id": case["case_id"],
+            "acquisition": case.get("acquisition") or {},
+            "location_rules": configuration,
+            "detections": detections,
+        }
+        (folder / "detections.json").write_text(json.dumps(payload, indent=1))
+    return len(cases)
+
+
 def read_cases(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -240,12 +269,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="first N cases only")
     p.add_argument("--threshold", type=float, default=0.97, help="threshold of the rule table")
     p.add_argument("--summarise", action="store_true", help="tables from cases.jsonl only")
+    p.add_argument(
+        "--predictions",
+        type=Path,
+        help="also write <case>/detections.json with the default rules applied (cmb evaluate)",
+    )
     a = p.parse_args(argv)
     if a.summarise:
         summary = summarise(read_cases(a.out / "cases.jsonl"))
     else:
         summary = run(a.data, a.out, overlap=a.overlap, min_score=a.min_score, limit=a.limit)
     print(rule_table(summary, a.threshold))
+    if a.predictions:
+        n = write_predictions(read_cases(a.out / "cases.jsonl"), a.predictions)
+        print(f"wrote {n} cases to {a.predictions}")
     return 0
 
 

@@ -15,11 +15,14 @@ from training.parcellation.filter_effect import (
     read_cases,
     rule_table,
     summarise,
+    write_predictions,
 )
 
 
-def _candidate(center: list[float], p: float, rejected: dict[str, str | None]) -> dict[str, Any]:
-    det = {"id": 1, "center_lps_mm": center, "probability": p, "diameter_mm": 3.0}
+def _candidate(
+    center: list[float], p: float, rejected: dict[str, str | None], id_: int = 1
+) -> dict[str, Any]:
+    det = {"id": id_, "center_lps_mm": center, "probability": p, "diameter_mm": 3.0}
     return {"detection": det, "rejected_by": rejected}
 
 
@@ -33,7 +36,10 @@ def _cases() -> list[dict[str, Any]]:
         "candidates": [
             _candidate([0.5, 0.0, 0.0], 0.99, {"none": None, "all": None, "only csf": "csf"}),
             _candidate(
-                [60.0, 0.0, 0.0], 0.98, {"none": None, "all": "outside_brain", "only csf": None}
+                [60.0, 0.0, 0.0],
+                0.98,
+                {"none": None, "all": "outside_brain", "only csf": None},
+                id_=2,
             ),
         ],
     }
@@ -87,3 +93,14 @@ def test_summarise_needs_cases_and_reads_them_back(tmp_path: Path) -> None:
     path.write_text("".join(json.dumps(c) + "\n" for c in _cases()))
     assert read_cases(path) == _cases()
     assert read_cases(tmp_path / "missing.jsonl") == []
+
+
+def test_predictions_carry_the_configurations_rejections(tmp_path: Path) -> None:
+    from evaluation.io import load_predictions
+
+    assert write_predictions(_cases(), tmp_path, "all") == 2
+    preds = load_predictions(tmp_path)
+    kept = {case: [d.kept for d in p.detections] for case, p in preds.items()}
+    assert kept == {"a": [True, False], "b": [False]}
+    a = json.loads((tmp_path / "a" / "detections.json").read_text())
+    assert a["detections"][1]["reject_reason"] == "outside_brain"
