@@ -206,7 +206,9 @@ def detect_series(
             "rejected": sum(1 for d in detections if d.reject_reason == "classifier"),
         }
     with clock.stage("location"):
-        location = _run_location_filter(volume, labels, detections, series, options)
+        location = _run_location_filter(
+            volume, labels, detections, series, options, classified=classifier is not None
+        )
     result = Result(
         study_instance_uid=study.study_instance_uid,
         series=series.info,
@@ -240,13 +242,20 @@ def _run_location_filter(
     detections: list[Detection],
     series: Series,
     options: PipelineOptions,
+    *,
+    classified: bool = False,
 ) -> dict[str, Any]:
-    """Parcellate, locate and filter the candidates in place; the summary for detections.json."""
+    """Parcellate, locate and filter the candidates in place; the summary for detections.json.
+
+    ``classified``: the detections' probability is the candidate classifier's,
+    which sets the definite/possible band of the MARS rating.
+    """
     method, why = _location_method(options)
     if method is None:
         log.warning("location filter not run: %s", why)
         return {"method": "off", "reason": why}
     from model.location import locate_and_filter, mars_rating, parcellate
+    from model.location.rating import DEFINITE_CLASSIFIER, DEFINITE_UNET
 
     parcellation = parcellate(
         volume, method=method, model_path=options.parcellation_model_path, device=options.device
@@ -260,7 +269,9 @@ def _run_location_filter(
         "method": method,
         "reason": why,
         "rejected_by_rule": rejected,
-        "mars_rating": mars_rating(detections),
+        "mars_rating": mars_rating(
+            detections, definite_probability=DEFINITE_CLASSIFIER if classified else DEFINITE_UNET
+        ),
     }
 
 

@@ -182,3 +182,27 @@ def test_the_shipped_classifier_runs_behind_the_shipped_unet() -> None:
     assert classifier.metadata.spacing_mm == unet.metadata.spacing_mm
     assert classifier.metadata.normalization == unet.metadata.normalization
     assert 0.0 < candidate_threshold(classifier) < classifier.metadata.threshold < 1.0
+
+
+def test_mars_rating_band_follows_the_score_that_decided(tmp_path: Path) -> None:
+    from model.location.rating import DEFINITE_CLASSIFIER, DEFINITE_UNET
+
+    study, _ = _study(tmp_path)
+    unet = make_test_model(tmp_path / "unet.onnx")
+    classifier = make_test_model(
+        tmp_path / "classifier.onnx", task="cmb_candidate_classification", patch_size=PATCH
+    )
+    parc = make_test_model(tmp_path / "parc.onnx", task="parcellation")
+    common = {
+        "model_path": unet,
+        "outputs": (),
+        "location": "onnx",
+        "parcellation_model_path": parc,
+        "classifier_model_path": classifier,
+    }
+    bands = {}
+    for mode in ("off", "on"):
+        (out,) = process([study], tmp_path / mode, PipelineOptions(**common, classifier=mode))
+        rating = json.loads(out.files["detections"].read_text())["location_filter"]["mars_rating"]
+        bands[mode] = rating["definite_probability"]
+    assert bands == {"off": DEFINITE_UNET, "on": DEFINITE_CLASSIFIER}
