@@ -255,11 +255,16 @@ def _run_location_filter(
         log.warning("location filter not run: %s", why)
         return {"method": "off", "reason": why}
     from model.location import locate_and_filter, mars_rating, parcellate
+    from model.location.plausibility import check_anatomy
     from model.location.rating import DEFINITE_CLASSIFIER, DEFINITE_UNET
 
     parcellation = parcellate(
         volume, method=method, model_path=options.parcellation_model_path, device=options.device
     )
+    anatomy = check_anatomy(parcellation)
+    if not anatomy.plausible:
+        log.warning("location filter not applied: %s", anatomy.reason)
+        return {"method": method, "reason": f"not applied: {anatomy.reason}"}
     locate_and_filter(detections, labels, parcellation, series.info)
     rejected: dict[str, int] = {}
     for det in detections:

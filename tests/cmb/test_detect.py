@@ -285,40 +285,27 @@ def test_detect_writes_dicom_results(tmp_path: Path, study_dir: Path, test_model
     assert len(list(folder.glob("sc*.dcm"))) + len(list(folder.glob("*key*.dcm"))) >= 1
 
 
-def test_location_filter_runs_with_a_parcellation_model(
+def test_location_filter_is_not_applied_without_a_brain(
     tmp_path: Path, study_dir: Path, test_model: Path
 ) -> None:
-    """The pipeline locates every candidate with the parcellation it is given.
+    """A parcellation with no thalami is not believed: every candidate stays, unlocated.
 
-    The test parcellation model labels voxels by intensity, so the labels are
-    not anatomy; what is checked is the wiring: every candidate gets a region or
-    a rejection reason code, and the summary is recorded.
+    The test parcellation model labels the phantom by intensity, which gives no
+    brain; the product path on anatomy is tested by tests/cmb/test_demo_command.py.
     """
     parc = make_test_model(tmp_path / "parc.onnx", task="parcellation")
     out = tmp_path / "out"
-    proc = _cmb(
-        "detect",
-        study_dir,
-        "--out",
-        out,
-        "--model",
-        test_model,
-        "--outputs",
-        "",
-        "--location",
-        "onnx",
-        "--parcellation-model",
-        parc,
-    )
+    proc = _detect(
+        study_dir, out, test_model, "--outputs", "", "--location", "onnx",
+        "--parcellation-model", str(parc),
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(next(out.glob("*/detections.json")).read_text())
     jsonschema.validate(payload, SCHEMA)
     assert payload["location_filter"]["method"] == "onnx"
+    assert payload["location_filter"]["reason"].startswith("not applied: no brain recognised")
     assert len(payload["detections"]) == 3
-    for det in payload["detections"]:
-        assert det["region"] is not None or det["reject_reason"] is not None
-    rejected = sum(payload["location_filter"]["rejected_by_rule"].values())
-    assert rejected == sum(d["status"] == "rejected" for d in payload["detections"])
+    assert all(d["status"] == "kept" and d["region"] is None for d in payload["detections"])
     assert "location" in payload["timings_s"]
 
 
