@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 LARGE_MM = 3.0
 
 
+def is_large(cmb: TruthCMB) -> bool:
+    """In the issue's "large" bin (apparent diameter, else the true one, >= ``LARGE_MM``)."""
+    return (cmb.match_diameter_mm or 0.0) >= LARGE_MM
+
+
 @dataclass
 class Counts:
     """Detection counts of a group of scans at one threshold."""
@@ -134,7 +139,7 @@ def evaluate_case(
         TruthCMB.from_json(c, f"{ref.case_id}.cmbs[{n}]")
         for n, c in enumerate(ref.record.get("cmbs") or [])
     ]
-    large = [(t.diameter_apparent_mm or t.diameter_mm or 0.0) >= LARGE_MM for t in truth]
+    large = [is_large(t) for t in truth]
     result = CaseResult(ref.case_id, _groups(ref.record))
     scored: list[Detection] | None = None
     if classifier is not None:

@@ -6,8 +6,7 @@ reject candidates by made-up anatomy.  The thalami are the check: every head
 the rules were measured on has both (held-out and selection sets, 90 scans:
 the smallest thalamus 4.75 ml; a real GE head with 9 mm slices: 7.1 and
 6.5 ml), while the two phantoms of ``../shared/data/real_dicom`` gave 0 / 0
-and 1.8 / 0 ml
-(docs/location-filter.md).  The lobe frame needs them too.  When the check
+and 1.8 / 0 ml (docs/location-filter.md).  The lobe frame needs them too.  When the check
 fails the pipeline keeps every candidate, unlocated, and says why: a scan
 that is not a whole brain loses nothing to the filter.
 """
@@ -34,7 +33,9 @@ class Plausibility:
 
 def check_anatomy(parcellation: Volume, min_thalamus_ml: float = MIN_THALAMUS_ML) -> Plausibility:
     """Whether ``parcellation`` looks like a brain (both thalami present, see the module doc)."""
-    labels = np.rint(parcellation.array).astype(np.int64)
+    # label ids are whole numbers in the float array (both parcellation methods
+    # write them so): compare in place, no integer copy of a whole-head volume
+    labels = parcellation.array
     ml = parcellation.voxel_volume_mm3 / 1000.0
     left = float(np.count_nonzero(labels == LEFT_THALAMUS)) * ml
     right = float(np.count_nonzero(labels == RIGHT_THALAMUS)) * ml

@@ -150,8 +150,8 @@ def symmetric_pairs(
     if frame is None:
         return set()
     out: set[int] = set()
+    located = [d for d in detections if d.id in regions]
     for left, right in _SYMMETRIC_PAIRS:
-        located = [d for d in detections if d.id in regions]
         lefts = [d for d in located if regions[d.id].label == left]
         rights = [d for d in located if regions[d.id].label == right]
         for a in lefts:

@@ -295,10 +295,8 @@ def test_location_filter_is_not_applied_without_a_brain(
     """
     parc = make_test_model(tmp_path / "parc.onnx", task="parcellation")
     out = tmp_path / "out"
-    proc = _detect(
-        study_dir, out, test_model, "--outputs", "", "--location", "onnx",
-        "--parcellation-model", str(parc),
-    )  # fmt: skip
+    location = ("--location", "onnx", "--parcellation-model", str(parc))
+    proc = _detect(study_dir, out, test_model, "--outputs", "", *location)
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(next(out.glob("*/detections.json")).read_text())
     jsonschema.validate(payload, SCHEMA)

@@ -14,9 +14,10 @@ evaluation package's default rule, at every classifier threshold.
 
 Written to ``--out``: ``cases.jsonl`` (per case: truth, and every candidate
 with its score and, per configuration, the rule that rejects it) and
-``filter_effect.json`` (the totals), rewritten after every case so that a
-stopped run keeps what it measured; :func:`summarise` recomputes the tables
-from ``cases.jsonl`` without running the networks again.
+``filter_effect.json`` (the totals, at the end).  ``cases.jsonl`` grows by
+one line per case, so a stopped run keeps what it measured and resumes after
+it; :func:`summarise` (``--summarise``) recomputes the tables from it without
+running the networks again.
 
     nice -n 5 .venv/bin/python -m training.parcellation.filter_effect \\
         --data runs/data/val --out runs/filter_effect --overlap 0
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -42,7 +44,7 @@ from model.location.region import Region
 from model.onnx_model import OnnxModel, default_model_path
 from model.types import SequenceKind, SeriesInfo
 from training.data import CaseRef, list_cases, load_volumes
-from training.validate import LARGE_MM
+from training.validate import is_large
 
 THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)
 
@@ -50,26 +52,24 @@ THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)
 def configurations(base: LocationConfig | None = None) -> dict[str, LocationConfig]:
     """none, the defaults, all rules, each rule alone ("only X"), all but one ("without X")."""
     cfg = base or LocationConfig()
-    fields = _fields(cfg)
-    every = LocationConfig(**{**fields, **{code: True for code in rule_codes.REASON_CODES}})
-    none = LocationConfig(**{**fields, **{code: False for code in rule_codes.REASON_CODES}})
-    out = {"none": none, "defaults": cfg, "all": every}
-    for code in rule_codes.REASON_CODES:
+    codes = rule_codes.REASON_CODES
+    every = dataclasses.replace(cfg, **{code: True for code in codes})
+    out = {
+        "none": dataclasses.replace(cfg, **{code: False for code in codes}),
+        "defaults": cfg,
+        "all": every,
+    }
+    for code in codes:
         out[f"only {code}"] = every.only(code)
-    for code in rule_codes.REASON_CODES:
-        out[f"without {code}"] = LocationConfig(**{**_fields(every), code: False})
+    for code in codes:
+        out[f"without {code}"] = dataclasses.replace(every, **{code: False})
     return out
-
-
-def _fields(cfg: LocationConfig) -> dict[str, Any]:
-    return {name: getattr(cfg, name) for name in cfg.__dataclass_fields__}
 
 
 def measure_case(
     ref: CaseRef,
     unet: OnnxModel,
     classifier: OnnxModel,
-    parcellation_model: Path | None,
     configs: dict[str, LocationConfig],
     *,
     overlap: float,
@@ -83,7 +83,7 @@ def measure_case(
     labels, detections = extract_candidates(probability, candidate_threshold(classifier))
     classify_candidates(image, detections, classifier, threshold=0.0)
     detections = [d for d in detections if d.probability >= min_score]
-    parc = parcellate(image, model_path=parcellation_model, device="cpu")
+    parc = parcellate(image, device="cpu")  # the shipped model
     regions, frame = locate(detections, parc)
     rejected: dict[str, list[str | None]] = {}
     for name, cfg in configs.items():
@@ -125,30 +125,35 @@ def summarise(
     if not cases:
         raise ValueError("no cases to summarise")
     names = _configuration_names(cases)
+    # parse each case once: its truth, which CMBs are large, its candidates
+    parsed = []
+    for case in cases:
+        truth = [
+            TruthCMB.from_json(c, f"{case['case_id']}.cmbs[{i}]")
+            for i, c in enumerate(case["truth"])
+        ]
+        candidates = [
+            (PredCMB.from_json(c["detection"], f"{case['case_id']} candidate {i}"), c)
+            for i, c in enumerate(case["candidates"])
+        ]
+        parsed.append((case["case_id"], truth, [is_large(t) for t in truth], candidates))
+    n_truth = sum(len(truth) for _, truth, _, _ in parsed)
+    truth_large = sum(sum(large) for _, _, large, _ in parsed)
     table: dict[str, dict[str, dict[str, float | int]]] = {}
-    n_truth = sum(len(c["truth"]) for c in cases)
     for name in names:
         table[name] = {}
         for t in thresholds:
-            tp = fp = tp_large = truth_large = 0
-            for case in cases:
-                truth = [
-                    TruthCMB.from_json(c, f"{case['case_id']}.cmbs[{i}]")
-                    for i, c in enumerate(case["truth"])
-                ]
-                large = [
-                    (x.diameter_apparent_mm or x.diameter_mm or 0.0) >= LARGE_MM for x in truth
-                ]
+            tp = fp = tp_large = 0
+            for case_id, truth, large, candidates in parsed:
                 preds = [
-                    PredCMB.from_json(c["detection"], f"{case['case_id']} candidate {i}")
-                    for i, c in enumerate(case["candidates"])
-                    if c["detection"]["probability"] >= t and c["rejected_by"].get(name) is None
+                    pred
+                    for pred, c in candidates
+                    if pred.probability >= t and c["rejected_by"].get(name) is None
                 ]
-                match = match_case(truth, preds, case_id=case["case_id"])
+                match = match_case(truth, preds, case_id=case_id)
                 tp += match.tp
                 fp += match.fp
                 tp_large += sum(1 for p in match.pairs if large[p.truth_index])
-                truth_large += sum(large)
             table[name][f"{t:g}"] = {
                 "tp": tp,
                 "fp": fp,
@@ -211,16 +216,14 @@ def run(
     for n, ref in enumerate(refs):
         if ref.case_id in seen:
             continue
-        record = measure_case(
-            ref, unet, classifier, None, configs, overlap=overlap, min_score=min_score
-        )
+        record = measure_case(ref, unet, classifier, configs, overlap=overlap, min_score=min_score)
         with cases_file.open("a") as f:
             f.write(json.dumps(record) + "\n")
         done.append(record)
-        summary = summarise(done)
-        (out / "filter_effect.json").write_text(json.dumps(summary, indent=1))
         print(f"case {n + 1}/{len(refs)} {ref.case_id}: {len(record['candidates'])} candidates")
-    return summarise(done)
+    summary = summarise(done)
+    (out / "filter_effect.json").write_text(json.dumps(summary, indent=1))
+    return summary
 
 
 def write_predictions(

@@ -12,8 +12,8 @@ with ``--workers 0``.
 
     nice -n 10 .venv/bin/python -m training.parcellation.train \
         --out runs/parcellation/run1 --until 21:00
-    python -m training.parcellation.train --out runs/parcellation/gpu \
-        --minutes 8 --batch 4 --workers 14 --patch 96
+    python -m training.parcellation.train --out runs/parcellation/gpu1 --minutes 7.5 \
+        --batch 8 --workers 14 --patch 96 --features 16 32 64 96 192 32 --lr 2e-3 --seed 1
 """
 
 from __future__ import annotations
