@@ -10,8 +10,9 @@ millimetres through the volume's affine, so it does not depend on the grid
   volume; diameter: of the sphere of that volume.  A cascade extracts
   candidates at a low threshold (0.3) to find more of them, and the component
   at that level includes the network's blurred rim: on the held-out set its
-  sphere diameter was 1.2-1.7 times the microbleed's apparent size, which made
-  the size rule reject true microbleeds (docs/location-filter.md);
+  sphere diameter was 1.64 times the microbleed's apparent size (median; 1.48
+  at 0.5), which made the size rule reject true microbleeds
+  (docs/location-filter.md);
 * elongation: sqrt(largest / smallest eigenvalue) of the covariance of the
   points of the component, each voxel counted as a uniform box (so a single
   voxel has the shape of its voxel, and a sampled sphere gives about 1);
