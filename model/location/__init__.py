@@ -47,9 +47,15 @@ class LocationConfig:
     csf_soft_on_swi: bool = True
     csf_soft_min_probability: float = 0.9
     choroid_plexus: bool = True
-    choroid_max_mm: float = 2.0
+    # The atrium box and the pineal radius cover ~90 % of the selection set's
+    # choroid-plexus (12 of 13) and pineal (14 of 16) calcifications, measured
+    # from the shipped parcellation's pulvinars (docs/location-filter.md).
+    choroid_min_ventricle_fraction: float = 0.2
+    choroid_front_mm: float = 5.0
+    choroid_behind_mm: float = 30.0
+    choroid_vertical_mm: float = 20.0
     pineal: bool = True
-    pineal_radius_mm: float = 8.0
+    pineal_radius_mm: float = 10.0
     symmetric_calcification: bool = True
     symmetry_tolerance_mm: float = 8.0
     # Off by default: behind the cascade the candidate's size comes from the
@@ -72,7 +78,12 @@ class LocationConfig:
                 raise ValueError(
                     f"LocationConfig.{f.name} must be a non-negative number, got {value!r}"
                 )
-        for name in ("min_parenchyma_fraction", "csf_soft_min_probability", "occipital_fraction"):
+        for name in (
+            "min_parenchyma_fraction",
+            "csf_soft_min_probability",
+            "occipital_fraction",
+            "choroid_min_ventricle_fraction",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(
                     f"LocationConfig.{name} must be in [0, 1], got {getattr(self, name)}"
@@ -205,7 +216,15 @@ def _first_rule(
     if cfg.outside_brain and rules.is_outside_brain(reg):
         return rules.OUTSIDE_BRAIN
     if cfg.choroid_plexus and rules.is_choroid_plexus(
-        reg, det.center_lps_mm, frame, cfg.choroid_max_mm
+        reg,
+        det.center_lps_mm,
+        frame,
+        rules.AtriumZone(
+            cfg.choroid_min_ventricle_fraction,
+            cfg.choroid_front_mm,
+            cfg.choroid_behind_mm,
+            cfg.choroid_vertical_mm,
+        ),
     ):
         return rules.CHOROID_PLEXUS
     if cfg.csf and rules.is_csf(

@@ -7,9 +7,10 @@ reason code                    fires when
 =============================  ==============================================================
 ``outside_brain``              the region is background (less than 30 % brain tissue around
                                the candidate and background dominates)
-``choroid_plexus``             in or touching a lateral ventricle (<= ``choroid_max_mm``) in
-                               the atrium: from 5 mm in front of to 25 mm behind the
-                               pulvinar, within 15 mm of it vertically
+``choroid_plexus``             in a lateral ventricle (at least ``min_ventricle_fraction`` of
+                               the neighbourhood is ventricle) at its atrium: from 5 mm in
+                               front of to 30 mm behind the ipsilateral pulvinar, within
+                               20 mm of it vertically (:class:`AtriumZone`)
 ``csf``                        the region is CSF or a ventricle.  Hard on T2*-GRE; on SWI
                                (where a hard CSF rule deletes true cortical CMBs, whose
                                blooming leaks into sulci) it is soft: reject only when the
@@ -108,22 +109,42 @@ def is_csf(
     return True
 
 
+@dataclass(frozen=True)
+class AtriumZone:
+    """Where choroid plexus calcifications sit: in the lateral ventricle at its atrium.
+
+    ``min_ventricle_fraction``: the share of the candidate's neighbourhood
+    sphere (:mod:`model.location.region`) that is lateral ventricle.  A
+    distance to the ventricle cannot tell a calcified glomus (in the lumen,
+    its blooming reaching the wall) from a periventricular microbleed (in the
+    wall, its blooming reaching the lumen) at 2 mm parcellation and thick
+    slices; how much of the neighbourhood is ventricle can, more often.
+    The atrium: from ``front_mm`` in front of to ``behind_mm`` behind the
+    ipsilateral pulvinar, within ``vertical_mm`` of it vertically.  Values:
+    :class:`model.location.LocationConfig`.
+    """
+
+    min_ventricle_fraction: float
+    front_mm: float
+    behind_mm: float
+    vertical_mm: float
+
+
 def is_choroid_plexus(
-    region: Region, point_lps: npt.ArrayLike, frame: BrainFrame | None, max_mm: float
+    region: Region, point_lps: npt.ArrayLike, frame: BrainFrame | None, zone: AtriumZone
 ) -> bool:
     if frame is None:
         return False
-    in_ventricle = region.label in lt.LATERAL_VENTRICLES or region.distance_ventricle_mm <= max_mm
+    in_ventricle = (
+        region.label in lt.LATERAL_VENTRICLES
+        or region.neighbourhood.fraction(lt.LATERAL_VENTRICLES) >= zone.min_ventricle_fraction
+    )
     if not in_ventricle:
         return False
-    for side, pulv in frame.pulvinar.items():
-        _, v, w = frame.coords(point_lps)
-        _, pv, pw = frame.coords(pulv)
-        u = frame.coords(point_lps)[0]
-        same_side = (u > 0) == (side == "left")
-        if same_side and pv - 5.0 <= v <= pv + 25.0 and abs(w - pw) <= 15.0:
-            return True
-    return False
+    u, v, w = frame.coords(point_lps)
+    side = "left" if u > 0 else "right"
+    _, pv, pw = frame.coords(frame.pulvinar[side])
+    return pv - zone.front_mm <= v <= pv + zone.behind_mm and abs(w - pw) <= zone.vertical_mm
 
 
 def is_pineal(point_lps: npt.ArrayLike, frame: BrainFrame | None, radius_mm: float) -> bool:

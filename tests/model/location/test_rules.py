@@ -91,6 +91,32 @@ def test_choroid_plexus_in_the_atrium(parc, frame, no_masks) -> None:
     assert run([det(1, point, p=0.95)], parc, no_masks, SWI, off) == [None]
 
 
+def test_choroid_plexus_needs_ventricle_around_not_just_near(parc, frame, no_masks) -> None:
+    """A periventricular microbleed in the atrium's wall: white matter whose neighbourhood is
+    only a little ventricle is kept; with a lower ventricle share required it is rejected."""
+    from model.location import labels as lt
+    from model.location.region import neighbourhood
+
+    pv, pw = frame.coords(frame.pulvinar["left"])[1:]
+    wm = np.argwhere(np.rint(parc.array) == 2)
+    pts = parc.index_to_lps(wm)
+    uvw = (pts - frame.origin) @ np.stack([frame.e_u, frame.e_v, frame.e_w]).T
+    zone = (uvw[:, 1] > pv) & (uvw[:, 1] < pv + 20) & (np.abs(uvw[:, 2] - pw) < 12)
+    shares = []
+    for p in pts[zone]:
+        # a 3 mm candidate's neighbourhood: radius 1.5 + 2 mm margin
+        share = neighbourhood(parc, p, 3.5).fraction(lt.LATERAL_VENTRICLES)
+        if 0.02 <= share <= 0.15:
+            shares.append((share, p))
+    assert shares, "no white matter beside the atrium in this label map"
+    share, point = shares[0]
+    assert run([det(1, point)], parc, no_masks, SWI) == [None]
+    looser = LocationConfig(choroid_min_ventricle_fraction=share / 2)
+    assert run([det(1, point)], parc, no_masks, SWI, looser) == [rules.CHOROID_PLEXUS]
+    with pytest.raises(ValueError):
+        LocationConfig(choroid_min_ventricle_fraction=1.5)
+
+
 def test_pineal(parc, frame, no_masks) -> None:
     assert run([det(1, frame.pineal, p=0.95)], parc, no_masks, SWI) == [rules.PINEAL]
     assert run(

@@ -104,3 +104,49 @@ def test_predictions_carry_the_configurations_rejections(tmp_path: Path) -> None
     assert kept == {"a": [True, False], "b": [False]}
     a = json.loads((tmp_path / "a" / "detections.json").read_text())
     assert a["detections"][1]["reject_reason"] == "outside_brain"
+
+
+def test_replay_relocates_cached_outputs_without_the_networks(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """A --cache run's outputs replayed: located on the cached parcellation, each configuration's
+    rejections recorded, the true CMB matched and the FP outside the head removed by the rules."""
+    import numpy as np
+
+    from model.types import Detection
+    from tests.model.location.conftest import brain_labels, interior_voxel, voxel_lps
+    from training.parcellation.filter_effect import load_outputs, replay, save_outputs
+
+    parc = brain_labels(shared_data)
+    wm = voxel_lps(parc, interior_voxel(parc, 41, depth=2))
+    outside = voxel_lps(parc, np.array([1, 1, 1]))
+    detections = [
+        Detection(1, wm, 3.0, 14.0, 0.99),
+        Detection(2, outside, 3.0, 14.0, 0.98),
+    ]
+    labels = parc.with_array(np.zeros(parc.shape, np.float32))
+    save_outputs(tmp_path / "cache" / "c1.pkl", detections, labels, parc)
+    back, labels_back, parc_back = load_outputs(tmp_path / "cache" / "c1.pkl")
+    assert [d.center_lps_mm for d in back] == [wm, outside]
+    assert np.array_equal(parc_back.array, parc.array)
+    assert np.array_equal(labels_back.affine, labels.affine)
+
+    data = tmp_path / "data"
+    data.mkdir()
+    truth = {"center_lps_mm": list(wm), "diameter_mm": 3.0, "diameter_apparent_mm": 3.0}
+    records = [
+        {"case_id": "c1", "acquisition": {"sequence": "t2star"}, "cmbs": [truth]},
+        {"case_id": "c2", "acquisition": {"sequence": "swi"}, "cmbs": []},  # not cached
+    ]
+    (data / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = replay(data, tmp_path / "cache", tmp_path / "out")
+    assert summary["n_cases"] == 1
+    (case,) = read_cases(tmp_path / "out" / "cases.jsonl")
+    first, second = case["candidates"]
+    assert first["rejected_by"]["defaults"] is None
+    assert first["region"]["label"] == 41
+    assert second["rejected_by"]["defaults"] == "outside_brain"
+    assert second["rejected_by"]["none"] is None
+    at = summary["by_configuration"]
+    assert (at["none"]["0.97"]["tp"], at["none"]["0.97"]["fp"]) == (1, 1)
+    assert (at["defaults"]["0.97"]["tp"], at["defaults"]["0.97"]["fp"]) == (1, 0)
