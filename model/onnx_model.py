@@ -11,6 +11,7 @@ names the key at fault.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -352,3 +353,26 @@ def _sigmoid(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 def _softmax(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     e = np.exp(x - x.max(axis=1, keepdims=True))
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def load_cached(path: str | Path, *, device: str = "auto", threads: int | None = None) -> OnnxModel:
+    """:meth:`OnnxModel.load`, once per file version, device and thread count.
+
+    A worker runs many studies: the small models are loaded once, not per
+    study.  The key holds the file's size and modification time, so a model
+    file replaced in place (new weights installed) is loaded again instead of
+    the old network running under the new file's name.
+    """
+    resolved = Path(path).resolve()
+    try:
+        stat = resolved.stat()
+    except OSError as e:
+        raise ModelError(f"model file {resolved} does not exist") from e
+    return _load_version(str(resolved), stat.st_mtime_ns, stat.st_size, device, threads)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_version(
+    path: str, mtime_ns: int, size: int, device: str, threads: int | None
+) -> OnnxModel:
+    return OnnxModel.load(path, device=device, threads=threads)

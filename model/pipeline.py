@@ -19,7 +19,6 @@ results atomically.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -39,7 +38,7 @@ from model.candidates import extract_candidates
 from model.dicom_in import load_studies
 from model.errors import InputError
 from model.infer import predict_probability
-from model.onnx_model import OnnxModel
+from model.onnx_model import OnnxModel, load_cached
 from model.paths import WEIGHTS_DIR
 from model.selection import select_series
 from model.series import Series, Study
@@ -147,7 +146,7 @@ def load_classifier(options: PipelineOptions, unet: OnnxModel) -> tuple[OnnxMode
         if options.classifier == "on":
             raise InputError(f"classifier 'on' but there is no classifier model at {path}")
         return None, f"no classifier model at {path}: U-Net candidates are not re-scored"
-    classifier = _cached_model(str(path), options.device, options.threads)
+    classifier = load_cached(path, device=options.device, threads=options.threads)
     if options.classifier == "auto":
         trained_for = classifier.metadata.extra.get("unet", "")
         if f"sha256:{unet.info.sha256}" not in trained_for:
@@ -156,12 +155,6 @@ def load_classifier(options: PipelineOptions, unet: OnnxModel) -> tuple[OnnxMode
                 f"({trained_for or 'unknown'}); choose it explicitly to run it"
             )
     return classifier, f"the model at {path}"
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_model(path: str, device: str, threads: int | None) -> OnnxModel:
-    # a worker runs many studies: load the small classifier once, not per study
-    return OnnxModel.load(path, device=device, threads=threads)
 
 
 def detect_series(

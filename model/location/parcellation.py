@@ -16,7 +16,6 @@ background), the labels of :mod:`model.location.labels`.
 
 from __future__ import annotations
 
-import functools
 import shutil
 import subprocess
 import tempfile
@@ -30,7 +29,7 @@ import SimpleITK as sitk
 
 from model.errors import CmbError, ModelError
 from model.location.grid import canonical_grid, empty_like_grid
-from model.onnx_model import OnnxModel, default_model_path
+from model.onnx_model import OnnxModel, default_model_path, load_cached
 from model.preprocess import foreground_mask, normalize, resample_like
 from model.types import Volume
 from model.volume import read_nifti
@@ -56,16 +55,15 @@ def parcellate(
     raise ValueError(f"unknown parcellation method {method!r}; expected one of {METHODS}")
 
 
-@functools.lru_cache(maxsize=4)
 def _load(path: Path, device: str) -> OnnxModel:
-    model = OnnxModel.load(path, device=device)
+    model = load_cached(path, device=device)
     if model.metadata.task != "parcellation":
         raise ModelError(f"{path} is a {model.metadata.task!r} model, not a parcellation model")
     return model
 
 
 def load_parcellation_model(model_path: Path | None = None, device: str = "auto") -> OnnxModel:
-    """The parcellation model (cached per path and device)."""
+    """The parcellation model (cached per file version and device)."""
     path = Path(model_path) if model_path is not None else default_model_path("parcellation")
     return _load(path.resolve(), device)
 

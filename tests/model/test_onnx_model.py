@@ -155,3 +155,23 @@ def test_run_refuses_wrong_input_shape(model_path: Path) -> None:
         model.run(np.zeros((1, 2, 8, 8, 8), np.float32))
     with pytest.raises(ValueError, match=r"\[N, 1, D, H, W\]"):
         model.run(np.zeros((8, 8, 8), np.float32))
+
+
+def test_load_cached_reuses_a_model_until_its_file_is_replaced(tmp_path: Path) -> None:
+    """Installing new weights under the same name must not leave a worker on the old network."""
+    import os
+
+    from model.onnx_model import load_cached
+
+    path = make_test_model(tmp_path / "m.onnx", output="sigmoid")
+    first = load_cached(path, device="cpu", threads=1)
+    assert load_cached(path, device="cpu", threads=1) is first
+    assert load_cached(path, device="cpu", threads=2) is not first
+    replacement = make_test_model(tmp_path / "new.onnx", output="logits")
+    os.replace(replacement, path)
+    reloaded = load_cached(path, device="cpu", threads=1)
+    assert reloaded is not first
+    assert reloaded.metadata.output == "logits"
+    assert reloaded.info.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(ModelError, match="does not exist"):
+        load_cached(tmp_path / "missing.onnx", device="cpu")
