@@ -34,6 +34,7 @@ from evaluation.froc import FrocCurve
 from evaluation.matching import CaseMatch
 from evaluation.metrics import Counts, per_scan_metrics
 from evaluation.stats import mean_sd, ratio
+from model.location import labels as location_labels
 
 UNKNOWN = "unknown"
 
@@ -96,10 +97,31 @@ SCAN_STRATA: dict[str, Callable[[Mapping[str, Any]], str | None]] = {
     "acquisition_type": _text("acquisition_type"),
 }
 
+
+def _squash(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+_REGION_NAMES = {_squash(info.name): info.name for info in location_labels.BY_ID.values()}
+
+
+def region_name(name: str | None) -> str | None:
+    """One spelling per structure, the location filter's.
+
+    Truth from the synthetic engine (and FreeSurfer-based annotations) spells
+    regions as FreeSurfer's table does ("Left-Cerebral-White-Matter"), the
+    location filter as ``model.location.labels`` does ("left cerebral white
+    matter"); without this a region's false positives land in a row of their own.
+    """
+    if not name:
+        return None
+    return _REGION_NAMES.get(_squash(name), name)
+
+
 CMB_STRATA: dict[str, tuple[Callable[[TruthCMB], str | None], Callable[[PredCMB], str | None]]] = {
     "size": (lambda t: size_bin(t.diameter_mm), lambda p: size_bin(p.diameter_mm)),
     "mars": (lambda t: t.mars, lambda p: p.mars),
-    "region": (lambda t: t.region, lambda p: p.region),
+    "region": (lambda t: region_name(t.region), lambda p: region_name(p.region)),
     "lobe": (lambda t: t.lobe, lambda p: p.lobe),
 }
 

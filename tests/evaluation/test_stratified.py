@@ -109,3 +109,41 @@ def test_report_shows_stratified_scan_metrics(tmp_path: Path) -> None:
     assert "| 3 T | 2 | 1 | 1.000 | 0.333 | 0.500 | 1.00 | 1.000 | 0.000 | 1.000 | 1.000 |" in md
     assert "Note: scan-level metrics" in md
     assert "scan AUC" in (tmp_path / "report.html").read_text()
+
+
+def test_region_rows_join_freesurfer_and_location_filter_spellings() -> None:
+    """Truth says "Left-Cerebral-White-Matter", the filter "left cerebral white matter": one row,
+    holding the TP and the FP; an unknown spelling keeps a row of its own."""
+    from evaluation.stratify import region_name
+
+    assert region_name("Right-VentralDC") == "right ventral DC"
+    assert region_name("Brain-Stem") == "brain-stem"
+    assert region_name("somewhere else") == "somewhere else"
+    assert region_name(None) is None
+    truth = {
+        "a": CaseTruth.from_points(
+            "a",
+            [
+                {
+                    "center_lps_mm": [0.0, 0.0, 0.0],
+                    "diameter_mm": 3,
+                    "region": "Left-Cerebral-White-Matter",
+                },
+                {"center_lps_mm": [40.0, 0.0, 0.0], "diameter_mm": 3, "region": "Left-Putamen"},
+            ],
+        )
+    }
+    wm = "left cerebral white matter"
+    preds = {
+        "a": CasePrediction(
+            "a",
+            (
+                PredCMB(id=1, center_lps_mm=(0.5, 0.0, 0.0), probability=0.9, region=wm),
+                PredCMB(id=2, center_lps_mm=(20.0, 0.0, 0.0), probability=0.9, region=wm),
+            ),
+        )
+    }
+    rows = evaluate_cases(truth, preds, EvaluationConfig(n_bootstrap=0)).metrics["stratified"]
+    region = rows["cmb"]["region"]
+    assert set(region) == {wm, "left putamen"}
+    assert (region[wm]["tp"], region[wm]["fp"], region[wm]["n_truth"]) == (1, 1, 1)

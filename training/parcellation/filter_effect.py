@@ -53,9 +53,10 @@ from model.location.region import Region
 from model.onnx_model import OnnxModel, default_model_path
 from model.types import Detection, SequenceKind, SeriesInfo, Volume
 from training.data import CaseRef, list_cases, load_volumes
-from training.validate import is_large
+from training.validate import choose_threshold, is_large
 
-THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)
+THRESHOLDS = (0.5, 0.8, 0.9, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
+MAX_FP_PER_SCAN = 0.5  # issue 5's operating constraint
 
 
 def configurations(base: LocationConfig | None = None) -> dict[str, LocationConfig]:
@@ -208,11 +209,13 @@ def summarise(
         parsed.append((case["case_id"], truth, [is_large(t) for t in truth], candidates))
     n_truth = sum(len(truth) for _, truth, _, _ in parsed)
     truth_large = sum(sum(large) for _, _, large, _ in parsed)
+    positive_scans = sum(1 for _, truth, _, _ in parsed if truth)
+    negative_scans = len(parsed) - positive_scans
     table: dict[str, dict[str, dict[str, float | int]]] = {}
     for name in names:
         table[name] = {}
         for t in thresholds:
-            tp = fp = tp_large = 0
+            tp = fp = tp_large = true_pos_scans = false_pos_scans = 0
             for case_id, truth, large, candidates in parsed:
                 preds = [
                     pred
@@ -223,14 +226,46 @@ def summarise(
                 tp += match.tp
                 fp += match.fp
                 tp_large += sum(1 for p in match.pairs if large[p.truth_index])
+                if preds and truth:
+                    true_pos_scans += 1
+                elif preds:
+                    false_pos_scans += 1
             table[name][f"{t:g}"] = {
                 "tp": tp,
                 "fp": fp,
-                "recall": round(tp / n_truth, 4) if n_truth else 0.0,
-                "recall_large": round(tp_large / truth_large, 4) if truth_large else 0.0,
+                "recall": _ratio(tp, n_truth),
+                "recall_large": _ratio(tp_large, truth_large),
+                "precision": _ratio(tp, tp + fp),
+                "f1": _ratio(2 * tp, 2 * tp + fp + (n_truth - tp)),
                 "fp_per_scan": round(fp / len(cases), 4),
+                "scan_sensitivity": _ratio(true_pos_scans, positive_scans),
+                "scan_specificity": _ratio(negative_scans - false_pos_scans, negative_scans),
             }
-    return {"n_cases": len(cases), "n_truth": n_truth, "by_configuration": table}
+    return {
+        "n_cases": len(cases),
+        "n_truth": n_truth,
+        "n_truth_large": truth_large,
+        "by_configuration": table,
+    }
+
+
+def _ratio(num: int, den: int) -> float:
+    return round(num / den, 4) if den else 0.0
+
+
+def operating_point(
+    summary: dict[str, Any],
+    configuration: str = "defaults",
+    max_fp_per_scan: float = MAX_FP_PER_SCAN,
+) -> float:
+    """The classifier threshold the export rule picks for the product path with these rules.
+
+    :func:`training.validate.choose_threshold`: the highest recall at
+    <= ``max_fp_per_scan`` (ties: the higher threshold), else the best F1.
+    Run it on a selection set, not on the set that reports the result.
+    """
+    rows = summary["by_configuration"][configuration]
+    return choose_threshold({float(t): row for t, row in rows.items()}, max_fp_per_scan)
 
 
 def _configuration_names(cases: Sequence[dict[str, Any]]) -> list[str]:
@@ -379,6 +414,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="first N cases only")
     p.add_argument("--threshold", type=float, default=0.97, help="threshold of the rule table")
     p.add_argument("--summarise", action="store_true", help="tables from cases.jsonl only")
+    p.add_argument(
+        "--operating-point",
+        action="store_true",
+        help="print the classifier threshold the export rule picks with the default rules",
+    )
     p.add_argument("--cache", type=Path, help="keep each case's network outputs in this folder")
     p.add_argument(
         "--replay",
@@ -401,6 +441,13 @@ def main(argv: list[str] | None = None) -> int:
             a.data, a.out, overlap=a.overlap, min_score=a.min_score, limit=a.limit, cache=a.cache
         )
     print(rule_table(summary, a.threshold))
+    if a.operating_point:
+        t = operating_point(summary)
+        row = summary["by_configuration"]["defaults"][f"{t:g}"]
+        print(
+            f"operating point with the default rules (highest recall at <= {MAX_FP_PER_SCAN} "
+            f"FP/scan): classifier threshold {t:g}: {json.dumps(row)}"
+        )
     if a.predictions:
         n = write_predictions(read_cases(a.out / "cases.jsonl"), a.predictions)
         print(f"wrote {n} cases to {a.predictions}")

@@ -12,6 +12,7 @@ from model.location import LocationConfig
 from model.location import rules as rule_codes
 from training.parcellation.filter_effect import (
     configurations,
+    operating_point,
     read_cases,
     rule_table,
     summarise,
@@ -60,10 +61,15 @@ def test_summarise_counts_each_configuration_at_each_threshold() -> None:
         "fp": 2,
         "recall": 1.0,
         "recall_large": 1.0,
+        "precision": 0.3333,
+        "f1": 0.5,
         "fp_per_scan": 1.0,
+        "scan_sensitivity": 1.0,
+        "scan_specificity": 0.0,  # case b, without CMBs, has a kept candidate
     }
     assert (table["none"]["0.97"]["tp"], table["none"]["0.97"]["fp"]) == (1, 1)
     assert (table["all"]["0.5"]["tp"], table["all"]["0.5"]["fp"]) == (1, 0)
+    assert table["all"]["0.5"]["scan_specificity"] == 1.0
     assert (table["only csf"]["0.5"]["tp"], table["only csf"]["0.5"]["fp"]) == (0, 1)
     assert table["only csf"]["0.5"]["recall"] == 0.0
 
@@ -73,6 +79,23 @@ def test_rule_table_reports_removed_fps_and_lost_cmbs_against_no_rules() -> None
     lines = {line.split("|")[1].strip(): line for line in md.splitlines()[2:]}
     assert "| 1/1 (100 %) | 0/1 |" in lines["all"]
     assert "| 0/1 (0 %) | 1/1 |" in lines["only csf"]
+
+
+def test_operating_point_is_the_highest_recall_within_the_fp_budget() -> None:
+    def row(recall: float, fp_per_scan: float, f1: float = 0.5) -> dict[str, float]:
+        return {"recall": recall, "fp_per_scan": fp_per_scan, "f1": f1}
+
+    rows = {
+        "0.8": row(0.6, 0.7, f1=0.4),
+        "0.9": row(0.5, 0.4),
+        "0.95": row(0.5, 0.3, f1=0.6),
+        "0.97": row(0.4, 0.1),
+    }
+    summary = {"by_configuration": {"defaults": rows, "strict": {"0.5": row(0.9, 3.0)}}}
+    assert operating_point(summary) == 0.95  # 0.9 ties on recall: the higher threshold
+    assert operating_point(summary, max_fp_per_scan=1.0) == 0.8
+    assert operating_point(summary, max_fp_per_scan=0.05) == 0.95  # none fits: best F1
+    assert operating_point(summary, "strict") == 0.5
 
 
 def test_configurations_switch_rules_as_named() -> None:
