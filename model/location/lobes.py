@@ -71,6 +71,12 @@ class BrainFrame:
         d = np.asarray(point_lps, dtype=np.float64) - self.origin
         return np.array([d @ self.e_u, d @ self.e_v, d @ self.e_w])
 
+    def from_pulvinar(self, point_lps: npt.ArrayLike) -> tuple[float, float]:
+        """(behind, above) in mm: a point relative to the pulvinar of its own side."""
+        u, v, w = self.coords(point_lps)
+        _, pv, pw = self.coords(self.pulvinar["left" if u > 0 else "right"])
+        return float(v - pv), float(w - pw)
+
     @property
     def pineal(self) -> Vector:
         """Expected pineal position: 5 mm behind the midpoint of the pulvinars."""

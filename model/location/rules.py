@@ -141,10 +141,8 @@ def is_choroid_plexus(
     )
     if not in_ventricle:
         return False
-    u, v, w = frame.coords(point_lps)
-    side = "left" if u > 0 else "right"
-    _, pv, pw = frame.coords(frame.pulvinar[side])
-    return pv - zone.front_mm <= v <= pv + zone.behind_mm and abs(w - pw) <= zone.vertical_mm
+    behind, above = frame.from_pulvinar(point_lps)
+    return -zone.front_mm <= behind <= zone.behind_mm and abs(above) <= zone.vertical_mm
 
 
 def is_pineal(point_lps: npt.ArrayLike, frame: BrainFrame | None, radius_mm: float) -> bool:

@@ -169,10 +169,7 @@ def _region_features(region: Region, det: Detection, frame: BrainFrame | None) -
     """What the rules read of a region, for tuning their thresholds offline."""
     atrium = None
     if frame is not None:
-        u, v, w = frame.coords(det.center_lps_mm)
-        side = "left" if u > 0 else "right"
-        _, pv, pw = frame.coords(frame.pulvinar[side])
-        atrium = [round(float(v - pv), 1), round(float(w - pw), 1)]
+        atrium = [round(x, 1) for x in frame.from_pulvinar(det.center_lps_mm)]
     return {
         "lateral_ventricle_fraction": round(
             region.neighbourhood.fraction(lt.LATERAL_VENTRICLES), 3
