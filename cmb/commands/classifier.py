@@ -65,6 +65,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--metrics-json", type=Path, default=None)
     e.set_defaults(func=run_export)
 
+    o = sub.add_parser(
+        "set-threshold",
+        help="set the operating point (chosen with the location filter on a selection set)",
+    )
+    o.add_argument("model", type=Path, metavar="MODEL", help="classifier ONNX, changed in place")
+    o.add_argument("--threshold", type=float, required=True)
+    o.add_argument(
+        "--held-out",
+        type=Path,
+        required=True,
+        metavar="FILTER_EFFECT_JSON",
+        help="filter_effect.json of the held-out set: the metrics recorded at the threshold",
+    )
+    o.add_argument("--selected-on", required=True, help="how and on what the threshold was chosen")
+    o.add_argument(
+        "--tta",
+        choices=("none", "flips_inplane_swap"),
+        default=None,
+        help="test-time augmentation the threshold belongs to (default: keep the file's)",
+    )
+    o.set_defaults(func=run_set_threshold)
+
 
 def _training() -> None:
     from model.errors import InputError
@@ -138,4 +160,20 @@ def run_export(args: argparse.Namespace) -> int:
         metrics_json=args.metrics_json,
     )
     print(f"wrote {path}")
+    return 0
+
+
+def run_set_threshold(args: argparse.Namespace) -> int:
+    _training()
+    from training.classifier.operating_point import held_out_metrics, set_operating_point
+
+    summary = json.loads(args.held_out.read_text())
+    metrics = set_operating_point(
+        args.model,
+        args.threshold,
+        held_out_metrics(summary, args.threshold),
+        selected_on=args.selected_on,
+        tta=args.tta,
+    )
+    print(json.dumps(metrics, indent=1))
     return 0

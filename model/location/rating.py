@@ -7,10 +7,11 @@
   uncertain microbleeds with the model's probability standing in for the
   rater's confidence.  The band depends on which score decided: the U-Net's
   probability (``DEFINITE_UNET``, 0.8) or, behind the cascade, the candidate
-  classifier's, which keeps only scores >= 0.97 (``DEFINITE_CLASSIFIER``,
-  0.995: with the location filter, on the held-out set 39 of 43 detections
-  at or above it were true microbleeds and 25 of 37 between 0.97 and 0.995;
-  on the independent selection set 13 of 15 and 6 of 10; docs/location-filter.md).
+  classifier's, which keeps only scores >= its threshold (0.92)
+  (``DEFINITE_CLASSIFIER``, 0.995: with the location filter, on the held-out
+  set 34 of 38 detections at or above it were true microbleeds and 38 of 51
+  between 0.92 and 0.995; on the selection and test sets 11 of 12 / 12 of 18
+  and 18 of 20 / 16 of 32; docs/location-filter.md).
 * **Pattern** (of all kept detections, and of the definite ones alone):
   ``none`` (no microbleed), ``strictly_lobar`` (every categorised microbleed
   lobar: the pattern of cerebral amyloid angiopathy in the Boston criteria),

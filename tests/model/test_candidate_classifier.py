@@ -41,6 +41,12 @@ def _detection(n: int, centre: np.ndarray, probability: float = 0.6) -> Detectio
     )
 
 
+def _classifier_file(tmp_path: Path, name: str, metadata: dict[str, str] | None = None) -> Path:
+    return make_test_model(
+        tmp_path / name, task="cmb_candidate_classification", patch_size=PATCH, metadata=metadata
+    )
+
+
 def test_patches_are_centred_on_the_nearest_voxel_of_an_oblique_grid() -> None:
     affine = oblique_affine(spacing=(1.5, 0.8, 0.8))
     array = np.arange(20 * 22 * 24, dtype=np.float32).reshape(20, 22, 24)
@@ -149,14 +155,9 @@ def test_pipeline_runs_the_classifier_when_asked(tmp_path: Path) -> None:
 def test_auto_runs_a_classifier_only_behind_its_own_unet(tmp_path: Path) -> None:
     unet_path = make_test_model(tmp_path / "unet.onnx")
     unet = OnnxModel.load(unet_path, device="cpu")
-    other = make_test_model(
-        tmp_path / "other.onnx", task="cmb_candidate_classification", patch_size=PATCH
-    )
-    ours = make_test_model(
-        tmp_path / "ours.onnx",
-        task="cmb_candidate_classification",
-        patch_size=PATCH,
-        metadata={"cmb.unet": f"test 0 sha256:{unet.info.sha256}"},
+    other = _classifier_file(tmp_path, "other.onnx")
+    ours = _classifier_file(
+        tmp_path, "ours.onnx", {"cmb.unet": f"test 0 sha256:{unet.info.sha256}"}
     )
     model, why = load_classifier(PipelineOptions(classifier_model_path=other), unet)
     assert model is None and "another U-Net" in why
@@ -217,3 +218,41 @@ def test_mars_rating_band_follows_the_score_that_decided(
         rating = json.loads(out.files["detections"].read_text())["location_filter"]["mars_rating"]
         bands[mode] = rating["definite_probability"]
     assert bands == {"off": DEFINITE_UNET, "on": DEFINITE_CLASSIFIER}
+
+
+def test_symmetric_views_are_the_16_flips_and_inplane_swaps() -> None:
+    from model.candidate_classifier import symmetric_views
+
+    cube = np.random.default_rng(0).normal(size=(2, 1, 3, 4, 4)).astype(np.float32)
+    views = list(symmetric_views(cube))
+    assert len(views) == 16
+    np.testing.assert_array_equal(views[0], cube)
+    expected = []
+    for c in (cube, cube.transpose(0, 1, 2, 4, 3)):
+        for d in (slice(None), slice(None, None, -1)):
+            for h in (slice(None), slice(None, None, -1)):
+                for w in (slice(None), slice(None, None, -1)):
+                    expected.append(c[:, :, d, h, w].tobytes())
+    assert sorted(v.tobytes() for v in views) == sorted(expected)
+    assert len({v.tobytes() for v in views}) == 16
+
+
+def test_tta_follows_the_model_metadata(tmp_path: Path) -> None:
+    from model.candidate_classifier import TTA_KEY, symmetric_views, uses_tta
+
+    cubes = np.random.default_rng(1).normal(size=(3, 1, *PATCH)).astype(np.float32)
+    plain_path = _classifier_file(tmp_path, "plain.onnx")
+    tta_path = _classifier_file(tmp_path, "tta.onnx", {f"cmb.{TTA_KEY}": "flips_inplane_swap"})
+    plain, tta = (OnnxModel.load(p, device="cpu") for p in (plain_path, tta_path))
+    assert not uses_tta(plain) and uses_tta(tta)
+    one_view = score_patches(plain, cubes)
+    np.testing.assert_allclose(
+        one_view, [expected_classifier_score(c[0]) for c in cubes], atol=1e-5
+    )
+    mean = np.mean([score_patches(plain, v) for v in symmetric_views(cubes)], axis=0)
+    np.testing.assert_allclose(score_patches(tta, cubes), mean, atol=1e-6)
+    np.testing.assert_allclose(score_patches(plain, cubes, tta=True), mean, atol=1e-6)
+    np.testing.assert_allclose(score_patches(tta, cubes, tta=False), one_view, atol=1e-6)
+    odd = _classifier_file(tmp_path, "odd.onnx", {f"cmb.{TTA_KEY}": "rotations"})
+    with pytest.raises(ModelError, match="rotations"):
+        score_patches(OnnxModel.load(odd, device="cpu"), cubes)

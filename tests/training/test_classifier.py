@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
-from model.candidate_classifier import TASK, candidate_threshold
+from model.candidate_classifier import TASK, candidate_threshold, uses_tta
 from model.onnx_model import OnnxModel
 from tests.helpers.onnx_factory import make_test_model
 from tests.helpers.tiny_cmb_layout import TinyCase, make_case
@@ -86,7 +87,7 @@ def test_augment_keeps_shape_and_changes_patches() -> None:
 
 
 def test_train_export_and_cascade_validation_through_the_cli(
-    unet: Path, layouts: tuple[Path, Path], tmp_path: Path
+    unet: Path, layouts: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from cmb.cli import main
 
@@ -143,3 +144,28 @@ def test_train_export_and_cascade_validation_through_the_cli(
         expected = torch.sigmoid(net(torch.from_numpy(x))).numpy()
     assert float(np.abs(model.run(x) - expected).max()) <= 1e-4
     assert len(Pool.load([str(h_train)]).case_ids) == 3
+
+    # the operating point, chosen elsewhere with the location filter, written in place
+    held_out = tmp_path / "filter_effect.json"
+    row = {"tp": 4, "fp": 1, "recall": 0.6667, "recall_large": 0.5, "precision": 0.8}
+    row |= {"f1": 0.7273, "fp_per_scan": 0.3333, "scan_sensitivity": 1.0, "scan_specificity": 1.0}
+    summary = {"n_cases": 3, "n_truth": 6, "n_truth_large": 2}
+    held_out.write_text(json.dumps(summary | {"by_configuration": {"defaults": {"0.96": row}}}))
+    weights_before = [t.raw_data for t in onnx.load(str(out)).graph.initializer]
+    set_args = ["classifier", "set-threshold", str(out), "--held-out", str(held_out)]
+    tta = ["--tta", "flips_inplane_swap"]
+    assert main([*set_args, "--threshold", "0.96", "--selected-on", "selection S", *tta]) == 0
+    moved = OnnxModel.load(out, device="cpu")
+    assert moved.metadata.threshold == 0.96
+    assert moved.metadata.metrics is not None
+    assert moved.metadata.metrics["recall_ge3mm"] == 0.5
+    assert moved.metadata.metrics["selected_on"] == "selection S"
+    assert moved.metadata.extra == model.metadata.extra | {"tta": "flips_inplane_swap"}
+    assert uses_tta(moved)
+    assert [t.raw_data for t in onnx.load(str(out)).graph.initializer] == weights_before
+    report = json.loads(out.with_suffix(".metrics.json").read_text())
+    assert report["threshold"] == 0.96
+    assert report["operating_point"]["previous_threshold"] == model.metadata.threshold
+    assert main([*set_args, "--threshold", "0.97", "--selected-on", "x"]) != 0
+    assert "0.97 was not measured" in capsys.readouterr().err
+    assert OnnxModel.load(out, device="cpu").metadata.threshold == 0.96  # untouched

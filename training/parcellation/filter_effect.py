@@ -51,7 +51,7 @@ from model.location import rules as rule_codes
 from model.location.lobes import BrainFrame
 from model.location.region import Region
 from model.onnx_model import OnnxModel, default_model_path
-from model.types import Detection, SequenceKind, SeriesInfo, Volume
+from model.types import Detection, DetectionStatus, SequenceKind, SeriesInfo, Volume
 from training.data import CaseRef, list_cases, load_volumes
 from training.validate import choose_threshold, is_large
 
@@ -332,10 +332,15 @@ def replay(
     cache: Path,
     out: Path,
     configs: dict[str, LocationConfig] | None = None,
+    *,
+    classifier: OnnxModel | None = None,
 ) -> dict[str, Any]:
     """Location and rules only, from the network outputs a ``run(..., cache=)`` kept.
 
-    ``out`` is written afresh; cases without a cache file are skipped (and said).
+    With ``classifier`` the cached candidates are scored again by it (the
+    U-Net's candidates stay; the image is read again): how a classifier, or
+    its test-time augmentation, is measured behind the same U-Net.  ``out``
+    is written afresh; cases without a cache file are skipped (and said).
     """
     out.mkdir(parents=True, exist_ok=True)
     cases_file = out / "cases.jsonl"
@@ -348,10 +353,29 @@ def replay(
             print(f"{ref.case_id}: no cached outputs in {cache}, skipped")
             continue
         detections, labels, parc = load_outputs(path)
+        if classifier is not None:
+            detections = rescore(ref, detections, classifier)
         record = apply_configurations(ref, detections, labels, parc, configs)
         _append(cases_file, record)
         done.append(record)
     return _write_summary(out, done)
+
+
+def rescore(ref: CaseRef, detections: list[Detection], classifier: OnnxModel) -> list[Detection]:
+    """The cached U-Net candidates, scored by ``classifier`` (as the pipeline scores them)."""
+    image, _ = load_volumes(ref)
+    fresh = [
+        dataclasses.replace(
+            d,
+            probability=d.unet_probability if d.unet_probability is not None else d.probability,
+            unet_probability=None,
+            status=DetectionStatus.KEPT,
+            reject_reason=None,
+        )
+        for d in detections
+    ]
+    classify_candidates(image, fresh, classifier, threshold=0.0)
+    return fresh
 
 
 def _append(cases_file: Path, record: dict[str, Any]) -> None:
@@ -418,6 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--cache", type=Path, help="keep each case's network outputs in this folder")
     p.add_argument(
+        "--classifier",
+        type=Path,
+        help="with --replay: score the cached candidates again with this classifier file",
+    )
+    p.add_argument(
         "--replay",
         type=Path,
         metavar="CACHE",
@@ -432,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.summarise:
         summary = summarise(read_cases(a.out / "cases.jsonl"))
     elif a.replay:
-        summary = replay(a.data, a.replay, a.out)
+        classifier = OnnxModel.load(a.classifier, device="cpu", threads=1) if a.classifier else None
+        summary = replay(a.data, a.replay, a.out, classifier=classifier)
     else:
         summary = run(
             a.data, a.out, overlap=a.overlap, min_score=a.min_score, limit=a.limit, cache=a.cache
