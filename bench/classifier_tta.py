@@ -15,6 +15,7 @@ number to read; the U-Net is not timed.
 from __future__ import annotations
 
 import argparse
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,20 +24,16 @@ from model import candidate_classifier as cc
 from model.candidates import extract_candidates
 from model.infer import predict_probability
 from model.onnx_model import OnnxModel, default_model_path
-from model.preprocess import prepare
 from model.types import Detection, Volume
 
 
 def scorer(
     classifier: OnnxModel, image: Volume, detections: list[Detection], *, tta: bool
-) -> Callable[[], object]:
-    """What ``classify_candidates`` does, with the views chosen here instead of by the file."""
+) -> Callable[[], None]:
+    """``classify_candidates`` on a fresh copy of the candidates, the views chosen here."""
 
-    def run() -> object:
-        prepared = prepare(image, classifier.metadata)
-        centres = [d.center_lps_mm for d in detections]
-        patches = cc.extract_patches(prepared, centres, classifier.metadata.patch_size)
-        return cc.score_patches(classifier, patches, tta=tta)
+    def run() -> None:
+        cc.classify_candidates(image, copy.deepcopy(detections), classifier, tta=tta)
 
     return run
 

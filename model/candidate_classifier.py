@@ -22,9 +22,9 @@ flips_inplane_swap`` is run on 16 views of each cube (every flip of the three
 axes, with and without swapping the two in-plane axes: the symmetries it was
 trained with, ``training/classifier/train.py``) and its score is the mean of
 the 16 probabilities.  Its ``cmb.threshold`` is chosen for that mean.  On the
-shipped classifier the views cut the false positives at the same recall by
-about a factor of 3 (docs/model-card.md); they cost 16 runs of a 54 k-parameter
-network per candidate.
+shipped classifier the views halve the false positives at the same recall
+(docs/model-card.md); they cost 16 runs of a 54 k-parameter network per
+candidate.
 
 The model file is an ordinary ONNX model of this project's format
 (``docs/model-format.md``) with ``cmb.task = "cmb_candidate_classification"``
@@ -52,6 +52,8 @@ CANDIDATE_THRESHOLD_KEY = "candidate_threshold"
 TTA_KEY = "tta"
 #: Every flip of the three axes, with and without swapping the in-plane axes: 16 views.
 TTA_FLIPS_INPLANE_SWAP = "flips_inplane_swap"
+#: The values ``cmb.tta`` may take.
+TTA_MODES = ("none", TTA_FLIPS_INPLANE_SWAP)
 
 
 def candidate_threshold(model: OnnxModel) -> float:
@@ -103,14 +105,11 @@ def extract_patches(
 def uses_tta(model: OnnxModel) -> bool:
     """Whether the model's threshold was chosen on test-time-augmented scores."""
     raw = model.metadata.extra.get(TTA_KEY, "none")
-    if raw == "none":
-        return False
-    if raw != TTA_FLIPS_INPLANE_SWAP:
+    if raw not in TTA_MODES:
         raise ModelError(
-            f"classifier {model.info.name}: cmb.{TTA_KEY} {raw!r} is not one of "
-            f"'none', {TTA_FLIPS_INPLANE_SWAP!r}"
+            f"classifier {model.info.name}: cmb.{TTA_KEY} {raw!r} is not one of {TTA_MODES}"
         )
-    return True
+    return raw == TTA_FLIPS_INPLANE_SWAP
 
 
 def symmetric_views(patches: npt.NDArray[np.float32]) -> Iterator[npt.NDArray[np.float32]]:
@@ -158,11 +157,13 @@ def classify_candidates(
     model: OnnxModel,
     *,
     threshold: float | None = None,
+    tta: bool | None = None,
 ) -> None:
     """Score ``detections`` (in place) and reject those below ``threshold``.
 
-    ``threshold`` defaults to the classifier's ``cmb.threshold``.  Candidates
-    already rejected keep their first reason but get a score too.
+    ``threshold`` defaults to the classifier's ``cmb.threshold``, ``tta`` to
+    its ``cmb.tta`` (:func:`score_patches`).  Candidates already rejected keep
+    their first reason but get a score too.
     """
     if not detections:
         return
@@ -171,7 +172,7 @@ def classify_candidates(
     patches = extract_patches(
         prepared, [d.center_lps_mm for d in detections], model.metadata.patch_size
     )
-    scores = score_patches(model, patches)
+    scores = score_patches(model, patches, tta=tta)
     for det, score in zip(detections, scores, strict=True):
         det.unet_probability = det.probability
         det.probability = float(np.clip(score, 0.0, 1.0))

@@ -81,9 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--selected-on", required=True, help="how and on what the threshold was chosen")
     o.add_argument(
         "--tta",
-        choices=("none", "flips_inplane_swap"),
         default=None,
-        help="test-time augmentation the threshold belongs to (default: keep the file's)",
+        help="test-time augmentation the threshold belongs to: none or flips_inplane_swap "
+        "(default: keep the file's)",
     )
     o.set_defaults(func=run_set_threshold)
 

@@ -102,6 +102,15 @@ class LocationConfig:
             callosal_mm=self.callosal_mm,
         )
 
+    @property
+    def atrium_zone(self) -> rules.AtriumZone:
+        return rules.AtriumZone(
+            self.choroid_min_ventricle_fraction,
+            self.choroid_front_mm,
+            self.choroid_behind_mm,
+            self.choroid_vertical_mm,
+        )
+
     def only(self, rule: str) -> LocationConfig:
         """This configuration with every rule off except ``rule`` (for measuring one rule)."""
         if rule not in rules.REASON_CODES:
@@ -216,15 +225,7 @@ def _first_rule(
     if cfg.outside_brain and rules.is_outside_brain(reg):
         return rules.OUTSIDE_BRAIN
     if cfg.choroid_plexus and rules.is_choroid_plexus(
-        reg,
-        det.center_lps_mm,
-        frame,
-        rules.AtriumZone(
-            cfg.choroid_min_ventricle_fraction,
-            cfg.choroid_front_mm,
-            cfg.choroid_behind_mm,
-            cfg.choroid_vertical_mm,
-        ),
+        reg, det.center_lps_mm, frame, cfg.atrium_zone
     ):
         return rules.CHOROID_PLEXUS
     if cfg.csf and rules.is_csf(

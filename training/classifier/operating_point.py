@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from model.candidate_classifier import TASK, TTA_KEY, uses_tta
+from model.candidate_classifier import TASK, TTA_KEY, TTA_MODES
 from model.errors import InputError
 from model.onnx_model import OnnxModel
 from training.export import set_metadata
@@ -60,6 +60,8 @@ def set_operating_point(
 
     Returns the metrics as recorded.  ``tta`` ``None`` keeps the file's setting.
     """
+    if tta is not None and tta not in TTA_MODES:
+        raise InputError(f"cmb.{TTA_KEY} {tta!r} is not one of {TTA_MODES}")
     path = Path(model_path)
     model = OnnxModel.load(path, device="cpu")
     if model.metadata.task != TASK:
@@ -71,11 +73,7 @@ def set_operating_point(
     updated = dataclasses.replace(
         model.metadata, threshold=threshold, metrics=recorded, extra=extra
     )
-    tmp = path.with_name(path.name + ".check")
-    tmp.write_bytes(path.read_bytes())
-    set_metadata(tmp, updated)
-    uses_tta(OnnxModel.load(tmp, device="cpu"))  # refuses an unknown tta before the file changes
-    tmp.replace(path)
+    set_metadata(path, updated)  # atomic: written beside the file, then renamed over it
     report = path.with_suffix(".metrics.json")
     if report.is_file():
         data = json.loads(report.read_text())
