@@ -132,6 +132,16 @@ PATTERN_VALUES: dict[str, CodedConcept] = {
     "undetermined": _private("CMB-0045", "Undetermined"),
 }
 PARCELLATION_REGION = _private("CMB-0050", "Parcellation region")
+# The MARS rating's band (model.location.rating): definite at or above its probability.
+CERTAINTY = _private("CMB-0060", "Microbleed rating certainty")
+CERTAINTY_VALUES: dict[str, CodedConcept] = {
+    "definite": _private("CMB-0061", "Definite microbleed"),
+    "possible": _private("CMB-0062", "Possible microbleed"),
+}
+CERTAINTY_COUNT: dict[str, CodedConcept] = {
+    "definite": _private("CMB-0063", "Number of definite microbleeds"),
+    "possible": _private("CMB-0064", "Number of possible microbleeds"),
+}
 
 
 def region_value(label: int | None, name: str) -> CodedConcept:

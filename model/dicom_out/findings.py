@@ -10,7 +10,7 @@ the key-image captions.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from model.types import Detection, MarsCategory, Result
 
@@ -31,6 +31,9 @@ MARS_COLOURS: dict[MarsCategory | None, tuple[int, int, int]] = {
 class Finding:
     number: int  # 1-based, = SEG segment number
     detection: Detection
+    # "definite" / "possible" by the MARS rating's probability band; None when the
+    # location filter (which rates) did not run
+    certainty: str | None = None
 
     @property
     def name(self) -> str:
@@ -71,6 +74,8 @@ class Summary:
     by_mars: dict[MarsCategory | None, int]
     by_lobe: dict[tuple[str, str], int]  # (hemisphere or "", lobe/structure or "unknown") -> n
     pattern: str  # a key of codes.PATTERN_VALUES
+    # "definite"/"possible" -> n; empty when the findings were not rated
+    by_certainty: dict[str, int] = field(default_factory=dict)
 
     def lobe_rows(self) -> list[tuple[str, int]]:
         """("left frontal", 2) rows for tables."""
@@ -105,10 +110,27 @@ def structure_of(region: str | None) -> str:
     return low.replace("-", " ").replace("_", " ").strip()
 
 
+def definite_probability(result: Result) -> float | None:
+    """The MARS rating's definite band of this result (None: it was not rated)."""
+    rating = (result.location or {}).get("mars_rating")
+    if not isinstance(rating, dict) or rating.get("definite_probability") is None:
+        return None
+    return float(rating["definite_probability"])
+
+
 def findings_of(result: Result) -> list[Finding]:
-    """The kept detections as numbered findings."""
+    """The kept detections as numbered findings, rated definite/possible where rated."""
     kept = sorted(result.kept, key=lambda d: d.id)
-    return [Finding(number=n, detection=d) for n, d in enumerate(kept, start=1)]
+    band = definite_probability(result)
+
+    def certainty(d: Detection) -> str | None:
+        if band is None:
+            return None
+        return "definite" if d.probability >= band else "possible"
+
+    return [
+        Finding(number=n, detection=d, certainty=certainty(d)) for n, d in enumerate(kept, start=1)
+    ]
 
 
 def pattern_of(findings: list[Finding]) -> str:
@@ -149,9 +171,12 @@ def summary_of(findings: list[Finding]) -> Summary:
     by_lobe: Counter[tuple[str, str]] = Counter()
     for f in findings:
         by_lobe[((f.detection.hemisphere or "").lower(), f.place or "unknown")] += 1
+    rated = [f.certainty for f in findings if f.certainty is not None]
+    by_certainty = {band: rated.count(band) for band in ("definite", "possible")} if rated else {}
     return Summary(
         total=len(findings),
         by_mars={c: by_mars.get(c, 0) for c in (*MarsCategory, None)},
         by_lobe=dict(sorted(by_lobe.items())),
         pattern=pattern_of(findings),
+        by_certainty=by_certainty,
     )

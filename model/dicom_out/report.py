@@ -154,9 +154,10 @@ def conclusion(summary: Summary, rejected: int) -> str:
         if summary.by_mars.get(None):
             parts.append(f"{summary.by_mars[None]} unclassified")
         noun = "microbleed" if summary.total == 1 else "microbleeds"
+        rated = ", ".join(f"{n} {band}" for band, n in summary.by_certainty.items())
         text = (
-            f"{summary.total} cerebral {noun} found ({', '.join(parts)}); "
-            f"distribution: {summary.pattern}."
+            f"{summary.total} cerebral {noun} found ({', '.join(parts)}"
+            f"{'; ' + rated if rated else ''}); distribution: {summary.pattern}."
         )
     if rejected:
         text += f" {rejected} candidate(s) rejected by the location filter are not reported."
@@ -176,8 +177,9 @@ def table_rows(keys: list[KeyImage]) -> list[list[str]]:
         rows.append(
             [
                 f.name,
-                f.location_text[:44],
+                f.location_text[:40],
                 f.mars_text,
+                f.certainty or "-",
                 f"{d.diameter_mm:.1f}",
                 f"{d.volume_mm3:.1f}",
                 f"{d.probability:.2f}",
@@ -188,8 +190,18 @@ def table_rows(keys: list[KeyImage]) -> list[list[str]]:
     return rows
 
 
-TABLE_HEADER = ["#", "Location", "MARS", "Ø mm", "Vol. mm³", "Prob.", "Slice", "Centre LPS mm"]
-_COL_WIDTHS = [0.07, 0.31, 0.13, 0.06, 0.08, 0.06, 0.1, 0.19]
+TABLE_HEADER = [
+    "#",
+    "Location",
+    "MARS",
+    "Rating",
+    "Ø mm",
+    "Vol. mm³",
+    "Prob.",
+    "Slice",
+    "Centre LPS mm",
+]
+_COL_WIDTHS = [0.06, 0.27, 0.12, 0.09, 0.06, 0.08, 0.06, 0.09, 0.17]
 
 
 def _table(fig: Figure, rows: list[list[str]], top: float, height: float) -> None:
@@ -242,6 +254,7 @@ def _first_page(
     y -= 0.018 * len(lines) + 0.015
     if summary.total:
         counts = "   ".join(f"{c.value}: {summary.by_mars[c]}" for c in MarsCategory)
+        counts += "".join(f"   {band}: {n}" for band, n in summary.by_certainty.items())
         fig.text(0.06, y, f"MARS categories   {counts}", fontsize=9)
         y -= 0.018
         lobes = ",  ".join(f"{name}: {n}" for name, n in summary.lobe_rows())
@@ -354,7 +367,10 @@ def report_html(
         f"<figcaption>{e(k.caption)}</figcaption></figure>"
         for k in keys[:MAX_KEY_IMAGES]
     )
-    counts = ", ".join(f"{c.value}: {summary.by_mars[c]}" for c in MarsCategory)
+    counts = ", ".join(
+        [f"{c.value}: {summary.by_mars[c]}" for c in MarsCategory]
+        + [f"{band}: {n}" for band, n in summary.by_certainty.items()]
+    )
     lobes = ", ".join(f"{name}: {n}" for name, n in summary.lobe_rows())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Cerebral microbleed detection report</title>

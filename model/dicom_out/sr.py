@@ -102,6 +102,10 @@ def _evaluations(finding: Finding) -> list[QualitativeEvaluation]:
     out = []
     if d.mars is not None:
         out.append(QualitativeEvaluation(codes.MARS_CATEGORY, codes.MARS_VALUES[d.mars]))
+    if finding.certainty is not None:
+        out.append(
+            QualitativeEvaluation(codes.CERTAINTY, codes.CERTAINTY_VALUES[finding.certainty])
+        )
     if d.region:
         out.append(
             QualitativeEvaluation(
@@ -212,6 +216,8 @@ def _qualitative_evaluations(findings: list[Finding]) -> hd.sr.ContainerContentI
         if category is None and n == 0:
             continue
         items.append(_text(codes.MARS_COUNT[category], str(n)))
+    for band, n in summary.by_certainty.items():
+        items.append(_text(codes.CERTAINTY_COUNT[band], str(n)))
     for (hemisphere, lobe), n in summary.by_lobe.items():
         if lobe == "unknown":
             continue  # counted in the total, no finding site to say

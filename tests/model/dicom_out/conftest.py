@@ -92,7 +92,9 @@ def build_case(
     transfer_syntax: str | None = None,
     with_cmbs: bool = True,
     patient_name: str = "CMB^Synthetic",
+    rated: bool = False,
 ) -> Case:
+    """``rated``: as if the location filter ran, its definite band at 0.65 (kept CMBs: 0.6, 0.7)."""
     affine = affine_for(geometry)
     rng = np.random.default_rng(0)
     image = (400 + 40 * rng.standard_normal(SHAPE)).clip(0, 4000).astype(np.float32)
@@ -173,6 +175,7 @@ def build_case(
         probability=Volume(array=(labels > 0).astype(np.float32) * 0.8, affine=affine, **ident),  # type: ignore[arg-type]
         labels=Volume(array=labels, affine=affine, **ident),  # type: ignore[arg-type]
         model=ModelInfo(name="cmb-unet", version="1.2.0", sha256="ab" * 32),
+        location={"mars_rating": {"definite_probability": 0.65}} if rated else None,
     )
     return Case(result=result, datasets=datasets, files=files, centres_kji=centres)
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 from model.dicom_out.findings import Finding, findings_of, pattern_of, structure_of, summary_of
 from model.types import Detection, MarsCategory
 from tests.model.dicom_out.conftest import Case
@@ -50,3 +52,19 @@ def test_structure_of() -> None:
     assert structure_of("Right-Thalamus") == "thalamus"
     assert structure_of("ctx-lh-superiorfrontal") == "superiorfrontal"
     assert structure_of(None) == ""
+
+
+def test_rated_findings_are_definite_or_possible(axial_case: Case) -> None:
+    """The MARS rating's band (location filter ran) marks each finding; kept ones 0.6 and 0.7."""
+    rated = dataclasses.replace(
+        axial_case.result, location={"mars_rating": {"definite_probability": 0.65}}
+    )
+    findings = findings_of(rated)
+    assert [f.certainty for f in findings] == ["possible", "definite"]
+    assert summary_of(findings).by_certainty == {"definite": 1, "possible": 1}
+
+
+def test_unrated_findings_have_no_certainty(axial_case: Case) -> None:
+    findings = findings_of(axial_case.result)  # no location filter: no rating
+    assert {f.certainty for f in findings} == {None}
+    assert summary_of(findings).by_certainty == {}

@@ -96,3 +96,31 @@ def test_sr_groups_and_markers(
     root = sr.ContentSequence
     evaluations = [i for i in root if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
     assert len(evaluations) == 1
+
+
+def test_sr_says_definite_or_possible(make_case: Callable[..., Case], tmp_path: Path) -> None:
+    """Each CMB's rating band is a qualitative evaluation; the counts are study-level items."""
+    case = make_case("axial", rated=True)
+    rated = case.result
+    written = write_outputs(rated, case.datasets, tmp_path, ("sr",))
+    sr = hd.sr.srread(written["sr"])  # type: ignore[arg-type]
+    report: Any = sr.content
+    uids = OutputUids(rated.series.series_instance_uid, rated.model.sha256)
+    bands = {}
+    for det_id in (1, 2):
+        groups = report.get_planar_roi_measurement_groups(tracking_uid=uids.tracking(det_id))
+        evaluations = {
+            e.name.meaning: e.value.meaning for g in groups for e in g.get_qualitative_evaluations()
+        }
+        bands[det_id] = evaluations["Microbleed rating certainty"]
+    assert bands == {1: "Possible microbleed", 2: "Definite microbleed"}
+    study = next(
+        i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"
+    )
+    texts = {
+        i.ConceptNameCodeSequence[0].CodeMeaning: i.TextValue
+        for i in study.ContentSequence
+        if i.ValueType == "TEXT"
+    }
+    assert texts["Number of definite microbleeds"] == "1"
+    assert texts["Number of possible microbleeds"] == "1"

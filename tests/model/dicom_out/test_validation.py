@@ -63,6 +63,7 @@ def _all_files(written: dict[str, Path | list[Path]]) -> list[Path]:
         ("oblique", {"enhanced": True}),
         ("feet_first", {}),
         ("axial", {"with_cmbs": False}),
+        ("axial", {"rated": True}),
     ],
 )
 def test_dciodvfy_reports_no_errors(

@@ -124,3 +124,15 @@ def test_html_report(axial_case: Case, tmp_path: Path) -> None:
     assert "2 cerebral microbleeds found" in text and "CMB 2" in text
     assert "data:image/png;base64," in text
     assert "ctx-lh-lateraloccipital" not in text  # rejected candidate
+    assert "definite" not in text  # no location filter, no rating
+
+
+def test_html_report_says_definite_or_possible(
+    make_case: Callable[..., Case], tmp_path: Path
+) -> None:
+    case = make_case("axial", rated=True)
+    rated = case.result
+    written = write_outputs(rated, case.datasets, tmp_path, (), pdf_html=True)
+    text = Path(written["html"]).read_text(encoding="utf-8")  # type: ignore[arg-type]
+    assert "2 cerebral microbleeds found (1 lobar, 1 deep; 1 definite, 1 possible)" in text
+    assert "<th>Rating</th>" in text
