@@ -258,7 +258,7 @@ def _run_location_filter(
     if not anatomy.plausible:
         log.warning("location filter not applied: %s", anatomy.reason)
         return {"method": method, "reason": f"not applied: {anatomy.reason}"}
-    locate_and_filter(detections, labels, parcellation, series.info)
+    locate_and_filter(detections, labels, parcellation, series.info, image=volume)
     rejected: dict[str, int] = {}
     for det in detections:
         if not det.kept and det.reject_reason:

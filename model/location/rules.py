@@ -22,10 +22,15 @@ reason code                    fires when
                                another candidate in the mirror structure at the mirrored
                                position (<= ``symmetry_tolerance_mm``): both rejected
 ``too_large``                  diameter > ``max_diameter_mm`` (10 mm)
-``tubular``                    principal-axis ratio >= ``tubular_elongation`` and length >=
-                               ``tubular_min_length_mm``, with the long axis in-plane or
-                               across >= ``tubular_min_slices`` slices (a vein, not a
-                               bleed seen on thick slices)
+``tubular``                    the dark structure through the candidate on the image
+                               (:mod:`model.location.vessel`) is a vessel: principal-axis
+                               ratio >= ``tubular_image_elongation`` and length >=
+                               ``tubular_image_min_length_mm``.  Without the image (or no
+                               dark spot on it): the candidate's own component has ratio >=
+                               ``tubular_elongation`` and length >= ``tubular_min_length_mm``,
+                               with the long axis in-plane or across >=
+                               ``tubular_min_slices`` slices (a vein, not a bleed seen on
+                               thick slices)
 =============================  ==============================================================
 """
 

@@ -149,7 +149,7 @@ def test_train_export_and_cascade_validation_through_the_cli(
     held_out = tmp_path / "filter_effect.json"
     row = {"tp": 4, "fp": 1, "recall": 0.6667, "recall_large": 0.5, "precision": 0.8}
     row |= {"f1": 0.7273, "fp_per_scan": 0.3333, "scan_sensitivity": 1.0, "scan_specificity": 1.0}
-    summary = {"n_cases": 3, "n_truth": 6, "n_truth_large": 2}
+    summary = {"n_cases": 3, "n_truth": 6, "n_truth_large": 2, "match_rule": "center:3"}
     held_out.write_text(json.dumps(summary | {"by_configuration": {"defaults": {"0.96": row}}}))
     weights_before = [t.raw_data for t in onnx.load(str(out)).graph.initializer]
     set_args = ["classifier", "set-threshold", str(out), "--held-out", str(held_out)]
@@ -160,6 +160,7 @@ def test_train_export_and_cascade_validation_through_the_cli(
     assert moved.metadata.metrics is not None
     assert moved.metadata.metrics["recall_ge3mm"] == 0.5
     assert moved.metadata.metrics["selected_on"] == "selection S"
+    assert moved.metadata.metrics["match_rule"] == "center:3"  # the summary's, not a default
     assert moved.metadata.extra == model.metadata.extra | {"tta": "flips_inplane_swap"}
     assert uses_tta(moved)
     assert [t.raw_data for t in onnx.load(str(out)).graph.initializer] == weights_before

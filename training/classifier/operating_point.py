@@ -41,7 +41,8 @@ def held_out_metrics(
         "scans": filter_effect["n_cases"],
         "cmbs": filter_effect["n_truth"],
         "cmbs_ge3mm": filter_effect.get("n_truth_large"),
-        "match_rule": "center:5",
+        # summaries written before the rule was recorded used the default, center:5
+        "match_rule": filter_effect.get("match_rule", "center:5"),
         "location_filter": configuration,
         "recall_ge3mm": row["recall_large"],
         **{k: v for k, v in row.items() if k != "recall_large"},

@@ -35,13 +35,15 @@ import dataclasses
 import json
 import pickle
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from evaluation.cases import PredCMB, TruthCMB
-from evaluation.matching import match_case
+from evaluation.matching import MatchRule, match_case
+from model.candidate_classifier import TASK as CLASSIFIER_TASK
 from model.candidate_classifier import candidate_threshold, classify_candidates
 from model.candidates import extract_candidates
 from model.infer import predict_probability
@@ -50,6 +52,7 @@ from model.location import labels as lt
 from model.location import rules as rule_codes
 from model.location.lobes import BrainFrame
 from model.location.region import Region
+from model.location.vessel import dark_structure
 from model.onnx_model import OnnxModel, default_model_path
 from model.types import Detection, DetectionStatus, SequenceKind, SeriesInfo, Volume
 from training.data import CaseRef, list_cases, load_volumes
@@ -73,6 +76,8 @@ def configurations(base: LocationConfig | None = None) -> dict[str, LocationConf
         out[f"only {code}"] = every.only(code)
     for code in codes:
         out[f"without {code}"] = dataclasses.replace(every, **{code: False})
+    # what reading the image adds to `tubular` (the candidate's own shape only)
+    out["defaults, tubular on the mask only"] = dataclasses.replace(cfg, tubular_on_image=False)
     return out
 
 
@@ -94,7 +99,9 @@ def measure_case(
     parc = parcellate(image, device="cpu")  # the shipped model
     if cache is not None:
         save_outputs(cache / f"{ref.case_id}.pkl", detections, labels, parc)
-    return apply_configurations(ref, detections, labels, parc, configs, min_score=min_score)
+    return apply_configurations(
+        ref, detections, labels, parc, configs, min_score=min_score, image=image
+    )
 
 
 def apply_configurations(
@@ -105,12 +112,15 @@ def apply_configurations(
     configs: dict[str, LocationConfig],
     *,
     min_score: float = 0.5,
+    image: Volume | None = None,
 ) -> dict[str, Any]:
     """Locate the candidates on ``parc`` and record which rule rejects each, per configuration.
 
     Candidates scoring below ``min_score`` are neither located nor recorded
     (locating costs time); they stay in the list as classifier-rejected, as in
     the product, where a rule may still read them (a symmetric partner).
+    ``image`` (the series) lets ``tubular`` read the dark structure through
+    each candidate, and its shape is recorded with the region's features.
     """
     acquisition = ref.record.get("acquisition") or {}
     info = SeriesInfo("1", "2", "MR", SequenceKind(acquisition.get("sequence", "swi")))
@@ -122,7 +132,7 @@ def apply_configurations(
     rejected: dict[str, list[str | None]] = {}
     for name, cfg in configs.items():
         copies = [copy.deepcopy(d) for d in detections]
-        apply_rules(copies, regions, frame, labels, info, cfg)
+        apply_rules(copies, regions, frame, labels, info, cfg, image=image)
         rejected[name] = [d.reject_reason for d in copies]
     return {
         "case_id": ref.case_id,
@@ -133,6 +143,7 @@ def apply_configurations(
                 "detection": d.to_json(),
                 "rejected_by": {name: reasons[n] for name, reasons in rejected.items()},
                 "region": _region_features(regions[d.id], d, frame),
+                "dark_structure": _structure_features(image, d),
             }
             for n, d in enumerate(detections)
             if d.id in regions
@@ -183,6 +194,14 @@ def _region_features(region: Region, det: Detection, frame: BrainFrame | None) -
         "distance_deep_nuclei_mm": round(region.distance_deep_nuclei_mm, 2),
         "wm_subclass": region.wm_subclass,
     }
+
+
+def _structure_features(image: Volume | None, det: Detection) -> dict[str, Any] | None:
+    """What ``tubular`` reads of the image (:mod:`model.location.vessel`), for tuning offline."""
+    structure = dark_structure(image, det.center_lps_mm) if image is not None else None
+    if structure is None:
+        return None
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(structure).items()}
 
 
 def summarise(
@@ -239,6 +258,7 @@ def summarise(
                 "scan_specificity": _ratio(negative_scans - false_pos_scans, negative_scans),
             }
     return {
+        "match_rule": MatchRule().describe(),
         "n_cases": len(cases),
         "n_truth": n_truth,
         "n_truth_large": truth_large,
@@ -307,9 +327,7 @@ def run(
     """Measure every case of ``data`` (resuming after the cases already in ``out``)."""
     out.mkdir(parents=True, exist_ok=True)
     unet = OnnxModel.load(default_model_path("cmb_segmentation"), device="cpu", threads=threads)
-    classifier = OnnxModel.load(
-        default_model_path("cmb_candidate_classification"), device="cpu", threads=threads
-    )
+    classifier = OnnxModel.load(default_model_path(CLASSIFIER_TASK), device="cpu", threads=threads)
     configs = configurations()
     cases_file = out / "cases.jsonl"
     done = read_cases(cases_file)
@@ -353,17 +371,17 @@ def replay(
             print(f"{ref.case_id}: no cached outputs in {cache}, skipped")
             continue
         detections, labels, parc = load_outputs(path)
+        image, _ = load_volumes(ref)
         if classifier is not None:
-            detections = rescore(ref, detections, classifier)
-        record = apply_configurations(ref, detections, labels, parc, configs)
+            detections = rescore(image, detections, classifier)
+        record = apply_configurations(ref, detections, labels, parc, configs, image=image)
         _append(cases_file, record)
         done.append(record)
     return _write_summary(out, done)
 
 
-def rescore(ref: CaseRef, detections: list[Detection], classifier: OnnxModel) -> list[Detection]:
+def rescore(image: Volume, detections: list[Detection], classifier: OnnxModel) -> list[Detection]:
     """The cached U-Net candidates, scored by ``classifier`` (as the pipeline scores them)."""
-    image, _ = load_volumes(ref)
     fresh = [
         dataclasses.replace(
             d,
@@ -433,7 +451,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlap", type=float, default=0.0, help="sliding-window overlap")
     p.add_argument("--min-score", type=float, default=0.5, help="lowest classifier score kept")
     p.add_argument("--limit", type=int, help="first N cases only")
-    p.add_argument("--threshold", type=float, default=0.97, help="threshold of the rule table")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="classifier threshold of the rule table (default: the shipped classifier's)",
+    )
     p.add_argument("--summarise", action="store_true", help="tables from cases.jsonl only")
     p.add_argument(
         "--operating-point",
@@ -458,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         help="also write <case>/detections.json with the default rules applied (cmb evaluate)",
     )
     a = p.parse_args(argv)
+    if a.classifier and not a.replay:
+        p.error("--classifier rescores cached candidates: it needs --replay CACHE")
     if a.summarise:
         summary = summarise(read_cases(a.out / "cases.jsonl"))
     elif a.replay:
@@ -467,7 +491,12 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(
             a.data, a.out, overlap=a.overlap, min_score=a.min_score, limit=a.limit, cache=a.cache
         )
-    print(rule_table(summary, a.threshold))
+    threshold = a.threshold
+    if threshold is None:
+        threshold = OnnxModel.load(
+            default_model_path(CLASSIFIER_TASK), device="cpu", threads=1
+        ).metadata.threshold
+    print(rule_table(summary, threshold))
     if a.operating_point:
         t = operating_point(summary)
         row = summary["by_configuration"]["defaults"][f"{t:g}"]

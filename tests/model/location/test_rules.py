@@ -172,6 +172,47 @@ def test_round_bleed_on_thick_slices_is_not_tubular() -> None:
     assert shape is not None and shape.long_axis_through_plane and shape.n_slices == 2
 
 
+def test_tubular_reads_the_vein_on_the_image() -> None:
+    """The network's map saw a round piece of a vein; the image shows the vein running on."""
+    parc = _cortex_grid()
+    masks = parc.with_array(np.zeros(parc.shape, np.float32))
+    k, j, i = np.mgrid[:20, :60, :60]
+    # both candidates' own components are round (what the network gives for a vein spot)
+    masks.array[((k - 10) * 1.0) ** 2 + ((j - 30) * 0.5) ** 2 + ((i - 20) * 0.5) ** 2 <= 2.0**2] = 1
+    masks.array[((k - 10) * 1.0) ** 2 + ((j - 30) * 0.5) ** 2 + ((i - 50) * 0.5) ** 2 <= 2.0**2] = 2
+    rng = np.random.default_rng(0)
+    image = parc.with_array((100.0 + rng.normal(0.0, 3.0, parc.shape)).astype(np.float32))
+    # a 1 mm-thick vein along the rows through candidate 1, a 5 mm bleed at candidate 2
+    image.array[(k == 10) & (np.abs(i - 20) <= 1)] -= 70.0
+    bleed_ball = ((k - 10) * 1.0) ** 2 + ((j - 30) * 0.5) ** 2 + ((i - 50) * 0.5) ** 2 <= 2.5**2
+    image.array[bleed_ball] -= 70.0
+    vein, bleed = det(1, (10.0, 15.0, 10.0)), det(2, (10.0, 15.0, 25.0))
+    assert run([vein, bleed], parc, masks) == [None, None]  # the masks alone: round
+    vein, bleed = det(1, (10.0, 15.0, 10.0)), det(2, (10.0, 15.0, 25.0))
+    locate_and_filter([vein, bleed], masks, parc, T2STAR, image=image)
+    assert [vein.reject_reason, bleed.reject_reason] == [rules.TUBULAR, None]
+    vein = det(1, (10.0, 15.0, 10.0))
+    off = LocationConfig(tubular_on_image=False)
+    locate_and_filter([vein], masks, parc, T2STAR, off, image=image)
+    assert vein.reject_reason is None
+
+
+def test_tubular_trusts_the_image_over_the_maps_blur() -> None:
+    """A candidate component stretched into a line by the map's blur, on a compact dark bleed."""
+    parc = _cortex_grid()
+    masks = parc.with_array(np.zeros(parc.shape, np.float32))
+    masks.array[10, 30, 10:40] = 1  # 15 mm in-plane line
+    k, j, i = np.mgrid[:20, :60, :60]
+    rng = np.random.default_rng(0)
+    image = parc.with_array((100.0 + rng.normal(0.0, 3.0, parc.shape)).astype(np.float32))
+    bleed_ball = ((k - 10) * 1.0) ** 2 + ((j - 30) * 0.5) ** 2 + ((i - 25) * 0.5) ** 2 <= 2.5**2
+    image.array[bleed_ball] -= 70.0
+    assert run([det(1, (10.0, 15.0, 12.5))], parc, masks) == [rules.TUBULAR]  # no image
+    bleed = det(1, (10.0, 15.0, 12.5))
+    locate_and_filter([bleed], masks, parc, T2STAR, image=image)
+    assert bleed.reject_reason is None
+
+
 def test_config_refuses_bad_values() -> None:
     with pytest.raises(ValueError, match="max_diameter_mm"):
         LocationConfig(max_diameter_mm=-1)

@@ -55,7 +55,9 @@ def _cases() -> list[dict[str, Any]]:
 
 
 def test_summarise_counts_each_configuration_at_each_threshold() -> None:
-    table = summarise(_cases(), thresholds=(0.5, 0.97))["by_configuration"]
+    summary = summarise(_cases(), thresholds=(0.5, 0.97))
+    assert summary["match_rule"] == "center:5"  # recorded with the numbers it produced
+    table = summary["by_configuration"]
     assert table["none"]["0.5"] == {
         "tp": 1,
         "fp": 2,
@@ -137,6 +139,7 @@ def test_replay_relocates_cached_outputs_without_the_networks(
     import numpy as np
 
     from model.types import Detection
+    from model.volume import write_nifti
     from tests.model.location.conftest import brain_labels, interior_voxel, voxel_lps
     from training.parcellation.filter_effect import load_outputs, replay, save_outputs
 
@@ -156,9 +159,16 @@ def test_replay_relocates_cached_outputs_without_the_networks(
 
     data = tmp_path / "data"
     data.mkdir()
+    # the image is read again (tubular reads the dark structure through each candidate)
+    noise = np.random.default_rng(0).normal(100.0, 3.0, parc.shape).astype(np.float32)
+    k, j, i = interior_voxel(parc, 41, depth=2)
+    noise[k - 1 : k + 2, j - 1 : j + 2, i - 1 : i + 2] -= 60.0  # the true CMB: a dark spot
+    write_nifti(parc.with_array(noise), data / "c1.nii.gz")
+    write_nifti(labels, data / "c1_label.nii.gz")
     truth = {"center_lps_mm": list(wm), "diameter_mm": 3.0, "diameter_apparent_mm": 3.0}
+    case_files = {"image": "c1.nii.gz", "label": "c1_label.nii.gz"}
     records = [
-        {"case_id": "c1", "acquisition": {"sequence": "t2star"}, "cmbs": [truth]},
+        {"case_id": "c1", "acquisition": {"sequence": "t2star"}, "cmbs": [truth], **case_files},
         {"case_id": "c2", "acquisition": {"sequence": "swi"}, "cmbs": []},  # not cached
     ]
     (data / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -168,8 +178,20 @@ def test_replay_relocates_cached_outputs_without_the_networks(
     first, second = case["candidates"]
     assert first["rejected_by"]["defaults"] is None
     assert first["region"]["label"] == 41
+    assert set(first["dark_structure"]) >= {"elongation", "length_mm", "width_mm"}
     assert second["rejected_by"]["defaults"] == "outside_brain"
     assert second["rejected_by"]["none"] is None
     at = summary["by_configuration"]
     assert (at["none"]["0.97"]["tp"], at["none"]["0.97"]["fp"]) == (1, 1)
     assert (at["defaults"]["0.97"]["tp"], at["defaults"]["0.97"]["fp"]) == (1, 0)
+
+
+def test_classifier_without_replay_is_refused(tmp_path: Path, capsys) -> None:
+    """--classifier rescores cached candidates; without --replay it would be silently ignored."""
+    from training.parcellation.filter_effect import main
+
+    args = ["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--classifier", "c.onnx"]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    assert "needs --replay" in capsys.readouterr().err
