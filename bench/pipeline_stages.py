@@ -138,7 +138,8 @@ def side_stages(
         path, label = parcellation_model(tmp)
         parc_model = load_parcellation_model(path, "cpu")
         parc = c.time("location: parcellation", parcellate_onnx, volume, parc_model)
-        c.time("location: rules", locate_and_filter, detections, labels, parc, series.info)
+        rules_args = (detections, labels, parc, series.info)
+        c.time("location: rules", locate_and_filter, *rules_args, image=volume)
         location = {"model": label, "n_candidates": len(detections)}
     except Exception as e:  # model.location is in progress: record why, keep the rest
         location = {"error": f"{type(e).__name__}: {e}"}

@@ -45,4 +45,7 @@ def test_demo_runs_the_whole_product_path(shared_data: Path, tmp_path: Path) -> 
     found = int(proc.stdout.split(" true CMBs found")[0].rsplit(";", 1)[1].split("/")[0])
     assert 1 <= found <= len(truth)
     assert pydicom.dcmread(folder / "seg.dcm").Modality == "SEG"
-    assert pydicom.dcmread(folder / "sr.dcm").Modality == "SR"
+    sr = pydicom.dcmread(folder / "sr.dcm")
+    assert sr.Modality == "SR"
+    # the filter rated the findings: each CMB's band is in the SR (private CMB-0060)
+    assert str(sr).count("Microbleed rating certainty") == len(kept)
