@@ -17,14 +17,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 from model.location import rules
 from model.location.lobes import BrainFrame, brain_frame, lobe_of
-from model.location.parcellation import parcellate
 from model.location.rating import mars_rating
 from model.location.region import Region, RegionParams, region_of
 from model.location.vessel import dark_structure, is_vessel
 from model.types import Detection, MarsCategory, SeriesInfo, Volume
+
+if TYPE_CHECKING:
+    from model.location.parcellation import parcellate
+
+
+def __getattr__(name: str) -> Any:
+    """``parcellate`` on first use: it loads SimpleITK and ONNX Runtime, which the
+    label tables, regions and rules (read by ``evaluation``) do not need."""
+    if name == "parcellate":
+        from model.location.parcellation import parcellate
+
+        return parcellate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
