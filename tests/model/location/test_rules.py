@@ -86,9 +86,13 @@ def test_choroid_plexus_in_the_atrium(parc, frame, no_masks) -> None:
     atrium = (uvw[:, 1] > pv + 5) & (uvw[:, 1] < pv + 15) & (np.abs(uvw[:, 2] - pw) < 8)
     assert atrium.any()
     point = pts[atrium][0]
-    assert run([det(1, point, p=0.95)], parc, no_masks, SWI) == [rules.CHOROID_PLEXUS]
+    assert run([det(1, point, p=0.95)], parc, no_masks, T2STAR) == [rules.CHOROID_PLEXUS]
     off = LocationConfig(choroid_plexus=False)
-    assert run([det(1, point, p=0.95)], parc, no_masks, SWI, off) == [None]
+    assert run([det(1, point, p=0.95)], parc, no_masks, T2STAR, off) != [rules.CHOROID_PLEXUS]
+    # on SWI only when asked (measured: mostly true periventricular CMBs reach it there)
+    assert run([det(1, point, p=0.95)], parc, no_masks, SWI) == [None]
+    on_swi = LocationConfig(choroid_on_swi=True)
+    assert run([det(1, point, p=0.95)], parc, no_masks, SWI, on_swi) == [rules.CHOROID_PLEXUS]
 
 
 def test_choroid_plexus_needs_ventricle_around_not_just_near(parc, frame, no_masks) -> None:
@@ -110,9 +114,9 @@ def test_choroid_plexus_needs_ventricle_around_not_just_near(parc, frame, no_mas
             shares.append((share, p))
     assert shares, "no white matter beside the atrium in this label map"
     share, point = shares[0]
-    assert run([det(1, point)], parc, no_masks, SWI) == [None]
+    assert run([det(1, point)], parc, no_masks, T2STAR) == [None]
     looser = LocationConfig(choroid_min_ventricle_fraction=share / 2)
-    assert run([det(1, point)], parc, no_masks, SWI, looser) == [rules.CHOROID_PLEXUS]
+    assert run([det(1, point)], parc, no_masks, T2STAR, looser) == [rules.CHOROID_PLEXUS]
     with pytest.raises(ValueError):
         LocationConfig(choroid_min_ventricle_fraction=1.5)
 
