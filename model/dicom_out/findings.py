@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from model.location.rating import certainty
 from model.types import Detection, MarsCategory, Result
 
 __all__ = ["MARS_COLOURS", "Finding", "Summary", "findings_of", "pattern_of"]
@@ -122,14 +123,9 @@ def findings_of(result: Result) -> list[Finding]:
     """The kept detections as numbered findings, rated definite/possible where rated."""
     kept = sorted(result.kept, key=lambda d: d.id)
     band = definite_probability(result)
-
-    def certainty(d: Detection) -> str | None:
-        if band is None:
-            return None
-        return "definite" if d.probability >= band else "possible"
-
     return [
-        Finding(number=n, detection=d, certainty=certainty(d)) for n, d in enumerate(kept, start=1)
+        Finding(number=n, detection=d, certainty=certainty(d, band) if band is not None else None)
+        for n, d in enumerate(kept, start=1)
     ]
 
 

@@ -37,7 +37,8 @@ DEFINITE_UNET = 0.8
 DEFINITE_CLASSIFIER = 0.995
 
 
-def _band(det: Detection, definite_probability: float) -> str:
+def certainty(det: Detection, definite_probability: float) -> str:
+    """``definite`` at or above the band, else ``possible`` (the outputs say it per finding)."""
     return "definite" if det.probability >= definite_probability else "possible"
 
 
@@ -68,7 +69,7 @@ def mars_rating(
     }
     by_hemisphere: dict[str, dict[str, int]] = {h: dict(empty) for h in (*HEMISPHERES, "unknown")}
     for d in kept:
-        band = _band(d, definite_probability)
+        band = certainty(d, definite_probability)
         cat = d.mars.value if d.mars else "uncategorised"
         for table, key in ((by_category, cat), (by_hemisphere, d.hemisphere or "unknown")):
             table.setdefault(key, dict(empty))
@@ -79,7 +80,7 @@ def mars_rating(
             side = d.hemisphere if d.hemisphere in HEMISPHERES else "midline"
             by_lobe[lobe][side] += 1
             by_lobe[lobe]["total"] += 1
-    definite = [d for d in kept if _band(d, definite_probability) == "definite"]
+    definite = [d for d in kept if certainty(d, definite_probability) == "definite"]
     return {
         "total": len(kept),
         "definite": len(definite),
