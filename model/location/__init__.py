@@ -63,7 +63,7 @@ class LocationConfig:
     choroid_plexus: bool = True
     # Off on SWI: behind the classifier few calcifications reach the rule there,
     # and over five synthetic sets it removed 3 false positives and 2 true
-    # periventricular CMBs on SWI (42 and 2 on T2*; docs/location-filter.md).
+    # periventricular CMBs on SWI (41 and 2 on T2*; docs/location-filter.md).
     choroid_on_swi: bool = False
     # The atrium box and the pineal radius cover ~90 % of the selection set's
     # choroid-plexus (12 of 13) and pineal (14 of 16) calcifications, measured

@@ -9,9 +9,10 @@
   probability (``DEFINITE_UNET``, 0.8) or, behind the cascade, the candidate
   classifier's, which keeps only scores >= its threshold (0.92)
   (``DEFINITE_CLASSIFIER``, 0.995: with the location filter, on the held-out
-  set 34 of 38 detections at or above it were true microbleeds and 38 of 51
-  between 0.92 and 0.995; on the selection and test sets 11 of 12 / 12 of 18
-  and 18 of 20 / 16 of 32; docs/location-filter.md).
+  set 34 of 38 detections at or above it were true microbleeds and 38 of 50
+  between 0.92 and 0.995; on the selection set 11 of 12 / 12 of 17, on four
+  further test sets 14 of 14 to 33 of 35 / 17 of 34 to 31 of 43;
+  docs/location-filter.md).
 * **Pattern** (of all kept detections, and of the definite ones alone):
   ``none`` (no microbleed), ``strictly_lobar`` (every categorised microbleed
   lobar: the pattern of cerebral amyloid angiopathy in the Boston criteria),

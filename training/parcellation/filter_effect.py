@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import dataclasses
 import json
 import pickle
@@ -436,6 +437,54 @@ def write_predictions(
     return len(cases)
 
 
+def candidate_rows(cases: Sequence[dict[str, Any]], threshold: float) -> list[dict[str, Any]]:
+    """One row per located candidate scoring >= ``threshold``: what each rule read and decided.
+
+    ``outcome`` is TP/FP by matching all those candidates (no rules) to the
+    truth with the default rule; a TP row carries its CMB's apparent diameter,
+    region and MARS category.  ``rejected_by <configuration>`` columns say
+    which rule each configuration applied (empty: kept).  The table the rules'
+    thresholds are tuned from (docs/location-filter.md).
+    """
+    rows = []
+    for case in cases:
+        acquisition = case.get("acquisition") or {}
+        truth = [TruthCMB.from_json(c, case["case_id"]) for c in case["truth"]]
+        cands = [c for c in case["candidates"] if c["detection"]["probability"] >= threshold]
+        preds = [PredCMB.from_json(c["detection"], case["case_id"]) for c in cands]
+        matched = {
+            p.pred_index: case["truth"][p.truth_index]
+            for p in match_case(truth, preds, case_id=case["case_id"]).pairs
+        }
+        for n, cand in enumerate(cands):
+            cmb = matched.get(n, {})
+            row: dict[str, Any] = {
+                "case_id": case["case_id"],
+                "sequence": acquisition.get("sequence"),
+                "slice_thickness_mm": acquisition.get("slice_thickness_mm"),
+                "probability": cand["detection"]["probability"],
+                "region": cand["detection"].get("region"),
+                "outcome": "TP" if n in matched else "FP",
+                "cmb_diameter_apparent_mm": cmb.get("diameter_apparent_mm"),
+                "cmb_region": cmb.get("region"),
+                "cmb_mars": cmb.get("mars"),
+            }
+            row |= {f"rejected_by {k}": v or "" for k, v in cand["rejected_by"].items()}
+            row |= {f"region.{k}": v for k, v in (cand.get("region") or {}).items()}
+            row |= {f"dark_structure.{k}": v for k, v in (cand.get("dark_structure") or {}).items()}
+            rows.append(row)
+    return rows
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """``rows`` as CSV, with the union of their keys as header (first seen first)."""
+    header = list(dict.fromkeys(k for row in rows for k in row))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def read_cases(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -475,6 +524,13 @@ def main(argv: list[str] | None = None) -> int:
         help="location and rules only, from the outputs a --cache run kept",
     )
     p.add_argument(
+        "--candidates",
+        type=Path,
+        metavar="CSV",
+        help="also write one row per candidate scoring >= --threshold: outcome, each "
+        "configuration's rule, the features the rules read",
+    )
+    p.add_argument(
         "--predictions",
         type=Path,
         help="also write <case>/detections.json with the default rules applied (cmb evaluate)",
@@ -507,6 +563,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.predictions:
         n = write_predictions(read_cases(a.out / "cases.jsonl"), a.predictions)
         print(f"wrote {n} cases to {a.predictions}")
+    if a.candidates:
+        rows = candidate_rows(read_cases(a.out / "cases.jsonl"), threshold)
+        write_csv(rows, a.candidates)
+        print(f"wrote {len(rows)} candidates scoring >= {threshold:g} to {a.candidates}")
     return 0
 
 

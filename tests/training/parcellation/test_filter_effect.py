@@ -195,3 +195,26 @@ def test_classifier_without_replay_is_refused(tmp_path: Path, capsys) -> None:
         main(args)
     assert exc.value.code == 2
     assert "needs --replay" in capsys.readouterr().err
+
+
+def test_candidate_rows_say_outcome_rules_and_features(tmp_path: Path) -> None:
+    """The tuning table: one row per candidate at or above the threshold, TP/FP without rules."""
+    from training.parcellation.filter_effect import candidate_rows, write_csv
+
+    cases = _cases()
+    cases[0]["candidates"][0]["dark_structure"] = {"elongation": 1.4, "length_mm": 6.0}
+    cases[0]["truth"][0] |= {"region": "Left-Putamen", "mars": "deep"}
+    rows = candidate_rows(cases, threshold=0.9)
+    assert [(r["case_id"], r["outcome"]) for r in rows] == [("a", "TP"), ("a", "FP")]  # b: 0.6
+    tp, fp = rows
+    assert (tp["cmb_region"], tp["cmb_mars"], tp["cmb_diameter_apparent_mm"]) == (
+        "Left-Putamen",
+        "deep",
+        3.0,
+    )
+    assert tp["rejected_by only csf"] == "csf" and tp["rejected_by all"] == ""
+    assert fp["rejected_by all"] == "outside_brain" and fp["cmb_region"] is None
+    assert tp["dark_structure.elongation"] == 1.4 and "dark_structure.elongation" not in fp
+    write_csv(rows, tmp_path / "c.csv")
+    lines = (tmp_path / "c.csv").read_text().splitlines()
+    assert len(lines) == 3 and "dark_structure.length_mm" in lines[0]
