@@ -6,7 +6,8 @@ A SWI-like axial series is simulated from SynthSeg's training label map 01
 (shared data; intensities per structure, dark iron-rich pallidum and veins,
 bright CSF), written as a Siemens-flavoured classic MR series with
 model.series_writer, with four dark "microbleeds" painted in; the Result is
-built by hand (three kept CMBs, one rejected as a vessel).  All four outputs
+built by hand (three kept CMBs, one rejected as a vessel, rated definite/possible
+with the U-Net band as the location filter rates them).  All four outputs
 are written; the script saves a key image, the PDF pages as PNG and the SR tree
 (dsrdump) next to the document.
 """
@@ -25,6 +26,7 @@ import pydicom
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from model.dicom_out import write_outputs
+from model.location.rating import DEFINITE_UNET
 from model.paths import shared_data_dir
 from model.series_writer import StudyMeta, write_series
 from model.types import (
@@ -190,6 +192,8 @@ def main(dest: Path) -> None:
         probability=Volume(array=(labels > 0).astype(np.float32), affine=affine, **ident),  # type: ignore[arg-type]
         labels=Volume(array=labels, affine=affine, **ident),  # type: ignore[arg-type]
         model=ModelInfo(name="cmb-unet", version="1.0.0", sha256="0123456789abcdef" * 4),
+        # rated as the location filter rates U-Net scores: definite from DEFINITE_UNET
+        location={"mars_rating": {"definite_probability": DEFINITE_UNET}},
     )
     out = tmp / "out"
     written = write_outputs(result, datasets, out, ("seg", "sr", "pdf", "sc"), pdf_html=True)
