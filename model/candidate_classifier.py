@@ -54,6 +54,19 @@ TTA_KEY = "tta"
 TTA_FLIPS_INPLANE_SWAP = "flips_inplane_swap"
 #: The values ``cmb.tta`` may take.
 TTA_MODES = ("none", TTA_FLIPS_INPLANE_SWAP)
+#: Metadata key (``cmb.`` prefix) of the U-Net the classifier was validated behind
+#: (:func:`unet_identity`); ``auto`` runs the classifier only behind that file.
+UNET_KEY = "unet"
+
+
+def unet_identity(unet: OnnxModel) -> str:
+    """How a classifier file names the U-Net it belongs to: name, version and SHA-256."""
+    return f"{unet.metadata.name} {unet.metadata.version} sha256:{unet.info.sha256}"
+
+
+def paired_with(classifier: OnnxModel, unet: OnnxModel) -> bool:
+    """Whether ``classifier`` was validated behind exactly this U-Net file."""
+    return f"sha256:{unet.info.sha256}" in classifier.metadata.extra.get(UNET_KEY, "")
 
 
 def candidate_threshold(model: OnnxModel) -> float:

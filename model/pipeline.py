@@ -33,7 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from model.candidate_classifier import candidate_threshold, classify_candidates
+from model.candidate_classifier import (
+    UNET_KEY,
+    candidate_threshold,
+    classify_candidates,
+    paired_with,
+)
 from model.candidates import extract_candidates
 from model.dicom_in import load_studies
 from model.errors import InputError
@@ -134,9 +139,10 @@ def load_model(options: PipelineOptions) -> OnnxModel:
 def load_classifier(options: PipelineOptions, unet: OnnxModel) -> tuple[OnnxModel | None, str]:
     """The candidate classifier the options ask for (None: not run) and why.
 
-    ``auto`` runs the installed classifier only behind the U-Net whose
-    candidates it was trained on (``cmb.unet`` names that file's SHA-256): its
-    candidate threshold and what it learned to reject belong to that U-Net.
+    ``auto`` runs the installed classifier only behind the U-Net it was
+    trained or validated behind (``cmb.unet`` names that file's SHA-256): its
+    candidate threshold, what it learned to reject and its operating point
+    belong to that U-Net.
     ``on`` runs it behind any U-Net.
     """
     if options.classifier == "off":
@@ -147,13 +153,12 @@ def load_classifier(options: PipelineOptions, unet: OnnxModel) -> tuple[OnnxMode
             raise InputError(f"classifier 'on' but there is no classifier model at {path}")
         return None, f"no classifier model at {path}: U-Net candidates are not re-scored"
     classifier = load_cached(path, device=options.device, threads=options.threads)
-    if options.classifier == "auto":
-        trained_for = classifier.metadata.extra.get("unet", "")
-        if f"sha256:{unet.info.sha256}" not in trained_for:
-            return None, (
-                f"the classifier at {path} was trained on the candidates of another U-Net "
-                f"({trained_for or 'unknown'}); choose it explicitly to run it"
-            )
+    if options.classifier == "auto" and not paired_with(classifier, unet):
+        trained_for = classifier.metadata.extra.get(UNET_KEY, "")
+        return None, (
+            f"the classifier at {path} belongs to another U-Net "
+            f"({trained_for or 'unknown'}); choose it explicitly to run it"
+        )
     return classifier, f"the model at {path}"
 
 

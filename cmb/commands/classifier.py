@@ -80,6 +80,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     o.add_argument("--selected-on", required=True, help="how and on what the threshold was chosen")
     o.add_argument(
+        "--unet",
+        type=Path,
+        default=None,
+        help="pair the classifier with this U-Net (the held-out summary must have been "
+        "measured behind it: filter_effect --unet)",
+    )
+    o.add_argument(
         "--tta",
         default=None,
         help="test-time augmentation the threshold belongs to: none or flips_inplane_swap "
@@ -165,6 +172,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_set_threshold(args: argparse.Namespace) -> int:
     _training()
+    from model.onnx_model import OnnxModel
     from training.classifier.operating_point import held_out_metrics, set_operating_point
 
     summary = json.loads(args.held_out.read_text())
@@ -174,6 +182,7 @@ def run_set_threshold(args: argparse.Namespace) -> int:
         held_out_metrics(summary, args.threshold),
         selected_on=args.selected_on,
         tta=args.tta,
+        unet=OnnxModel.load(args.unet, device="cpu") if args.unet else None,
     )
     print(json.dumps(metrics, indent=1))
     return 0

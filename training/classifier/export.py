@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from model.candidate_classifier import CANDIDATE_THRESHOLD_KEY, TASK
+from model.candidate_classifier import CANDIDATE_THRESHOLD_KEY, TASK, UNET_KEY, unet_identity
 from model.onnx_model import ModelMetadata, OnnxModel, default_model_path
 from training.classifier.train import ClassifierConfig, load_checkpoint
 from training.export import set_metadata, write_onnx
@@ -52,7 +52,7 @@ def _metadata(
         description="3D CNN that re-scores U-Net candidates (microbleed vs mimic)",
         extra={
             CANDIDATE_THRESHOLD_KEY: repr(float(config.candidate_threshold)),
-            "unet": f"{plan.name} {plan.version} sha256:{unet.info.sha256}",
+            UNET_KEY: unet_identity(unet),
             **{k: str(v) for k, v in provenance.items()},
         },
     )

@@ -10,6 +10,12 @@ set, then written here together with the product path's metrics on the
 held-out set at that threshold (its ``filter_effect.json``).  The weights are
 untouched; the ``metrics.json`` beside the model gets an ``operating_point``
 section.
+
+The summary names the U-Net it was measured behind.  It must be the one the
+classifier belongs to (``cmb.unet``), or, with ``unet``, the classifier is
+paired with that U-Net instead: a retrained U-Net can keep a classifier once
+their pair has been measured.  The U-Net whose candidates trained the
+classifier stays recorded (``cmb.unet_trained_on``).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from model.candidate_classifier import TASK, TTA_KEY, TTA_MODES
+from model.candidate_classifier import TASK, TTA_KEY, TTA_MODES, UNET_KEY, unet_identity
 from model.errors import InputError
 from model.onnx_model import OnnxModel
 from training.export import set_metadata
@@ -38,6 +44,7 @@ def held_out_metrics(
             f"threshold {threshold:g} was not measured there (measured: {', '.join(rows)})"
         )
     return {
+        "unet": filter_effect.get("unet", ""),
         "scans": filter_effect["n_cases"],
         "cmbs": filter_effect["n_truth"],
         "cmbs_ge3mm": filter_effect.get("n_truth_large"),
@@ -56,10 +63,12 @@ def set_operating_point(
     *,
     selected_on: str,
     tta: str | None = None,
+    unet: OnnxModel | None = None,
 ) -> dict[str, Any]:
-    """Write ``cmb.threshold``, ``cmb.metrics`` (and ``cmb.tta``) of a classifier file.
+    """Write ``cmb.threshold``, ``cmb.metrics`` (and ``cmb.tta``, ``cmb.unet``) of a classifier.
 
-    Returns the metrics as recorded.  ``tta`` ``None`` keeps the file's setting.
+    Returns the metrics as recorded.  ``tta`` ``None`` keeps the file's setting;
+    ``unet`` pairs the classifier with that U-Net (see the module docstring).
     """
     if tta is not None and tta not in TTA_MODES:
         raise InputError(f"cmb.{TTA_KEY} {tta!r} is not one of {TTA_MODES}")
@@ -67,7 +76,7 @@ def set_operating_point(
     model = OnnxModel.load(path, device="cpu")
     if model.metadata.task != TASK:
         raise InputError(f"{path} is a {model.metadata.task!r} model, not the candidate classifier")
-    extra = dict(model.metadata.extra)
+    extra = paired_extra(dict(model.metadata.extra), str(metrics.get("unet", "")), unet)
     if tta is not None:
         extra[TTA_KEY] = tta
     recorded = {**metrics, "selected_on": selected_on, "tta": extra.get(TTA_KEY, "none")}
@@ -86,3 +95,30 @@ def set_operating_point(
         data["threshold"] = threshold
         report.write_text(json.dumps(data, indent=2, sort_keys=True))
     return recorded
+
+
+def paired_extra(extra: dict[str, str], measured: str, unet: OnnxModel | None) -> dict[str, str]:
+    """The classifier's ``extra`` metadata after checking what the metrics were measured behind.
+
+    InputError where the held-out metrics (measured behind ``measured``) would
+    be written into a classifier that belongs to another U-Net.
+    """
+    pinned = extra.get(UNET_KEY, "")
+    if unet is None:
+        if measured and measured != pinned:
+            raise InputError(
+                f"the held-out summary was measured behind {measured}, but the classifier "
+                f"belongs to {pinned or 'an unrecorded U-Net'}: pass that U-Net with --unet "
+                "to pair them"
+            )
+        return extra
+    identity = unet_identity(unet)
+    if measured != identity:
+        raise InputError(
+            f"the held-out summary was measured behind {measured or 'an unrecorded U-Net'}, "
+            f"not {identity}: measure the pair with filter_effect --unet"
+        )
+    if pinned != identity:
+        extra.setdefault("unet_trained_on", pinned)
+        extra[UNET_KEY] = identity
+    return extra

@@ -38,14 +38,14 @@ import pickle
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from evaluation.cases import PredCMB, TruthCMB
 from evaluation.matching import MatchRule, match_case
 from model.candidate_classifier import TASK as CLASSIFIER_TASK
-from model.candidate_classifier import candidate_threshold, classify_candidates
+from model.candidate_classifier import candidate_threshold, classify_candidates, unet_identity
 from model.candidates import extract_candidates
 from model.infer import predict_probability
 from model.location import LocationConfig, apply_rules, locate, parcellate
@@ -98,11 +98,13 @@ def measure_case(
     labels, detections = extract_candidates(probability, candidate_threshold(classifier))
     classify_candidates(image, detections, classifier, threshold=0.0)
     parc = parcellate(image, device="cpu")  # the shipped model
+    identity = unet_identity(unet)
     if cache is not None:
-        save_outputs(cache / f"{ref.case_id}.pkl", detections, labels, parc)
-    return apply_configurations(
+        save_outputs(cache / f"{ref.case_id}.pkl", detections, labels, parc, identity)
+    record = apply_configurations(
         ref, detections, labels, parc, configs, min_score=min_score, image=image
     )
+    return {**record, "unet": identity}
 
 
 def apply_configurations(
@@ -152,10 +154,16 @@ def apply_configurations(
     }
 
 
-def save_outputs(path: Path, detections: list[Detection], labels: Volume, parc: Volume) -> None:
-    """The networks' outputs of one case, for :func:`replay` (candidate labels as uint16)."""
+def save_outputs(
+    path: Path, detections: list[Detection], labels: Volume, parc: Volume, unet: str = ""
+) -> None:
+    """The networks' outputs of one case, for :func:`replay` (candidate labels as uint16).
+
+    ``unet`` names the U-Net that made the candidates (``unet_identity``).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
+        "unet": unet,
         "detections": detections,
         "labels": (labels.array.astype(np.uint16), labels.affine),
         "parcellation": (parc.array.astype(np.int16), parc.affine),
@@ -165,15 +173,24 @@ def save_outputs(path: Path, detections: list[Detection], labels: Volume, parc: 
     tmp.replace(path)
 
 
-def load_outputs(path: Path) -> tuple[list[Detection], Volume, Volume]:
+class CachedOutputs(NamedTuple):
+    detections: list[Detection]
+    labels: Volume
+    parcellation: Volume
+    #: the U-Net that made the candidates ("" in caches written before it was recorded)
+    unet: str
+
+
+def load_outputs(path: Path) -> CachedOutputs:
     """What :func:`save_outputs` wrote (a file this tool made: pickle is fine here)."""
     payload = pickle.loads(path.read_bytes())
     lab, lab_affine = payload["labels"]
     parc, parc_affine = payload["parcellation"]
-    return (
+    return CachedOutputs(
         payload["detections"],
         Volume(lab.astype(np.float32), lab_affine),
         Volume(parc.astype(np.float32), parc_affine),
+        payload.get("unet", ""),
     )
 
 
@@ -263,8 +280,15 @@ def summarise(
         "n_cases": len(cases),
         "n_truth": n_truth,
         "n_truth_large": truth_large,
+        "unet": measured_behind(cases),
         "by_configuration": table,
     }
+
+
+def measured_behind(cases: Sequence[dict[str, Any]]) -> str:
+    """The U-Net all ``cases`` were measured behind; "" if a case does not say or they differ."""
+    names = {case.get("unet", "") for case in cases}
+    return names.pop() if len(names) == 1 else ""
 
 
 def _ratio(num: int, den: int) -> float:
@@ -324,10 +348,17 @@ def run(
     limit: int | None = None,
     threads: int = 1,
     cache: Path | None = None,
+    unet_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Measure every case of ``data`` (resuming after the cases already in ``out``)."""
+    """Measure every case of ``data`` (resuming after the cases already in ``out``).
+
+    ``unet_path`` is the U-Net whose candidates are measured (default: the
+    shipped one); each case's record names it, and so does the summary.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    unet = OnnxModel.load(default_model_path("cmb_segmentation"), device="cpu", threads=threads)
+    unet = OnnxModel.load(
+        unet_path or default_model_path("cmb_segmentation"), device="cpu", threads=threads
+    )
     classifier = OnnxModel.load(default_model_path(CLASSIFIER_TASK), device="cpu", threads=threads)
     configs = configurations()
     cases_file = out / "cases.jsonl"
@@ -371,11 +402,13 @@ def replay(
         if not path.is_file():
             print(f"{ref.case_id}: no cached outputs in {cache}, skipped")
             continue
-        detections, labels, parc = load_outputs(path)
+        detections, labels, parc, unet = load_outputs(path)
         image, _ = load_volumes(ref)
         if classifier is not None:
             detections = rescore(image, detections, classifier)
         record = apply_configurations(ref, detections, labels, parc, configs, image=image)
+        if unet:
+            record["unet"] = unet
         _append(cases_file, record)
         done.append(record)
     return _write_summary(out, done)
@@ -513,6 +546,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--cache", type=Path, help="keep each case's network outputs in this folder")
     p.add_argument(
+        "--unet",
+        type=Path,
+        help="the U-Net whose candidates are measured (default: the shipped one; not with "
+        "--replay, which keeps the cached candidates)",
+    )
+    p.add_argument(
         "--classifier",
         type=Path,
         help="with --replay: score the cached candidates again with this classifier file",
@@ -538,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.classifier and not a.replay:
         p.error("--classifier rescores cached candidates: it needs --replay CACHE")
+    if a.unet and (a.replay or a.summarise):
+        p.error("--unet makes new candidates: it cannot be used with --replay or --summarise")
     if a.summarise:
         summary = summarise(read_cases(a.out / "cases.jsonl"))
     elif a.replay:
@@ -545,7 +586,13 @@ def main(argv: list[str] | None = None) -> int:
         summary = replay(a.data, a.replay, a.out, classifier=classifier)
     else:
         summary = run(
-            a.data, a.out, overlap=a.overlap, min_score=a.min_score, limit=a.limit, cache=a.cache
+            a.data,
+            a.out,
+            overlap=a.overlap,
+            min_score=a.min_score,
+            limit=a.limit,
+            cache=a.cache,
+            unet_path=a.unet,
         )
     threshold = a.threshold
     if threshold is None:

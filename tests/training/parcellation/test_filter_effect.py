@@ -151,8 +151,10 @@ def test_replay_relocates_cached_outputs_without_the_networks(
         Detection(2, outside, 3.0, 14.0, 0.98),
     ]
     labels = parc.with_array(np.zeros(parc.shape, np.float32))
-    save_outputs(tmp_path / "cache" / "c1.pkl", detections, labels, parc)
-    back, labels_back, parc_back = load_outputs(tmp_path / "cache" / "c1.pkl")
+    unet = "cmb_unet 9.9 sha256:0123"
+    save_outputs(tmp_path / "cache" / "c1.pkl", detections, labels, parc, unet)
+    back, labels_back, parc_back, unet_back = load_outputs(tmp_path / "cache" / "c1.pkl")
+    assert unet_back == unet
     assert [d.center_lps_mm for d in back] == [wm, outside]
     assert np.array_equal(parc_back.array, parc.array)
     assert np.array_equal(labels_back.affine, labels.affine)
@@ -174,6 +176,7 @@ def test_replay_relocates_cached_outputs_without_the_networks(
     (data / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     summary = replay(data, tmp_path / "cache", tmp_path / "out")
     assert summary["n_cases"] == 1
+    assert summary["unet"] == unet  # what the candidates were measured behind
     (case,) = read_cases(tmp_path / "out" / "cases.jsonl")
     first, second = case["candidates"]
     assert first["rejected_by"]["defaults"] is None
@@ -195,6 +198,26 @@ def test_classifier_without_replay_is_refused(tmp_path: Path, capsys) -> None:
         main(args)
     assert exc.value.code == 2
     assert "needs --replay" in capsys.readouterr().err
+
+
+def test_unet_makes_candidates_so_replay_and_summarise_refuse_it(tmp_path: Path, capsys) -> None:
+    from training.parcellation.filter_effect import main
+
+    args = ["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--unet", "u.onnx"]
+    for mode in (["--replay", str(tmp_path)], ["--summarise"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*args, *mode])
+        assert exc.value.code == 2
+        assert "--unet makes new candidates" in capsys.readouterr().err
+
+
+def test_a_summary_names_its_unet_only_when_every_case_agrees() -> None:
+    from training.parcellation.filter_effect import measured_behind
+
+    assert measured_behind([{"unet": "a"}, {"unet": "a"}]) == "a"
+    assert measured_behind([{"unet": "a"}, {"unet": "b"}]) == ""
+    assert measured_behind([{"unet": "a"}, {}]) == ""
+    assert measured_behind([{}]) == ""
 
 
 def test_candidate_rows_say_outcome_rules_and_features(tmp_path: Path) -> None:
