@@ -175,6 +175,7 @@ def export_checkpoint(
     threads: int | None = None,
     workers: int = 1,
     thresholds: Sequence[float] | None = None,
+    max_fp_per_scan: float | None = None,
 ) -> Path:
     """Export a training checkpoint with the threshold and metrics chosen on validation.
 
@@ -182,7 +183,10 @@ def export_checkpoint(
     stored with the checkpoint.  With ``val_dirs`` the exported file itself is
     validated on those folders (``training.validate``, the product's inference
     path) and the threshold chosen there and its metrics are embedded.  An
-    explicit ``threshold`` overrides the chosen one.  A JSON report goes to
+    explicit ``threshold`` overrides the chosen one; ``max_fp_per_scan``
+    (default: the config's ``val.max_fp_per_scan``) is the false-positive
+    budget of that choice, which may differ from the one that selected the
+    training epoch (a candidate generator's, say).  A JSON report goes to
     ``metrics_json`` (default ``<out>.metrics.json``); with ``predictions_dir`` the
     validation candidates are kept there as ``<case_id>/detections.json`` for
     ``cmb evaluate``.
@@ -214,7 +218,9 @@ def export_checkpoint(
             path,
             refs,
             tuple(thresholds) if thresholds else config.val.thresholds,
-            max_fp_per_scan=config.val.max_fp_per_scan,
+            max_fp_per_scan=(
+                config.val.max_fp_per_scan if max_fp_per_scan is None else max_fp_per_scan
+            ),
             overlap=config.val.overlap if overlap is None else overlap,
             save_dir=predictions_dir,
             threads=threads,

@@ -53,6 +53,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="thresholds tried with --val-data (default: the config's val.thresholds)",
     )
     p.add_argument(
+        "--max-fp-per-scan",
+        type=float,
+        default=None,
+        help="with --val-data: the threshold is the highest recall at no more false positives "
+        "per scan than this (default: the training config's val.max_fp_per_scan)",
+    )
+    p.add_argument(
         "--metrics-json",
         type=Path,
         default=None,
@@ -72,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         ) from e
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise InputError(f"--threshold must be in (0, 1), got {args.threshold}")
+    if args.max_fp_per_scan is not None and args.max_fp_per_scan <= 0:
+        raise InputError(f"--max-fp-per-scan must be positive, got {args.max_fp_per_scan}")
     try:
         path = export_checkpoint(
             args.checkpoint,
@@ -84,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             workers=args.workers,
             thresholds=args.thresholds,
+            max_fp_per_scan=args.max_fp_per_scan,
         )
     except (ValueError, FileNotFoundError) as e:
         raise InputError(str(e)) from e

@@ -153,6 +153,12 @@ def test_cli_train_then_export_with_validation(layout, tmp_path) -> None:
     report = json.loads((tmp_path / "m.metrics.json").read_text())
     assert meta.threshold == report["threshold"]
     assert report["validation"]["summary"]["scans"] == 2
+    assert report["validation"]["summary"]["max_fp_per_scan"] == 0.5  # the config's
+    budget = ["--max-fp-per-scan", "7.5", "--metrics-json", str(tmp_path / "b.json")]
+    assert main([*export_args, *budget]) == 0
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["validation"]["summary"]["max_fp_per_scan"] == 7.5
+    assert main([*export_args, "--max-fp-per-scan", "0"]) != 0
     # the saved candidates are what the evaluation package reads
     assert sorted(p.name for p in preds.iterdir()) == ["tiny-val-0100", "tiny-val-0101"]
     evaluate = ["evaluate", "--pred", str(preds), "--truth", str(val_dir)]
