@@ -137,10 +137,12 @@ def apply_configurations(
         copies = [copy.deepcopy(d) for d in detections]
         apply_rules(copies, regions, frame, labels, info, cfg, image=image)
         rejected[name] = [d.reject_reason for d in copies]
+    truth = list(ref.record.get("cmbs") or [])
     return {
         "case_id": ref.case_id,
         "acquisition": acquisition,
-        "truth": list(ref.record.get("cmbs") or []),
+        "truth": truth,
+        "unet_candidates": _unet_candidates(ref.case_id, truth, detections),
         "candidates": [
             {
                 "detection": d.to_json(),
@@ -152,6 +154,22 @@ def apply_configurations(
             if d.id in regions
         ],
     }
+
+
+def _unet_candidates(
+    case_id: str, truth: list[dict[str, Any]], detections: list[Detection]
+) -> dict[str, Any]:
+    """All of the U-Net's candidates, scored or not: how many, and which true CMBs they hold.
+
+    The classifier and the rules can only keep what is here, so the share of
+    true CMBs found is the ceiling of the product path's recall.
+    """
+    cmbs = [TruthCMB.from_json(c, f"{case_id}.cmbs[{i}]") for i, c in enumerate(truth)]
+    preds = [
+        PredCMB.from_json(d.to_json(), f"{case_id} candidate {i}") for i, d in enumerate(detections)
+    ]
+    match = match_case(cmbs, preds, case_id=case_id)
+    return {"n": len(preds), "truth_found": sorted(match.pred_for_truth())}
 
 
 def save_outputs(
@@ -281,7 +299,31 @@ def summarise(
         "n_truth": n_truth,
         "n_truth_large": truth_large,
         "unet": measured_behind(cases),
+        "unet_candidates": _candidate_ceiling(parsed, cases),
         "by_configuration": table,
+    }
+
+
+def _candidate_ceiling(
+    parsed: Sequence[tuple[str, list[TruthCMB], list[bool], Any]],
+    cases: Sequence[dict[str, Any]],
+) -> dict[str, float | int] | None:
+    """The U-Net candidates' count per scan and recall ceiling (None if a case lacks them)."""
+    if any("unet_candidates" not in case for case in cases):
+        return None
+    found = found_large = n_truth = n_large = n_candidates = 0
+    for (_, truth, large, _), case in zip(parsed, cases, strict=True):
+        hits = case["unet_candidates"]["truth_found"]
+        n_candidates += case["unet_candidates"]["n"]
+        found += len(hits)
+        found_large += sum(1 for i in hits if large[i])
+        n_truth += len(truth)
+        n_large += sum(large)
+    return {
+        "per_scan": round(n_candidates / len(cases), 2),
+        "tp": found,
+        "recall": _ratio(found, n_truth),
+        "recall_large": _ratio(found_large, n_large),
     }
 
 
@@ -600,6 +642,13 @@ def main(argv: list[str] | None = None) -> int:
             default_model_path(CLASSIFIER_TASK), device="cpu", threads=1
         ).metadata.threshold
     print(rule_table(summary, threshold))
+    ceiling = summary.get("unet_candidates")
+    if ceiling:
+        print(
+            f"U-Net candidates: {ceiling['per_scan']} per scan holding {ceiling['tp']} of "
+            f"{summary['n_truth']} CMBs (recall ceiling {ceiling['recall']}, "
+            f">= 3 mm {ceiling['recall_large']})"
+        )
     if a.operating_point:
         t = operating_point(summary)
         row = summary["by_configuration"]["defaults"][f"{t:g}"]

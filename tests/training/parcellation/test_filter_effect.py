@@ -74,6 +74,12 @@ def test_summarise_counts_each_configuration_at_each_threshold() -> None:
     assert table["all"]["0.5"]["scan_specificity"] == 1.0
     assert (table["only csf"]["0.5"]["tp"], table["only csf"]["0.5"]["fp"]) == (0, 1)
     assert table["only csf"]["0.5"]["recall"] == 0.0
+    assert summary["unet_candidates"] is None  # records written before it was kept
+    cases = _cases()
+    cases[0]["unet_candidates"] = {"n": 5, "truth_found": []}
+    cases[1]["unet_candidates"] = {"n": 3, "truth_found": []}
+    ceiling = summarise(cases, thresholds=(0.5,))["unet_candidates"]
+    assert ceiling == {"per_scan": 4.0, "tp": 0, "recall": 0.0, "recall_large": 0.0}
 
 
 def test_rule_table_reports_removed_fps_and_lost_cmbs_against_no_rules() -> None:
@@ -177,6 +183,13 @@ def test_replay_relocates_cached_outputs_without_the_networks(
     summary = replay(data, tmp_path / "cache", tmp_path / "out")
     assert summary["n_cases"] == 1
     assert summary["unet"] == unet  # what the candidates were measured behind
+    # every U-Net candidate counts for the ceiling, whatever the classifier and rules did
+    assert summary["unet_candidates"] == {
+        "per_scan": 2.0,
+        "tp": 1,
+        "recall": 1.0,
+        "recall_large": 1.0,
+    }
     (case,) = read_cases(tmp_path / "out" / "cases.jsonl")
     first, second = case["candidates"]
     assert first["rejected_by"]["defaults"] is None
