@@ -103,6 +103,23 @@ def score_of(summary: dict[str, Any], select_by: str, max_fp: float) -> float:
     return recall if fp <= max_fp else recall * max_fp / fp - 1.0
 
 
+def improves(
+    score: float,
+    summary: dict[str, Any],
+    best_score: float | None,
+    best_summary: dict[str, Any] | None,
+) -> bool:
+    """Whether an epoch's validation beats the best so far: a higher score, or the same
+    score with fewer false positives per scan (for a candidate generator at a
+    generous FP limit, equal recall with fewer candidates is the better model)."""
+    if best_score is None or score > best_score:
+        return True
+    if score < best_score or not best_summary:
+        return False
+    fp, best_fp = summary.get("fp_per_scan"), best_summary.get("fp_per_scan")
+    return fp is not None and best_fp is not None and float(fp) < float(best_fp)
+
+
 def _poly(step: int, total: int) -> float:
     return float((1.0 - min(step, total - 1) / total) ** 0.9)
 
@@ -304,7 +321,7 @@ def train(
             score = score_of(summary, config.val.select_by, config.val.max_fp_per_scan)
             row.update({k: summary.get(k) for k in CSV_FIELDS if k in summary})
             row["score"] = round(score, 6)
-            if best_score is None or score > best_score:
+            if improves(score, summary, best_score, (best_val or {}).get("summary")):
                 best_score, best_val, improved = score, validation, True
                 set_metadata(
                     candidate,

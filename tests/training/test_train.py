@@ -186,3 +186,15 @@ def test_validation_in_two_worker_processes_gives_the_same_report(layout, tmp_pa
     assert one["per_threshold"] == two["per_threshold"]
     assert one["per_case"] == two["per_case"]
     assert set(one["per_case"]) == {r.case_id for r in refs}
+
+
+def test_an_equal_score_with_fewer_false_positives_is_the_better_epoch() -> None:
+    from training.train import improves
+
+    best = {"recall": 0.58, "fp_per_scan": 48.0}
+    assert improves(0.5, {"recall": 0.5, "fp_per_scan": 60.0}, None, None)
+    assert improves(0.6, {"fp_per_scan": 60.0}, 0.58, best)
+    assert improves(0.58, {"fp_per_scan": 30.7}, 0.58, best)
+    assert not improves(0.58, {"fp_per_scan": 48.0}, 0.58, best)
+    assert not improves(0.57, {"fp_per_scan": 1.0}, 0.58, best)
+    assert not improves(0.58, {"fp_per_scan": None}, 0.58, best)
