@@ -63,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--threads", type=int, default=None)
     e.add_argument("--predictions", type=Path, default=None, metavar="DIR")
     e.add_argument("--metrics-json", type=Path, default=None)
+    e.add_argument("--version", default=None, help="model version (default: the training's)")
     e.set_defaults(func=run_export)
 
     o = sub.add_parser(
@@ -165,6 +166,7 @@ def run_export(args: argparse.Namespace) -> int:
         threads=args.threads,
         predictions_dir=args.predictions,
         metrics_json=args.metrics_json,
+        version=args.version,
     )
     print(f"wrote {path}")
     return 0

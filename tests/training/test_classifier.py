@@ -121,9 +121,10 @@ def test_train_export_and_cascade_validation_through_the_cli(
 
     out = tmp_path / "classifier.onnx"
     export = ["classifier", "export", str(run / "best.pt"), "--out", str(out)]
-    assert main([*export, "--unet", str(unet), "--val-data", str(val_dir)]) == 0
+    assert main([*export, "--unet", str(unet), "--val-data", str(val_dir), "--version", "0.9"]) == 0
     model = OnnxModel.load(out, device="cpu")
     assert model.metadata.task == TASK
+    assert model.metadata.version == "0.9"
     assert model.metadata.patch_size == (24, 24, 24)
     assert candidate_threshold(model) == 0.5
     unet_model = OnnxModel.load(unet, device="cpu")

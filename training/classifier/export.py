@@ -11,6 +11,7 @@ product's inference path on every validation case).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 from collections.abc import Sequence
@@ -71,9 +72,15 @@ def export_classifier(
     threads: int | None = None,
     predictions_dir: str | Path | None = None,
     metrics_json: str | Path | None = None,
+    version: str | None = None,
 ) -> Path:
-    """Write the ONNX file; with ``val_dirs``, validate the cascade and embed the result."""
+    """Write the ONNX file; with ``val_dirs``, validate the cascade and embed the result.
+
+    ``version`` overrides the training config's model version (``cmb.version``).
+    """
     net, config, state = load_checkpoint(checkpoint)
+    if version:
+        config = dataclasses.replace(config, version=version)
     unet_file = Path(unet_path) if unet_path is not None else default_model_path()
     unet = OnnxModel.load(unet_file, device="cpu")
     provenance = {
