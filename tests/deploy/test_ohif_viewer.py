@@ -115,6 +115,9 @@ def test_ohif_draws_our_seg_over_the_microbleed(procs: Callable[..., Proc], tmp_
             wait_for(overlay_drawn, 60, "the SEG overlay to be drawn", 1.0)
             time.sleep(1.0)  # one more frame: the dismissed banners fade out
             browser.screenshot(on)
+            # The camera as drawn: OHIF may move to the segment's slice after it first
+            # reports a viewport (later on a loaded machine), so read it again now.
+            state = wait_for(lambda: viewport_state(browser), 30, "the viewport state", 0.5)
 
             # Hide every segment: the same view without the overlay.
             browser.js(
