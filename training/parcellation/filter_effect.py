@@ -101,10 +101,9 @@ def measure_case(
     identity = unet_identity(unet)
     if cache is not None:
         save_outputs(cache / f"{ref.case_id}.pkl", detections, labels, parc, identity)
-    record = apply_configurations(
-        ref, detections, labels, parc, configs, min_score=min_score, image=image
+    return apply_configurations(
+        ref, detections, labels, parc, configs, min_score=min_score, image=image, unet=identity
     )
-    return {**record, "unet": identity}
 
 
 def apply_configurations(
@@ -116,6 +115,7 @@ def apply_configurations(
     *,
     min_score: float = 0.5,
     image: Volume | None = None,
+    unet: str = "",
 ) -> dict[str, Any]:
     """Locate the candidates on ``parc`` and record which rule rejects each, per configuration.
 
@@ -124,6 +124,7 @@ def apply_configurations(
     the product, where a rule may still read them (a symmetric partner).
     ``image`` (the series) lets ``tubular`` read the dark structure through
     each candidate, and its shape is recorded with the region's features.
+    ``unet`` names the U-Net that made the candidates ("" when not known).
     """
     acquisition = ref.record.get("acquisition") or {}
     info = SeriesInfo("1", "2", "MR", SequenceKind(acquisition.get("sequence", "swi")))
@@ -142,6 +143,7 @@ def apply_configurations(
         "case_id": ref.case_id,
         "acquisition": acquisition,
         "truth": truth,
+        "unet": unet,
         "unet_candidates": _unet_candidates(ref.case_id, truth, detections),
         "candidates": [
             {
@@ -448,9 +450,9 @@ def replay(
         image, _ = load_volumes(ref)
         if classifier is not None:
             detections = rescore(image, detections, classifier)
-        record = apply_configurations(ref, detections, labels, parc, configs, image=image)
-        if unet:
-            record["unet"] = unet
+        record = apply_configurations(
+            ref, detections, labels, parc, configs, image=image, unet=unet
+        )
         _append(cases_file, record)
         done.append(record)
     return _write_summary(out, done)
