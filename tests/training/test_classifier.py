@@ -105,6 +105,8 @@ def test_train_export_and_cascade_validation_through_the_cli(
     assert main([*args, "--epochs", "2", "--steps", "3", "--candidate-threshold", "0.5"]) == 0
     best = json.loads((run / "best.json").read_text())
     assert best["epoch"] in (1, 2) and best["val_cases"] == 3
+    last = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 2  # the last epoch is kept beside the best one
     log = (run / "log.csv").read_text().splitlines()
     assert len(log) == 3 and log[0].endswith("recall_ceiling,seconds")
 

@@ -9,7 +9,8 @@ and its intensities scaled, offset and noised.  After every epoch the
 cascade is scored on the validation candidates: recall at no more than
 ``max_fp_per_scan`` false positives per scan, using the labels the harvest
 gave (one-to-one matches of the evaluation package); the best epoch is kept
-and exported with the threshold that gave that recall.
+(``best.pt``, exported with the threshold that gave that recall) and so is
+the last one (``last.pt``).
 """
 
 from __future__ import annotations
@@ -251,18 +252,19 @@ def train(config: ClassifierConfig, out: Path) -> dict[str, Any]:
             )
             f.flush()
             log.info("epoch %d loss %.4f val %s (%.0f s)", epoch, np.mean(losses), metrics, seconds)
+            state = {
+                "state_dict": net.state_dict(),
+                "config": asdict(config),
+                "epoch": epoch,
+                "threshold": metrics["threshold"],
+                "training_wall_s": seconds,
+            }
+            # last.pt too: on a small selection set one CMB moves recall by a few per cent,
+            # so the last epoch is worth comparing (`cmb classifier compare`) with the best
+            torch.save(state, out / "last.pt")
             if metrics["recall"] > best["recall"]:
                 best = {**metrics, "epoch": epoch}
-                torch.save(
-                    {
-                        "state_dict": net.state_dict(),
-                        "config": asdict(config),
-                        "epoch": epoch,
-                        "threshold": metrics["threshold"],
-                        "training_wall_s": seconds,
-                    },
-                    out / "best.pt",
-                )
+                torch.save(state, out / "best.pt")
     best["unet_alone"] = unet_alone
     best["training_wall_s"] = round(time.monotonic() - start, 1)
     best["train_cases"] = len(tr.case_ids)

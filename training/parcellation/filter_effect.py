@@ -59,7 +59,7 @@ from model.types import Detection, DetectionStatus, SequenceKind, SeriesInfo, Vo
 from training.data import CaseRef, list_cases, load_volumes
 from training.validate import choose_threshold, is_large
 
-THRESHOLDS = (0.5, 0.8, 0.9, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.82, 0.84, 0.86, 0.88, 0.9, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
 MAX_FP_PER_SCAN = 0.5  # issue 5's operating constraint
 
 
