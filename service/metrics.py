@@ -91,7 +91,8 @@ class JobTimingsFollower:
 
 
 class DatabaseCollector(Collector):
-    """Jobs by state, queue depth and pending deliveries, read from the DB at scrape time."""
+    """Jobs by state, queue depth and pending deliveries (in all and per destination), read
+    from the DB at scrape time."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -99,11 +100,19 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         from sqlalchemy import func, select
 
-        from service.db.models import Delivery, DeliveryState, Job, JobState
+        from service.db.models import Delivery, DeliveryState, Job, JobState, utcnow
 
         with self.db.session() as s:
             rows = s.execute(select(Job.state, func.count()).group_by(Job.state)).all()
             pending = s.scalar(select(func.count()).where(Delivery.state == DeliveryState.PENDING))
+            # per destination: pending files and when the oldest of their results was ready
+            # (its job's finish), so that an alert can fire on a refused head-of-line result
+            backlog = s.execute(
+                select(Delivery.destination, func.count(), func.min(Job.finished_at))
+                .join(Job, Job.id == Delivery.job_id)
+                .where(Delivery.state == DeliveryState.PENDING)
+                .group_by(Delivery.destination)
+            ).all()
         counts = {JobState(state).value: int(n) for state, n in rows}
         jobs = GaugeMetricFamily("cmb_jobs", "Jobs by state", labels=["state"])
         for state in JobState:
@@ -115,6 +124,23 @@ class DatabaseCollector(Collector):
         yield GaugeMetricFamily(
             "cmb_deliveries_pending", "Result files not yet delivered", value=int(pending or 0)
         )
+        files = GaugeMetricFamily(
+            "cmb_destination_backlog",
+            "Result files not yet delivered, per destination",
+            labels=["destination"],
+        )
+        age = GaugeMetricFamily(
+            "cmb_destination_oldest_pending_seconds",
+            "Seconds since the oldest result not yet delivered to the destination was ready",
+            labels=["destination"],
+        )
+        now = utcnow()
+        for destination, n, oldest in backlog:
+            files.add_metric([destination], int(n))
+            waited = (now - oldest).total_seconds() if oldest is not None else 0.0
+            age.add_metric([destination], max(0.0, waited))
+        yield files
+        yield age
 
 
 def database_registry(db: Database) -> CollectorRegistry:

@@ -24,24 +24,7 @@ from tests.service.test_serve_cli import check_results, serve_env, start_serve, 
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
-PG_ADMIN = os.environ.get("CMB_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("CMB_TEST_REDIS", "redis://127.0.0.1:6379/0")
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    name = f"cmb_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as e:  # no server on this machine
-        admin.dispose()
-        pytest.skip(f"PostgreSQL at {PG_ADMIN} unavailable: {type(e).__name__}")
-    yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from service.db.models import Delivery, DeliveryState, Job, JobState, utcnow
 from service.db.session import Database
 from service.export import Exporter
+from service.metrics import DatabaseCollector
 from service.settings import Settings, load_settings
 from tests.service.conftest import free_port
 from tests.service.dicom_factory import mr_dataset
@@ -57,9 +58,14 @@ def receiver() -> Iterator[Receiver]:
     r.server.shutdown()
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'outbox.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """The outbox on both supported databases (SQLite embedded, PostgreSQL in production)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'outbox.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    database = Database(url)
     yield database
     database.dispose()
 
@@ -154,6 +160,11 @@ def test_a_refused_result_holds_back_the_newer_ones(
     assert head.attempts == 1 and head.last_error == "C-STORE status 0xA700"
     assert held.attempts == 0 and "waiting behind an older result" in (held.last_error or "")
     assert held.next_attempt_at >= head.next_attempt_at > utcnow() + timedelta(seconds=20)
+    # What an alert reads: two files wait for this destination, the oldest since its job ended.
+    backlog = _destination_gauges(db)
+    destination = settings.destinations[0]
+    assert backlog["cmb_destination_backlog"] == {destination: 2.0}
+    assert 5.0 <= backlog["cmb_destination_oldest_pending_seconds"][destination] < 60.0
     # Once the destination takes it, both land, in order.
     receiver.refuse.clear()
     with db.session() as s:
@@ -161,6 +172,20 @@ def test_a_refused_result_holds_back_the_newer_ones(
             r.next_attempt_at = utcnow()
     assert exporter.run_once() == 2
     assert receiver.received == [older_uid, newer_uid]
+    assert _destination_gauges(db) == {
+        "cmb_destination_backlog": {},
+        "cmb_destination_oldest_pending_seconds": {},
+    }
+
+
+def _destination_gauges(db: Database) -> dict[str, dict[str, float]]:
+    """The per-destination outbox gauges of ``/metrics``: {metric: {destination: value}}."""
+    wanted = ("cmb_destination_backlog", "cmb_destination_oldest_pending_seconds")
+    return {
+        m.name: {sample.labels["destination"]: sample.value for sample in m.samples}
+        for m in DatabaseCollector(db).collect()
+        if m.name in wanted
+    }
 
 
 def test_an_unreadable_result_file_holds_back_the_newer_ones(
