@@ -143,6 +143,7 @@ class Service:
         self.celery_app: Any = None
         self._api_server: Any = None
         self._api_thread: threading.Thread | None = None
+        self._metrics_server: Any = None
         self.dicom_port: int | None = None
         self.api_port: int | None = None
 
@@ -158,6 +159,8 @@ class Service:
             from service.tasks import make_celery
 
             self.celery_app = make_celery(st)
+        if st.metrics_port:
+            self._start_metrics()
         if not st.runs_scp:  # role api: the REST API (and its metrics) only
             self.monitor = Monitor(st, self.db, self.celery_app, follow_only=True)
             self.monitor.start()
@@ -207,6 +210,18 @@ class Service:
             time.sleep(0.05)
         self.api_port = self.settings.api_port
 
+    def _start_metrics(self) -> None:
+        """This process's counters (DICOM instances received, associations rejected,
+        deliveries) on ``metrics_port``: role ``scp`` serves no REST API, so without it
+        they could not be scraped.  The database gauges stay with the API's ``/metrics``
+        (one source, not one per process)."""
+        from prometheus_client import start_http_server
+
+        server, _ = start_http_server(
+            self.settings.metrics_port, self.settings.metrics_host, registry=metrics.REGISTRY
+        )
+        self._metrics_server = server
+
     def ready(self) -> dict[str, str]:
         """Problems that make the service not ready (empty dict: ready)."""
         problems: dict[str, str] = {}
@@ -225,6 +240,9 @@ class Service:
         return problems
 
     def stop(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         if self._api_server is not None:
             self._api_server.should_exit = True
         if self._api_thread is not None:

@@ -177,6 +177,14 @@ class Settings(BaseSettings):
     # REST API
     api_host: str = Field("127.0.0.1", description="address of the REST API")
     api_port: int = Field(8000, ge=0, le=65535, description="REST API port (0: disabled)")
+    metrics_host: str = Field("127.0.0.1", description="address of metrics_port")
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="plain-HTTP Prometheus port of this process's own counters, for role scp "
+        "(which serves no REST API) (0: off)",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="NAME:KEY pairs; empty: one key is generated in <data_dir>/api-key",
@@ -273,6 +281,8 @@ class Settings(BaseSettings):
         for p in (self.tls_cert, self.tls_key, self.tls_ca, *export_files):
             if p is not None and not p.is_file():
                 raise ValueError(f"TLS file {p} does not exist")
+        if self.metrics_port and self.runs_api and self.metrics_port == self.api_port:
+            raise ValueError("metrics_port must differ from api_port (the API has /metrics)")
         if self.role == "api" and not self.api_port:
             raise ValueError("role api runs only the REST API: give it an api_port (not 0)")
         if self.export_max_backoff_s < self.export_backoff_s:

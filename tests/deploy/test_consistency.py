@@ -126,6 +126,8 @@ def test_compose_services_run_real_commands_with_real_settings(
         assert service["volumes"] == ["cmb-data:/data"], name
         assert service["build"]["target"] in ("cpu", "gpu"), name
     assert ours["scp"]["command"] == ["serve", "--role", "scp"]
+    scp = validated(ours["scp"]["environment"], monkeypatch, tmp_path)
+    assert scp.metrics_port and scp.metrics_host == "0.0.0.0"  # its counters can be scraped
     assert ours["api"]["command"] == ["serve", "--role", "api"]
     assert all(s["command"][0] == "worker" for n, s in ours.items() if n not in ("scp", "api"))
 
@@ -313,7 +315,8 @@ def test_kubernetes_manifests_match_the_code(
     assert serve_role(container["args"], settings_env) == "scp"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert ports == {"dicom": int(env["CMB_DICOM_PORT"])}
+    assert ports == {"dicom": int(env["CMB_DICOM_PORT"]), "metrics": int(env["CMB_METRICS_PORT"])}
+    assert env["CMB_METRICS_HOST"] == "0.0.0.0"  # reachable by a scraper in the cluster
     [container] = api["spec"]["template"]["spec"]["containers"]
     assert serve_role(container["args"], settings_env) == "api"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}

@@ -26,7 +26,6 @@ from tests.service.conftest import FAKE_PIPELINE, KEY, Proc, free_port, wait_for
 from tests.service.dicom_factory import write_study
 from tests.service.test_celery import (  # noqa: F401 - fixtures
     celery_env,
-    postgres_url,
     queue,
     start_worker,
 )
@@ -46,19 +45,31 @@ def test_role_is_validated(tmp_path: Path) -> None:
         load_settings(data_dir=tmp_path, role="worker")
     with pytest.raises(SettingsError, match="give it an api_port"):
         load_settings(data_dir=tmp_path, role="api", api_port=0)
+    with pytest.raises(SettingsError, match="metrics_port must differ"):
+        load_settings(data_dir=tmp_path, role="all", api_port=9000, metrics_port=9000)
+    assert load_settings(data_dir=tmp_path, role="scp", api_port=9000, metrics_port=9000)
     assert load_settings(data_dir=tmp_path).role == "all"
 
 
 def test_each_role_starts_only_its_parts(make_settings: Callable[..., Settings]) -> None:
-    api_port = free_port()
-    scp = Service(make_settings(role="scp", api_port=api_port, destinations=["D@127.0.0.1:9"]))
+    api_port, metrics_port = free_port(), free_port()
+    scp = Service(
+        make_settings(
+            role="scp", api_port=api_port, metrics_port=metrics_port, destinations=["D@127.0.0.1:9"]
+        )
+    )
     scp.start()
     try:
         assert scp.scp is not None and scp.dicom_port and _listening(scp.dicom_port)
         assert scp.exporter is not None and scp.worker is not None
         assert scp.monitor is not None and not scp.monitor.follow_only
-        assert scp.api_port is None and not _listening(api_port)  # no HTTP in role scp
+        assert scp.api_port is None and not _listening(api_port)  # no REST API in role scp
         assert scp.ready() == {}
+        # ... but its own counters can be scraped on the metrics port; the DB gauges are the API's
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+        assert scraped.status_code == 200
+        assert "cmb_associations_rejected_total" in scraped.text
+        assert "cmb_deliveries_total" in scraped.text and "cmb_queue_depth" not in scraped.text
         api = Service(make_settings(role="api", api_port=api_port))
         api.start()
         try:
@@ -72,6 +83,7 @@ def test_each_role_starts_only_its_parts(make_settings: Callable[..., Settings])
             api.stop()
     finally:
         scp.stop()
+    assert not _listening(metrics_port)  # stopped with the service
 
 
 def test_upload_to_the_api_process_is_run_and_sent_by_the_scp_process(
@@ -127,7 +139,7 @@ def _serve(
 @pytest.mark.network
 @pytest.mark.slow
 def test_api_and_scp_processes_with_a_celery_worker_deliver_each_result_once(
-    postgres_url: str,  # noqa: F811
+    postgres_url: str,
     queue: str,  # noqa: F811
     procs: Callable[..., Proc],
     tmp_path: Path,
