@@ -88,6 +88,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "measured behind it: filter_effect --unet)",
     )
     o.add_argument(
+        "--unet-threshold",
+        type=float,
+        default=None,
+        help="U-Net probability at which candidates are extracted (cmb.candidate_threshold; "
+        "the held-out summary must have been measured at it: filter_effect --unet-threshold)",
+    )
+    o.add_argument(
         "--tta",
         default=None,
         help="test-time augmentation the threshold belongs to: none or flips_inplane_swap "
@@ -185,6 +192,7 @@ def run_set_threshold(args: argparse.Namespace) -> int:
         selected_on=args.selected_on,
         tta=args.tta,
         unet=OnnxModel.load(args.unet, device="cpu") if args.unet else None,
+        unet_threshold=args.unet_threshold,
     )
     print(json.dumps(metrics, indent=1))
     return 0

@@ -114,3 +114,33 @@ def test_set_threshold_cli_pairs_with_the_named_unet(tmp_path: Path, unets) -> N
     assert main(args) != 0  # measured behind the second, paired with the first
     assert main([*args, "--unet", str(second.path)]) == 0
     assert paired_with(OnnxModel.load(path, device="cpu"), second)
+
+
+def test_the_candidate_threshold_changes_only_to_the_one_measured(tmp_path: Path, unets) -> None:
+    """The product extracts candidates at cmb.candidate_threshold: it may only become the
+    U-Net threshold the held-out summary was measured at."""
+    from model.candidate_classifier import candidate_threshold
+
+    first, _, _ = unets
+    path = _classifier(tmp_path / "c.onnx", first)  # extracts at 0.3
+    at_01 = held_out_metrics(_summary(first) | {"unet_threshold": 0.1}, 0.9)
+    with pytest.raises(InputError, match=r"extracted at U-Net >= 0\.1, but .* at 0\.3"):
+        set_operating_point(path, 0.9, at_01, selected_on="s")
+    unrecorded = held_out_metrics(_summary(first), 0.9)
+    with pytest.raises(InputError, match="does not record its U-Net threshold"):
+        set_operating_point(path, 0.9, unrecorded, selected_on="s", unet_threshold=0.1)
+    assert candidate_threshold(OnnxModel.load(path, device="cpu")) == 0.3  # untouched
+
+    recorded = set_operating_point(path, 0.9, at_01, selected_on="s", unet_threshold=0.1)
+    assert recorded["unet_threshold"] == 0.1
+    assert candidate_threshold(OnnxModel.load(path, device="cpu")) == 0.1
+    # the CLI: a summary measured at 0.3 no longer fits the file, unless 0.3 is set again
+    from cmb.cli import main
+
+    held_out = tmp_path / "filter_effect.json"
+    held_out.write_text(json.dumps(_summary(first) | {"unet_threshold": 0.3}))
+    args = ["classifier", "set-threshold", str(path), "--threshold", "0.9"]
+    args += ["--held-out", str(held_out), "--selected-on", "selection set"]
+    assert main(args) != 0
+    assert main([*args, "--unet-threshold", "0.3"]) == 0
+    assert candidate_threshold(OnnxModel.load(path, device="cpu")) == 0.3

@@ -16,6 +16,11 @@ classifier belongs to (``cmb.unet``), or, with ``unet``, the classifier is
 paired with that U-Net instead: a retrained U-Net can keep a classifier once
 their pair has been measured.  The U-Net whose candidates trained the
 classifier stays recorded (``cmb.unet_trained_on``).
+
+The summary also says at which U-Net probability the candidates were
+extracted (``filter_effect --unet-threshold``); that must be the classifier's
+``cmb.candidate_threshold``, or the one set with it (``candidate_threshold``):
+the product extracts its candidates at exactly the measured threshold.
 """
 
 from __future__ import annotations
@@ -25,7 +30,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from model.candidate_classifier import TASK, TTA_KEY, TTA_MODES, UNET_KEY, unet_identity
+from model.candidate_classifier import (
+    CANDIDATE_THRESHOLD_KEY,
+    TASK,
+    TTA_KEY,
+    TTA_MODES,
+    UNET_KEY,
+    candidate_threshold,
+    unet_identity,
+)
 from model.errors import InputError
 from model.onnx_model import OnnxModel
 from training.export import set_metadata
@@ -45,6 +58,8 @@ def held_out_metrics(
         )
     return {
         "unet": filter_effect.get("unet", ""),
+        # None in summaries written before it was recorded
+        "unet_threshold": filter_effect.get("unet_threshold"),
         "scans": filter_effect["n_cases"],
         "cmbs": filter_effect["n_truth"],
         "cmbs_ge3mm": filter_effect.get("n_truth_large"),
@@ -64,11 +79,15 @@ def set_operating_point(
     selected_on: str,
     tta: str | None = None,
     unet: OnnxModel | None = None,
+    unet_threshold: float | None = None,
 ) -> dict[str, Any]:
-    """Write ``cmb.threshold``, ``cmb.metrics`` (and ``cmb.tta``, ``cmb.unet``) of a classifier.
+    """Write ``cmb.threshold``, ``cmb.metrics`` (and ``cmb.tta``, ``cmb.unet``,
+    ``cmb.candidate_threshold``) of a classifier.
 
     Returns the metrics as recorded.  ``tta`` ``None`` keeps the file's setting;
-    ``unet`` pairs the classifier with that U-Net (see the module docstring).
+    ``unet`` pairs the classifier with that U-Net; ``unet_threshold`` changes
+    the U-Net probability its candidates are extracted at (see the module
+    docstring).
     """
     if tta is not None and tta not in TTA_MODES:
         raise InputError(f"cmb.{TTA_KEY} {tta!r} is not one of {TTA_MODES}")
@@ -77,6 +96,10 @@ def set_operating_point(
     if model.metadata.task != TASK:
         raise InputError(f"{path} is a {model.metadata.task!r} model, not the candidate classifier")
     extra = paired_extra(dict(model.metadata.extra), str(metrics.get("unet", "")), unet)
+    previous = candidate_threshold(model)
+    extract_at = previous if unet_threshold is None else unet_threshold
+    check_unet_threshold(metrics.get("unet_threshold"), extract_at, changed=unet_threshold)
+    extra[CANDIDATE_THRESHOLD_KEY] = repr(float(extract_at))
     if tta is not None:
         extra[TTA_KEY] = tta
     recorded = {**metrics, "selected_on": selected_on, "tta": extra.get(TTA_KEY, "none")}
@@ -90,11 +113,34 @@ def set_operating_point(
         data["operating_point"] = {
             "threshold": threshold,
             "previous_threshold": model.metadata.threshold,
+            "candidate_threshold": extract_at,
+            "previous_candidate_threshold": previous,
             "held_out": recorded,
         }
         data["threshold"] = threshold
         report.write_text(json.dumps(data, indent=2, sort_keys=True))
     return recorded
+
+
+def check_unet_threshold(measured: Any, extract_at: float, *, changed: float | None) -> None:
+    """InputError unless the held-out candidates were extracted at ``extract_at``.
+
+    Summaries that do not say (written before it was recorded) are accepted
+    only when the threshold is not being changed.
+    """
+    if measured is None:
+        if changed is not None:
+            raise InputError(
+                "the held-out summary does not record its U-Net threshold: measure it again "
+                "with filter_effect --unet-threshold before changing cmb.candidate_threshold"
+            )
+        return
+    if abs(float(measured) - extract_at) > 1e-9:
+        raise InputError(
+            f"the held-out candidates were extracted at U-Net >= {float(measured):g}, but the "
+            f"classifier would extract them at {extract_at:g}: pass --unet-threshold "
+            f"{float(measured):g} or measure at {extract_at:g}"
+        )
 
 
 def paired_extra(extra: dict[str, str], measured: str, unet: OnnxModel | None) -> dict[str, str]:

@@ -59,7 +59,25 @@ from model.types import Detection, DetectionStatus, SequenceKind, SeriesInfo, Vo
 from training.data import CaseRef, list_cases, load_volumes
 from training.validate import choose_threshold, is_large
 
-THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.82, 0.84, 0.86, 0.88, 0.9, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
+THRESHOLDS = (
+    0.5,
+    0.6,
+    0.7,
+    0.8,
+    0.82,
+    0.84,
+    0.86,
+    0.88,
+    0.9,
+    0.92,
+    0.93,
+    0.94,
+    0.95,
+    0.96,
+    0.97,
+    0.98,
+    0.99,
+)
 MAX_FP_PER_SCAN = 0.5  # issue 5's operating constraint
 
 
@@ -91,18 +109,32 @@ def measure_case(
     overlap: float,
     min_score: float,
     cache: Path | None = None,
+    unet_threshold: float | None = None,
 ) -> dict[str, Any]:
-    """One case's record for ``cases.jsonl`` (its network outputs to ``cache`` if given)."""
+    """One case's record for ``cases.jsonl`` (its network outputs to ``cache`` if given).
+
+    ``unet_threshold``: the U-Net probability at which candidates are extracted
+    (default: the classifier's ``cmb.candidate_threshold``, as in the product).
+    """
     image, _ = load_volumes(ref)
     probability = predict_probability(image, unet, overlap=overlap)
-    labels, detections = extract_candidates(probability, candidate_threshold(classifier))
+    threshold = candidate_threshold(classifier) if unet_threshold is None else unet_threshold
+    labels, detections = extract_candidates(probability, threshold)
     classify_candidates(image, detections, classifier, threshold=0.0)
     parc = parcellate(image, device="cpu")  # the shipped model
     identity = unet_identity(unet)
     if cache is not None:
-        save_outputs(cache / f"{ref.case_id}.pkl", detections, labels, parc, identity)
+        save_outputs(cache / f"{ref.case_id}.pkl", detections, labels, parc, identity, threshold)
     return apply_configurations(
-        ref, detections, labels, parc, configs, min_score=min_score, image=image, unet=identity
+        ref,
+        detections,
+        labels,
+        parc,
+        configs,
+        min_score=min_score,
+        image=image,
+        unet=identity,
+        unet_threshold=threshold,
     )
 
 
@@ -116,6 +148,7 @@ def apply_configurations(
     min_score: float = 0.5,
     image: Volume | None = None,
     unet: str = "",
+    unet_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Locate the candidates on ``parc`` and record which rule rejects each, per configuration.
 
@@ -124,7 +157,8 @@ def apply_configurations(
     the product, where a rule may still read them (a symmetric partner).
     ``image`` (the series) lets ``tubular`` read the dark structure through
     each candidate, and its shape is recorded with the region's features.
-    ``unet`` names the U-Net that made the candidates ("" when not known).
+    ``unet`` names the U-Net that made the candidates ("" when not known),
+    ``unet_threshold`` the probability they were extracted at (None when not known).
     """
     acquisition = ref.record.get("acquisition") or {}
     info = SeriesInfo("1", "2", "MR", SequenceKind(acquisition.get("sequence", "swi")))
@@ -144,6 +178,7 @@ def apply_configurations(
         "acquisition": acquisition,
         "truth": truth,
         "unet": unet,
+        "unet_threshold": unet_threshold,
         "unet_candidates": _unet_candidates(ref.case_id, truth, detections),
         "candidates": [
             {
@@ -175,15 +210,22 @@ def _unet_candidates(
 
 
 def save_outputs(
-    path: Path, detections: list[Detection], labels: Volume, parc: Volume, unet: str = ""
+    path: Path,
+    detections: list[Detection],
+    labels: Volume,
+    parc: Volume,
+    unet: str = "",
+    unet_threshold: float | None = None,
 ) -> None:
     """The networks' outputs of one case, for :func:`replay` (candidate labels as uint16).
 
-    ``unet`` names the U-Net that made the candidates (``unet_identity``).
+    ``unet`` names the U-Net that made the candidates (``unet_identity``),
+    ``unet_threshold`` the probability they were extracted at.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "unet": unet,
+        "unet_threshold": unet_threshold,
         "detections": detections,
         "labels": (labels.array.astype(np.uint16), labels.affine),
         "parcellation": (parc.array.astype(np.int16), parc.affine),
@@ -199,6 +241,8 @@ class CachedOutputs(NamedTuple):
     parcellation: Volume
     #: the U-Net that made the candidates ("" in caches written before it was recorded)
     unet: str
+    #: the U-Net probability they were extracted at (None in caches written before)
+    unet_threshold: float | None
 
 
 def load_outputs(path: Path) -> CachedOutputs:
@@ -211,6 +255,7 @@ def load_outputs(path: Path) -> CachedOutputs:
         Volume(lab.astype(np.float32), lab_affine),
         Volume(parc.astype(np.float32), parc_affine),
         payload.get("unet", ""),
+        payload.get("unet_threshold"),
     )
 
 
@@ -301,6 +346,7 @@ def summarise(
         "n_truth": n_truth,
         "n_truth_large": truth_large,
         "unet": measured_behind(cases),
+        "unet_threshold": unet_threshold_of(cases),
         "unet_candidates": _candidate_ceiling(parsed, cases),
         "by_configuration": table,
     }
@@ -333,6 +379,13 @@ def measured_behind(cases: Sequence[dict[str, Any]]) -> str:
     """The U-Net all ``cases`` were measured behind; "" if a case does not say or they differ."""
     names = {case.get("unet", "") for case in cases}
     return names.pop() if len(names) == 1 else ""
+
+
+def unet_threshold_of(cases: Sequence[dict[str, Any]]) -> float | None:
+    """The U-Net threshold all ``cases``' candidates were extracted at; None if unknown or mixed."""
+    values = {case.get("unet_threshold") for case in cases}
+    value = values.pop() if len(values) == 1 else None
+    return float(value) if value is not None else None
 
 
 def _ratio(num: int, den: int) -> float:
@@ -393,11 +446,14 @@ def run(
     threads: int = 1,
     cache: Path | None = None,
     unet_path: Path | None = None,
+    unet_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Measure every case of ``data`` (resuming after the cases already in ``out``).
 
     ``unet_path`` is the U-Net whose candidates are measured (default: the
     shipped one); each case's record names it, and so does the summary.
+    ``unet_threshold`` extracts them at another U-Net probability than the
+    classifier's ``cmb.candidate_threshold``.
     """
     out.mkdir(parents=True, exist_ok=True)
     unet = OnnxModel.load(
@@ -413,7 +469,14 @@ def run(
         if ref.case_id in seen:
             continue
         record = measure_case(
-            ref, unet, classifier, configs, overlap=overlap, min_score=min_score, cache=cache
+            ref,
+            unet,
+            classifier,
+            configs,
+            overlap=overlap,
+            min_score=min_score,
+            cache=cache,
+            unet_threshold=unet_threshold,
         )
         _append(cases_file, record)
         done.append(record)
@@ -446,12 +509,20 @@ def replay(
         if not path.is_file():
             print(f"{ref.case_id}: no cached outputs in {cache}, skipped")
             continue
-        detections, labels, parc, unet = load_outputs(path)
+        cached = load_outputs(path)
         image, _ = load_volumes(ref)
+        detections = cached.detections
         if classifier is not None:
             detections = rescore(image, detections, classifier)
         record = apply_configurations(
-            ref, detections, labels, parc, configs, image=image, unet=unet
+            ref,
+            detections,
+            cached.labels,
+            cached.parcellation,
+            configs,
+            image=image,
+            unet=cached.unet,
+            unet_threshold=cached.unet_threshold,
         )
         _append(cases_file, record)
         done.append(record)
@@ -596,6 +667,12 @@ def main(argv: list[str] | None = None) -> int:
         "--replay, which keeps the cached candidates)",
     )
     p.add_argument(
+        "--unet-threshold",
+        type=float,
+        help="U-Net probability at which candidates are extracted (default: the shipped "
+        "classifier's cmb.candidate_threshold; not with --replay)",
+    )
+    p.add_argument(
         "--classifier",
         type=Path,
         help="with --replay: score the cached candidates again with this classifier file",
@@ -621,8 +698,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.classifier and not a.replay:
         p.error("--classifier rescores cached candidates: it needs --replay CACHE")
-    if a.unet and (a.replay or a.summarise):
-        p.error("--unet makes new candidates: it cannot be used with --replay or --summarise")
+    if (a.unet or a.unet_threshold is not None) and (a.replay or a.summarise):
+        p.error("--unet and --unet-threshold make new candidates: not with --replay or --summarise")
     if a.summarise:
         summary = summarise(read_cases(a.out / "cases.jsonl"))
     elif a.replay:
@@ -637,6 +714,7 @@ def main(argv: list[str] | None = None) -> int:
             limit=a.limit,
             cache=a.cache,
             unet_path=a.unet,
+            unet_threshold=a.unet_threshold,
         )
     threshold = a.threshold
     if threshold is None:

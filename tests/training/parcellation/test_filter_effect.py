@@ -158,9 +158,11 @@ def test_replay_relocates_cached_outputs_without_the_networks(
     ]
     labels = parc.with_array(np.zeros(parc.shape, np.float32))
     unet = "cmb_unet 9.9 sha256:0123"
-    save_outputs(tmp_path / "cache" / "c1.pkl", detections, labels, parc, unet)
-    back, labels_back, parc_back, unet_back = load_outputs(tmp_path / "cache" / "c1.pkl")
-    assert unet_back == unet
+    save_outputs(tmp_path / "cache" / "c1.pkl", detections, labels, parc, unet, 0.05)
+    back, labels_back, parc_back, unet_back, threshold_back = load_outputs(
+        tmp_path / "cache" / "c1.pkl"
+    )
+    assert (unet_back, threshold_back) == (unet, 0.05)
     assert [d.center_lps_mm for d in back] == [wm, outside]
     assert np.array_equal(parc_back.array, parc.array)
     assert np.array_equal(labels_back.affine, labels.affine)
@@ -183,6 +185,7 @@ def test_replay_relocates_cached_outputs_without_the_networks(
     summary = replay(data, tmp_path / "cache", tmp_path / "out")
     assert summary["n_cases"] == 1
     assert summary["unet"] == unet  # what the candidates were measured behind
+    assert summary["unet_threshold"] == 0.05  # and at which U-Net probability
     # every U-Net candidate counts for the ceiling, whatever the classifier and rules did
     assert summary["unet_candidates"] == {
         "per_scan": 2.0,
@@ -216,12 +219,13 @@ def test_classifier_without_replay_is_refused(tmp_path: Path, capsys) -> None:
 def test_unet_makes_candidates_so_replay_and_summarise_refuse_it(tmp_path: Path, capsys) -> None:
     from training.parcellation.filter_effect import main
 
-    args = ["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--unet", "u.onnx"]
-    for mode in (["--replay", str(tmp_path)], ["--summarise"]):
-        with pytest.raises(SystemExit) as exc:
-            main([*args, *mode])
-        assert exc.value.code == 2
-        assert "--unet makes new candidates" in capsys.readouterr().err
+    args = ["--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    for new in (["--unet", "u.onnx"], ["--unet-threshold", "0.1"]):
+        for mode in (["--replay", str(tmp_path)], ["--summarise"]):
+            with pytest.raises(SystemExit) as exc:
+                main([*args, *new, *mode])
+            assert exc.value.code == 2
+            assert "make new candidates" in capsys.readouterr().err
 
 
 def test_a_summary_names_its_unet_only_when_every_case_agrees() -> None:
@@ -231,6 +235,14 @@ def test_a_summary_names_its_unet_only_when_every_case_agrees() -> None:
     assert measured_behind([{"unet": "a"}, {"unet": "b"}]) == ""
     assert measured_behind([{"unet": "a"}, {}]) == ""
     assert measured_behind([{}]) == ""
+
+
+def test_a_summary_states_its_unet_threshold_only_when_every_case_agrees() -> None:
+    from training.parcellation.filter_effect import unet_threshold_of
+
+    assert unet_threshold_of([{"unet_threshold": 0.1}, {"unet_threshold": 0.1}]) == 0.1
+    assert unet_threshold_of([{"unet_threshold": 0.1}, {"unet_threshold": 0.3}]) is None
+    assert unet_threshold_of([{"unet_threshold": 0.1}, {}]) is None
 
 
 def test_candidate_rows_say_outcome_rules_and_features(tmp_path: Path) -> None:
