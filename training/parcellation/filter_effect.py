@@ -648,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlap", type=float, default=0.0, help="sliding-window overlap")
     p.add_argument("--min-score", type=float, default=0.5, help="lowest classifier score kept")
     p.add_argument("--limit", type=int, help="first N cases only")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per network")
     p.add_argument(
         "--threshold",
         type=float,
@@ -712,6 +713,7 @@ def main(argv: list[str] | None = None) -> int:
             overlap=a.overlap,
             min_score=a.min_score,
             limit=a.limit,
+            threads=a.threads,
             cache=a.cache,
             unet_path=a.unet,
             unet_threshold=a.unet_threshold,
