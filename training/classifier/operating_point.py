@@ -19,7 +19,7 @@ classifier stays recorded (``cmb.unet_trained_on``).
 
 The summary also says at which U-Net probability the candidates were
 extracted (``filter_effect --unet-threshold``); that must be the classifier's
-``cmb.candidate_threshold``, or the one set with it (``candidate_threshold``):
+``cmb.candidate_threshold``, or the one set with it (``unet_threshold``):
 the product extracts its candidates at exactly the measured threshold.
 """
 
