@@ -35,6 +35,8 @@ class DataConfig:
     #: at most this many validation cases are used (0 = all)
     max_val_cases: int = 0
     num_workers: int = 0
+    #: threads that preprocess new cases (the start of a run and each rescan)
+    prepare_workers: int = 1
     #: folder for preprocessed (resampled + normalized) cases; "" = <run>/cache
     cache_dir: str = ""
     #: re-read the folders each epoch and add new cases (a generator still filling the pool)
@@ -43,6 +45,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.fg_fraction <= 1.0:
             raise ValueError(f"data.fg_fraction must be in [0, 1], got {self.fg_fraction}")
+        if self.prepare_workers < 1:
+            raise ValueError(f"data.prepare_workers must be >= 1, got {self.prepare_workers}")
         if self.num_workers < 0 or self.max_val_cases < 0 or self.fg_jitter < 0:
             raise ValueError("data.num_workers, max_val_cases and fg_jitter must be >= 0")
 
@@ -57,8 +61,15 @@ class OptimConfig:
     grad_clip: float = 12.0
     #: "poly" (nnU-Net's (1 - t)^0.9) or "constant"
     schedule: str = "poly"
+    #: seconds of training wall time (0 = no limit).  With a budget the run ends
+    #: when it is spent, even mid-epoch, and "poly" runs on the larger of the
+    #: step and the time fraction, so the rate reaches zero at the budget (a
+    #: lease on a machine whose speed is not known in advance, such as a GPU).
+    time_budget_s: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.time_budget_s < 0:
+            raise ValueError(f"optim.time_budget_s must be >= 0, got {self.time_budget_s}")
         if self.lr <= 0 or self.epochs <= 0 or self.steps_per_epoch <= 0 or self.batch_size <= 0:
             raise ValueError("optim.lr, epochs, steps_per_epoch and batch_size must be positive")
         if self.schedule not in ("poly", "constant"):

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,9 +181,21 @@ def prepare_cases(
     metadata: ModelMetadata,
     cache_dir: Path,
     progress: Callable[[Iterable[CaseRef]], Iterable[CaseRef]] | None = None,
+    workers: int = 1,
 ) -> list[PreparedCase]:
+    """Every case prepared (or read from the cache), in the order of ``refs``.
+
+    ``workers`` > 1 prepares in threads: SimpleITK's resampling and most of
+    numpy's work release the GIL, and a growing pool (``data.rescan``) must not
+    hold the training loop while a generator adds hundreds of cases.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     items: Iterable[CaseRef] = progress(refs) if progress else refs
-    return [prepare_case(ref, metadata, cache_dir) for ref in items]
+    if workers == 1:
+        return [prepare_case(ref, metadata, cache_dir) for ref in items]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda ref: prepare_case(ref, metadata, cache_dir), items))
 
 
 def crop(

@@ -124,6 +124,27 @@ def _poly(step: int, total: int) -> float:
     return float((1.0 - min(step, total - 1) / total) ** 0.9)
 
 
+def _poly_fraction(fraction: float) -> float:
+    """The poly factor at a fraction of the run (0 at and after the end)."""
+    return float((1.0 - min(max(fraction, 0.0), 1.0)) ** 0.9)
+
+
+def schedule_factor(
+    step: int, total_steps: int, elapsed_s: float, schedule: str, time_budget_s: float = 0.0
+) -> float:
+    """The learning-rate factor at ``step`` after ``elapsed_s`` seconds of training.
+
+    Without a time budget this is nnU-Net's poly over steps (or 1 for "constant");
+    with one, poly runs on whichever of the step and the time fraction is further
+    along, so a run cut short by its budget still ends annealed.
+    """
+    if schedule != "poly":
+        return 1.0
+    if time_budget_s <= 0:
+        return _poly(step, total_steps)
+    return _poly_fraction(max(step / total_steps, elapsed_s / time_budget_s))
+
+
 def _progress(iterable: Any, desc: str, enabled: bool, total: int | None = None) -> Any:
     return tqdm(
         iterable,
@@ -186,6 +207,7 @@ def train(
             metadata,
             cache,
             progress=lambda xs: _progress(xs, "preprocess", progress, total=len(train_refs)),
+            workers=config.data.prepare_workers,
         )
     ddp.barrier(info)
     if not info.is_main:
@@ -211,15 +233,21 @@ def train(
         net.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
     )
     total_steps = config.optim.epochs * config.optim.steps_per_epoch
+    budget = config.optim.time_budget_s
+    start_epoch, best_score, wall_before = 0, None, 0.0
+    wall_start = time.monotonic()
+
+    def elapsed() -> float:
+        """Training wall time of the run so far, resumed parts included."""
+        return wall_before + time.monotonic() - wall_start
+
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        (lambda s: _poly(s, total_steps)) if config.optim.schedule == "poly" else (lambda s: 1.0),
+        lambda s: schedule_factor(s, total_steps, elapsed(), config.optim.schedule, budget),
     )
     use_amp = config.amp and info.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = build_loss(config.loss)
-    start_epoch, best_score, wall_before = 0, None, 0.0
-    wall_start = time.monotonic()
     best_val: dict[str, Any] | None = None
     if state is not None:
         net.load_state_dict(state["model"])
@@ -251,7 +279,9 @@ def train(
             if grown is not None:
                 train_refs = grown
                 train_hash = data_hash(train_refs)
-                cases = prepare_cases(train_refs, metadata, cache)
+                cases = prepare_cases(
+                    train_refs, metadata, cache, workers=config.data.prepare_workers
+                )
                 dataset, sampler, loader = _loader(config, cases, info)
                 log.info("pool grew to %d training cases", len(cases))
             if not config.data.max_val_cases or len(val_refs) < config.data.max_val_cases:
@@ -282,6 +312,8 @@ def train(
             losses.append(float(loss.item()))
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False)
+            if budget > 0 and ddp.broadcast_flag(elapsed() >= budget, info):
+                break  # the budget is spent: this epoch is the last
         train_loss = ddp.all_reduce_mean(float(np.mean(losses)) if losses else math.nan, info)
         lr = float(scheduler.get_last_lr()[0])
         row: dict[str, Any] = {
@@ -297,7 +329,8 @@ def train(
             "training_wall_s": round(wall_before + time.monotonic() - wall_start),
         }
         validation: dict[str, Any] | None = None
-        last_epoch = epoch + 1 == config.optim.epochs
+        out_of_time = budget > 0 and ddp.broadcast_flag(elapsed() >= budget, info)
+        last_epoch = epoch + 1 == config.optim.epochs or out_of_time
         if info.is_main and val_refs and ((epoch + 1) % config.val.every == 0 or last_epoch):
             candidate = run / "candidate.onnx"
             export_onnx(
@@ -374,6 +407,9 @@ def train(
             if improved or (not val_refs and last_epoch):
                 _save(best_path, {**ckpt, "validation": validation})
         ddp.barrier(info)
+        if out_of_time:
+            log.info("time budget of %.0f s spent after epoch %d", budget, epoch + 1)
+            break
     if writer is not None:
         writer.close()
     ddp.cleanup(info)

@@ -15,7 +15,7 @@ from tests.helpers.tiny_cmb_layout import write_tiny_layout
 from training.config import TrainConfig, config_from_dict
 from training.data import PatchDataset, crop, data_hash, list_cases, prepare_cases
 from training.export import build_metadata
-from training.train import train
+from training.train import schedule_factor, train
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,13 @@ def test_prepared_cases_are_on_the_model_grid_normalized_and_cached(layout, tmp_
     assert abs(float(np.asarray(case.image)[head].mean())) < 0.5
     for c in case.centers:  # each CMB centre (from the record) lies in the target
         assert case.target[tuple(np.round(c).astype(int))] == 1
+    threaded = prepare_cases(refs, meta, tmp_path / "threads", workers=3)
+    assert [c.case_id for c in threaded] == [c.case_id for c in cases]  # same order
+    for a, b in zip(threaded, cases, strict=True):
+        assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+        assert np.array_equal(a.centers, b.centers)
+    with pytest.raises(ValueError, match="workers"):
+        prepare_cases(refs, meta, tmp_path, workers=0)
     stamp = sorted(p.stat().st_mtime_ns for p in tmp_path.rglob("image.npy"))
     prepare_cases(refs, meta, tmp_path)  # second call reads the cache
     assert sorted(p.stat().st_mtime_ns for p in tmp_path.rglob("image.npy")) == stamp
@@ -127,6 +134,33 @@ def test_loss_goes_down_on_an_easy_task(layout, tmp_path) -> None:
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
     losses = [float(r["train_loss"]) for r in rows]
     assert losses[-1] < losses[0]
+
+
+def test_a_time_budget_anneals_the_rate_by_the_clock_and_never_by_less() -> None:
+    assert schedule_factor(50, 100, 0.0, "poly") == pytest.approx(0.5**0.9)
+    assert schedule_factor(50, 100, 999.0, "constant", time_budget_s=10) == 1.0
+    # the time fraction leads: a quarter of the budget spent after 1 % of the steps
+    assert schedule_factor(1, 100, 25.0, "poly", time_budget_s=100) == pytest.approx(0.75**0.9)
+    # the step fraction leads when it is further along
+    assert schedule_factor(90, 100, 1.0, "poly", time_budget_s=100) == pytest.approx(0.1**0.9)
+    assert schedule_factor(1, 100, 150.0, "poly", time_budget_s=100) == 0.0
+    with pytest.raises(ValueError, match="time_budget_s"):
+        tiny_config(Path("a"), Path("b"), time_budget_s=-1)
+
+
+def test_a_spent_time_budget_ends_the_run_with_a_saved_validated_epoch(layout, tmp_path) -> None:
+    train_dir, val_dir = layout
+    # 1000 epochs planned, a budget far below one epoch: the run stops inside epoch 1
+    cfg = tiny_config(train_dir, val_dir, epochs=1000, steps_per_epoch=50, time_budget_s=1e-3)
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.epochs_done == 1
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert len(rows) == 1
+    assert rows[0]["threshold"] in ("0.3", "0.5")  # the cut-short epoch was still validated
+    assert float(rows[0]["lr"]) == 0.0  # annealed to zero at the budget
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["scheduler"]["last_epoch"] < 50  # it left the epoch early
+    assert result.best_checkpoint is not None
 
 
 def test_training_refuses_held_out_cases_in_the_training_folders(layout, tmp_path) -> None:
