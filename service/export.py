@@ -28,6 +28,7 @@ from sqlalchemy import func, select
 from service import metrics
 from service.db.models import Delivery, DeliveryState, Job, JobState, utcnow
 from service.db.session import Database
+from service.outbox import WAITING
 from service.polling import PollingLoop
 from service.settings import Destination, Settings
 
@@ -232,16 +233,16 @@ class Exporter(PollingLoop):
                 d = s.get(Delivery, row_id)
                 if d is not None and d.state == DeliveryState.PENDING:
                     d.next_attempt_at = max(d.next_attempt_at, retry_at)
-                    d.last_error = "waiting behind an older result to the same destination"
+                    d.last_error = WAITING
             s.flush()
             for job_id in jobs_touched:
-                pending = s.scalar(
+                unsent = s.scalar(  # pending or parked: not delivered yet
                     select(func.count()).where(
-                        Delivery.job_id == job_id, Delivery.state == DeliveryState.PENDING
+                        Delivery.job_id == job_id, Delivery.state != DeliveryState.SENT
                     )
                 )
                 job = s.get(Job, job_id)
-                if job is not None and not pending and job.state == JobState.SUCCEEDED:
+                if job is not None and not unsent and job.state == JobState.SUCCEEDED:
                     job.state = JobState.DELIVERED
                     job.updated_at = now
                     log.info("job delivered", extra={"job_id": job_id, "destination": str(dest)})

@@ -113,6 +113,11 @@ class DatabaseCollector(Collector):
                 .where(Delivery.state == DeliveryState.PENDING)
                 .group_by(Delivery.destination)
             ).all()
+            parked_rows = s.execute(
+                select(Delivery.destination, func.count())
+                .where(Delivery.state == DeliveryState.PARKED)
+                .group_by(Delivery.destination)
+            ).all()
         counts = {JobState(state).value: int(n) for state, n in rows}
         jobs = GaugeMetricFamily("cmb_jobs", "Jobs by state", labels=["state"])
         for state in JobState:
@@ -141,6 +146,14 @@ class DatabaseCollector(Collector):
             age.add_metric([destination], max(0.0, waited))
         yield files
         yield age
+        parked = GaugeMetricFamily(
+            "cmb_destination_parked",
+            "Result files set aside by an operator (kept, not sent), per destination",
+            labels=["destination"],
+        )
+        for destination, n in parked_rows:
+            parked.add_metric([destination], int(n))
+        yield parked
 
 
 def database_registry(db: Database) -> CollectorRegistry:

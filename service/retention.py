@@ -46,7 +46,7 @@ def purge_expired(db: Database, retention_days: float, limit: int = 50) -> list[
             .join(Job, Job.id == Delivery.job_id)
             .where(
                 Job.study_instance_uid == Study.study_instance_uid,
-                Delivery.state == DeliveryState.PENDING,
+                Delivery.state != DeliveryState.SENT,  # pending or parked: kept
             )
         )
         uids = s.scalars(

@@ -17,13 +17,14 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Red
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import delete, select, text
 
-from service import metrics
+from service import metrics, outbox
 from service.api import web
 from service.api.auth import audit, require_key, set_cookie_if_asked
 from service.api.limits import BodyLimitMiddleware
 from service.api.upload import UploadReport, ZipLimits, split_multipart_related, store_files
-from service.db.models import AuditEntry, Delivery, Job, JobState, utcnow
+from service.db.models import AuditEntry, Delivery, DeliveryState, Job, JobState, utcnow
 from service.db.session import Database
+from service.outbox import DeliveryView, OutboxError
 from service.settings import Settings
 from service.stability import create_job
 from service.store import NotStorableError, OutOfResourcesError, Spool
@@ -55,18 +56,7 @@ def job_json(job: Job, deliveries: list[Delivery] | None = None) -> dict[str, An
         "results": sorted((job.outputs or {}).keys()),
     }
     if deliveries is not None:
-        out["deliveries"] = [
-            {
-                "destination": d.destination,
-                "kind": d.kind,
-                "state": d.state.value,
-                "attempts": d.attempts,
-                "last_error": d.last_error,
-                "next_attempt_at": d.next_attempt_at.isoformat(),
-                "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
-            }
-            for d in deliveries
-        ]
+        out["deliveries"] = [DeliveryView.of(d).json() for d in deliveries]
     return out
 
 
@@ -280,6 +270,37 @@ def create_app(settings: Settings, db: Database, spool: Spool, service: Any = No
         if not path or not Path(path).is_file():
             raise HTTPException(404, detail=f"job {job_id} has no {kind} result")
         return FileResponse(path, media_type=RESULT_KINDS[kind], filename=Path(path).name)
+
+    @app.get("/deliveries", tags=["deliveries"])
+    def list_deliveries(
+        destination: Annotated[str | None, Query(description="AE@host:port")] = None,
+        state: DeliveryState | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        _: str = Depends(require_key),
+    ) -> dict[str, Any]:
+        """The outbox in sending order: per destination, its first pending row is the head."""
+        rows = outbox.list_deliveries(db, destination=destination, state=state, limit=limit)
+        return {"deliveries": [r.json() for r in rows]}
+
+    @app.post("/deliveries/{delivery_id}/park", tags=["deliveries"])
+    def park_delivery(delivery_id: int, _: str = Depends(require_key)) -> dict[str, Any]:
+        """Set aside a pending result the destination keeps refusing, so the later ones go.
+
+        Nothing is lost: a parked result is kept (retention too), its job stays
+        undelivered, its file stays downloadable, and ``/requeue`` sends it again.
+        """
+        try:
+            return outbox.park(db, delivery_id).json()
+        except OutboxError as e:
+            raise HTTPException(e.status, detail=str(e)) from e
+
+    @app.post("/deliveries/{delivery_id}/requeue", tags=["deliveries"])
+    def requeue_delivery(delivery_id: int, _: str = Depends(require_key)) -> dict[str, Any]:
+        """Send a parked result again, at its old place in its destination's order."""
+        try:
+            return outbox.requeue(db, delivery_id).json()
+        except OutboxError as e:
+            raise HTTPException(e.status, detail=str(e)) from e
 
     @app.get("/audit", tags=["audit"])
     def audit_log(

@@ -54,6 +54,9 @@ class JobState(enum.StrEnum):
 class DeliveryState(enum.StrEnum):
     PENDING = "pending"
     SENT = "sent"
+    #: set aside by an operator (``POST /deliveries/{id}/park``): not tried, not sent, not
+    #: lost; the rows behind it go on.  ``/requeue`` makes it pending again.
+    PARKED = "parked"
 
 
 def _enum(e: type[enum.Enum], name: str) -> Enum:

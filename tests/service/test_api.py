@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from service import jobs
 from service.api.app import create_app
-from service.db.models import AuditEntry, JobState
+from service.db.models import AuditEntry, Delivery, DeliveryState, JobState, utcnow
 from service.db.session import Database
 from service.settings import Settings
 from service.store import Spool
@@ -57,6 +57,9 @@ def _run_queued(settings: Settings, db: Database, job_id: str) -> None:
         ("get", "/ui"),
         ("get", "/audit"),
         ("get", "/ui/jobs/x"),
+        ("get", "/deliveries"),
+        ("post", "/deliveries/1/park"),
+        ("post", "/deliveries/1/requeue"),
     ],
 )
 def test_data_routes_refuse_missing_or_wrong_key(
@@ -184,3 +187,56 @@ def test_disk_below_reserve_is_507(api: tuple, tmp_path: Path) -> None:
     )
     assert r.status_code == 507
     assert "below the reserve" in r.json()["detail"]
+
+
+def test_an_operator_parks_and_requeues_a_stuck_result(api: tuple, tmp_path: Path) -> None:
+    client, settings, db = api
+    _study, files = write_study(tmp_path / "a", n=2)
+    r = client.post(
+        "/studies",
+        headers=H,
+        files=[("files", (p.name, p.read_bytes(), "application/dicom")) for p in files],
+    )
+    job_id = r.json()["studies"][0]["job_id"]
+    _run_queued(settings, db, job_id)
+    with db.session() as s:
+        for destination in ("PACS@127.0.0.1:11112", "ARCHIVE@127.0.0.1:11113"):
+            s.add(
+                Delivery(
+                    job_id=job_id,
+                    destination=destination,
+                    kind="sr",
+                    path="unused",
+                    state=DeliveryState.PENDING,
+                    attempts=4,
+                    last_error="C-STORE status 0xC000",
+                    next_attempt_at=utcnow(),
+                )
+            )
+    listed = client.get("/deliveries", headers=H).json()["deliveries"]
+    assert [d["destination"] for d in listed] == ["PACS@127.0.0.1:11112", "ARCHIVE@127.0.0.1:11113"]
+    head = client.get(
+        "/deliveries", headers=H, params={"destination": "PACS@127.0.0.1:11112"}
+    ).json()["deliveries"]
+    assert len(head) == 1 and head[0]["last_error"] == "C-STORE status 0xC000"
+    did = head[0]["id"]
+
+    parked = client.post(f"/deliveries/{did}/park", headers=H)
+    assert parked.status_code == 200, parked.text
+    assert parked.json()["state"] == "parked"
+    again = client.post(f"/deliveries/{did}/park", headers=H)
+    assert again.status_code == 409 and "not pending" in again.json()["detail"]
+    job = client.get(f"/jobs/{job_id}", headers=H).json()
+    assert job["state"] == "succeeded"  # not delivered: the parked result is still owed
+    assert {(d["id"], d["state"]) for d in job["deliveries"]} >= {(did, "parked")}
+    only_parked = client.get("/deliveries", headers=H, params={"state": "parked"}).json()
+    assert [d["id"] for d in only_parked["deliveries"]] == [did]
+    assert client.get(f"/jobs/{job_id}/results/sr", headers=H).status_code == 200
+
+    requeued = client.post(f"/deliveries/{did}/requeue", headers=H)
+    assert requeued.status_code == 200 and requeued.json()["state"] == "pending"
+    assert client.post(f"/deliveries/{did}/requeue", headers=H).status_code == 409
+    assert client.post("/deliveries/999999/park", headers=H).status_code == 404
+    with db.session() as s:  # who did it is in the audit log
+        paths = [a.path for a in s.scalars(select(AuditEntry)) if a.method == "POST"]
+    assert f"/deliveries/{did}/park" in paths and f"/deliveries/{did}/requeue" in paths

@@ -18,6 +18,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, StoragePresentationContexts, evt
 from sqlalchemy import select
 
+from service import outbox
 from service.db.models import Delivery, DeliveryState, Job, JobState, utcnow
 from service.db.session import Database
 from service.export import Exporter
@@ -175,12 +176,64 @@ def test_a_refused_result_holds_back_the_newer_ones(
     assert _destination_gauges(db) == {
         "cmb_destination_backlog": {},
         "cmb_destination_oldest_pending_seconds": {},
+        "cmb_destination_parked": {},
     }
+
+
+def test_a_parked_head_lets_the_newer_results_go_and_waits_to_be_requeued(
+    tmp_path: Path, db: Database, receiver: Receiver
+) -> None:
+    settings = _settings(tmp_path, receiver.port)
+    destination = settings.destinations[0]
+    exporter = Exporter(settings, db)
+    older, older_uid = _job(db, tmp_path, finished_s_ago=5)
+    newer, newer_uid = _job(db, tmp_path, finished_s_ago=1)
+    receiver.refuse.add(older_uid)  # the PACS refuses this one, again and again
+    assert exporter.run_once() == 0
+    head_id = _rows(db)[older].id
+    with pytest.raises(outbox.OutboxError) as refused:
+        outbox.requeue(db, head_id)
+    assert refused.value.status == 409  # only a parked row can be requeued
+
+    assert outbox.park(db, head_id).state == "parked"
+    # the row it held back is due at once (not after the head's back-off) and lands
+    assert exporter.run_once() == 1
+    assert receiver.received == [newer_uid]
+    rows = _rows(db)
+    assert (rows[older].state, rows[newer].state) == (DeliveryState.PARKED, DeliveryState.SENT)
+    with db.session() as s:
+        states = {j.id: j.state for j in s.scalars(select(Job))}
+    assert states == {older: JobState.SUCCEEDED, newer: JobState.DELIVERED}
+    assert _destination_gauges(db)["cmb_destination_parked"] == {destination: 1.0}
+    assert [d.id for d in outbox.list_deliveries(db, state=DeliveryState.PARKED)] == [head_id]
+    with db.session() as s:  # a parked row is never tried, however due
+        s.get(Delivery, head_id).next_attempt_at = utcnow() - timedelta(hours=1)
+    assert exporter.run_once() == 0
+    assert receiver.received == [newer_uid]
+
+    # the PACS is fixed: requeued, it is sent and its job is delivered
+    receiver.refuse.clear()
+    assert outbox.requeue(db, head_id).state == "pending"
+    with pytest.raises(outbox.OutboxError) as sent:
+        outbox.park(db, rows[newer].id)
+    assert sent.value.status == 409  # a sent row cannot be parked
+    assert exporter.run_once() == 1
+    assert receiver.received == [newer_uid, older_uid]
+    with db.session() as s:
+        assert {j.state for j in s.scalars(select(Job))} == {JobState.DELIVERED}
+    assert _destination_gauges(db)["cmb_destination_parked"] == {}
+    with pytest.raises(outbox.OutboxError) as missing:
+        outbox.park(db, head_id + 1000)
+    assert missing.value.status == 404
 
 
 def _destination_gauges(db: Database) -> dict[str, dict[str, float]]:
     """The per-destination outbox gauges of ``/metrics``: {metric: {destination: value}}."""
-    wanted = ("cmb_destination_backlog", "cmb_destination_oldest_pending_seconds")
+    wanted = (
+        "cmb_destination_backlog",
+        "cmb_destination_oldest_pending_seconds",
+        "cmb_destination_parked",
+    )
     return {
         m.name: {sample.labels["destination"]: sample.value for sample in m.samples}
         for m in DatabaseCollector(db).collect()

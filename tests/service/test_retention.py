@@ -45,19 +45,21 @@ def test_purge_expired(spool: Spool, db: Database, tmp_path: Path) -> None:
     done, done_results = _study(spool, db, tmp_path, JobState.DELIVERED)
     running, running_results = _study(spool, db, tmp_path, JobState.RUNNING)
     pending, _ = _study(spool, db, tmp_path, JobState.SUCCEEDED)
+    parked, parked_results = _study(spool, db, tmp_path, JobState.SUCCEEDED)
     with db.session() as s:
-        job = s.scalars(select(Job).where(Job.study_instance_uid == pending)).one()
-        s.add(
-            Delivery(
-                job_id=job.id,
-                destination="P@h:1",
-                kind="sr",
-                path="x",
-                state=DeliveryState.PENDING,
-                attempts=3,
-                next_attempt_at=utcnow(),
+        for study, state in ((pending, DeliveryState.PENDING), (parked, DeliveryState.PARKED)):
+            job = s.scalars(select(Job).where(Job.study_instance_uid == study)).one()
+            s.add(
+                Delivery(
+                    job_id=job.id,
+                    destination="P@h:1",
+                    kind="sr",
+                    path="x",
+                    state=state,
+                    attempts=3,
+                    next_attempt_at=utcnow(),
+                )
             )
-        )
     assert purge_expired(db, retention_days=60) == []
     assert purge_expired(db, retention_days=30) == [done]
     with db.session() as s:
@@ -65,7 +67,8 @@ def test_purge_expired(spool: Spool, db: Database, tmp_path: Path) -> None:
         left = {i.study_instance_uid for i in s.scalars(select(Instance))}
         job = s.scalars(select(Job).where(Job.study_instance_uid == done)).one()
         assert (job.state, job.outputs) == (JobState.DELIVERED, None)
-    assert left == {running, pending}
+    assert left == {running, pending, parked}  # an undelivered result is never purged
+    assert parked_results.exists()
     assert not done_results.exists()
     assert running_results.exists()
     assert not (spool.root / done).exists()
