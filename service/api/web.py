@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from sqlalchemy import select
 
 from service.api.auth import require_key_or_cookie
-from service.db.models import Instance, Job
+from service.db.models import Delivery, Instance, Job
 from service.db.session import Database
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222}
 table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem}
-th{background:#f0f0f0}.failed{color:#b00}.delivered,.succeeded{color:#070}
+th{background:#f0f0f0}.failed{color:#b00}.delivered,.succeeded,.sent{color:#070}.parked{color:#a60}
 .keys img{width:256px;height:256px;image-rendering:pixelated;margin:.3rem;border:1px solid #999}
 """
 
@@ -93,6 +93,23 @@ def render_key_image(db: Database, job: Job, det: dict[str, Any], out: Path) -> 
     plt.close(fig)
 
 
+def _deliveries_table(deliveries: list[Delivery]) -> str:
+    """Where the results went: one row per destination and file (the outbox)."""
+    if not deliveries:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(d.destination)}</td><td>{_e(d.kind)}</td>"
+        f"<td class='{_e(d.state.value)}'>{_e(d.state.value)}</td><td>{d.attempts}</td>"
+        f"<td>{_e(d.delivered_at.strftime('%Y-%m-%d %H:%M:%S') if d.delivered_at else '')}</td>"
+        f"<td>{_e(d.last_error)}</td></tr>"
+        for d in deliveries
+    )
+    return (
+        "<h2>Sent to</h2><table><tr><th>destination</th><th>result</th><th>state</th>"
+        f"<th>attempts</th><th>delivered (UTC)</th><th>last error</th></tr>{rows}</table>"
+    )
+
+
 def register(app: FastAPI, db: Database) -> None:
     @app.get("/ui", include_in_schema=False, response_model=None)
     def ui_jobs(request: Request, _: str = Depends(require_key_or_cookie)) -> Any:
@@ -118,6 +135,9 @@ def register(app: FastAPI, db: Database) -> None:
     def ui_job(job_id: str, _: str = Depends(require_key_or_cookie)) -> HTMLResponse:
         with db.session() as s:
             job = s.get(Job, job_id)
+            deliveries = list(
+                s.scalars(select(Delivery).where(Delivery.job_id == job_id).order_by(Delivery.id))
+            )
         if job is None:
             raise HTTPException(404, detail=f"no job {job_id}")
         summary = job.summary or {}
@@ -151,6 +171,7 @@ def register(app: FastAPI, db: Database) -> None:
             "<th>diameter (mm)</th><th>volume (mm³)</th><th>probability</th><th>region</th>"
             f"<th>MARS</th></tr>{det_rows}</table>"
             f"<h2>Key images</h2><div class='keys' style='display:flex;flex-wrap:wrap'>{keys}</div>"
+            + _deliveries_table(deliveries)
         )
         return _page(f"Job {job.id[:8]}", body)
 

@@ -232,6 +232,9 @@ def test_an_operator_parks_and_requeues_a_stuck_result(api: tuple, tmp_path: Pat
     only_parked = client.get("/deliveries", headers=H, params={"state": "parked"}).json()
     assert [d["id"] for d in only_parked["deliveries"]] == [did]
     assert client.get(f"/jobs/{job_id}/results/sr", headers=H).status_code == 200
+    page = client.get(f"/ui/jobs/{job_id}", headers=H).text  # the job page shows it too
+    assert "<h2>Sent to</h2>" in page
+    assert "<td class='parked'>parked</td>" in page and "C-STORE status 0xC000" in page
 
     requeued = client.post(f"/deliveries/{did}/requeue", headers=H)
     assert requeued.status_code == 200 and requeued.json()["state"] == "pending"
