@@ -7,13 +7,14 @@
   uncertain microbleeds with the model's probability standing in for the
   rater's confidence.  The band depends on which score decided: the U-Net's
   probability (``DEFINITE_UNET``, 0.8) or, behind the cascade, the candidate
-  classifier's, which keeps only scores >= its threshold (0.8 for the
-  shipped classifier 0.2.0) (``DEFINITE_CLASSIFIER``, 0.995: with the
-  location filter behind the 0.2.0 pair, on the held-out set 22 of 23
-  detections at or above it were true microbleeds and 55 of 77 between 0.8
-  and 0.995; on the selection set 7 of 8 / 20 of 29, from
-  ``filter_effect --summarise --threshold 0.8 --candidates``.  Behind the
-  0.1.0 pair at 0.92: held-out 34 of 38 / 38 of 50, selection 11 of 12 /
+  classifier's, which keeps only scores >= its threshold (0.82 for the
+  shipped classifier 0.3.0) (``DEFINITE_CLASSIFIER``, 0.995: with the
+  location filter behind the shipped pair, on the held-out set 37 of 43
+  detections at or above it were true microbleeds and 47 of 71 between 0.82
+  and 0.995; on the selection set 11 of 12 / 16 of 24, from
+  ``filter_effect --summarise --threshold 0.82 --candidates``.  Behind
+  classifier 0.2.0 at 0.8: held-out 22 of 23 / 55 of 77, selection 7 of 8 /
+  20 of 29.  Behind the 0.1.0 pair at 0.92: held-out 34 of 38 / 38 of 50, selection 11 of 12 /
   12 of 17, four further test sets 14 of 14 to 33 of 35 / 17 of 34 to 31 of
   43; docs/location-filter.md).
 * **Pattern** (of all kept detections, and of the definite ones alone):
