@@ -7,12 +7,13 @@
   uncertain microbleeds with the model's probability standing in for the
   rater's confidence.  The band depends on which score decided: the U-Net's
   probability (``DEFINITE_UNET``, 0.8) or, behind the cascade, the candidate
-  classifier's, which keeps only scores >= its threshold (0.82 for the
-  shipped classifier 0.3.0) (``DEFINITE_CLASSIFIER``, 0.995: with the
-  location filter behind the shipped pair, on the held-out set 37 of 43
-  detections at or above it were true microbleeds and 47 of 71 between 0.82
-  and 0.995; on the selection set 11 of 12 / 16 of 24, from
-  ``filter_effect --summarise --threshold 0.82 --candidates``.  Behind
+  classifier's, which keeps only scores >= its threshold (0.86 for the
+  shipped classifier 0.4.0) (``DEFINITE_CLASSIFIER``, 0.995: with the
+  location filter behind the shipped pair, on the held-out set 49 of 55
+  detections at or above it were true microbleeds and 37 of 61 between 0.86
+  and 0.995; on the selection set 16 of 17 / 13 of 21, from
+  ``filter_effect --summarise --threshold 0.86 --candidates``.  Behind
+  classifier 0.3.0 at 0.82: held-out 37 of 43 / 47 of 71.  Behind
   classifier 0.2.0 at 0.8: held-out 22 of 23 / 55 of 77, selection 7 of 8 /
   20 of 29.  Behind the 0.1.0 pair at 0.92: held-out 34 of 38 / 38 of 50, selection 11 of 12 /
   12 of 17, four further test sets 14 of 14 to 33 of 35 / 17 of 34 to 31 of
