@@ -28,11 +28,13 @@ from sqlalchemy import func, select
 from service import metrics
 from service.db.models import Delivery, DeliveryState, Job, JobState, utcnow
 from service.db.session import Database
-from service.outbox import WAITING
 from service.polling import PollingLoop
 from service.settings import Destination, Settings
 
 log = logging.getLogger(__name__)
+
+#: ``last_error`` of a row that waits behind a failed older row.
+WAITING = "waiting behind an older result to the same destination"
 
 #: Output kinds that are DICOM files and go to the destinations.
 DICOM_KINDS = ("seg", "sr", "pdf", "sc")

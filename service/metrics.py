@@ -104,20 +104,19 @@ class DatabaseCollector(Collector):
 
         with self.db.session() as s:
             rows = s.execute(select(Job.state, func.count()).group_by(Job.state)).all()
-            pending = s.scalar(select(func.count()).where(Delivery.state == DeliveryState.PENDING))
-            # per destination: pending files and when the oldest of their results was ready
-            # (its job's finish), so that an alert can fire on a refused head-of-line result
-            backlog = s.execute(
-                select(Delivery.destination, func.count(), func.min(Job.finished_at))
+            # per destination and unsent state: files, and when the oldest of their results
+            # was ready (its job's finish), so that an alert can fire on a refused head-of-line
+            # result; one grouped query, every outbox gauge below is read off it
+            unsent = s.execute(
+                select(
+                    Delivery.destination, Delivery.state, func.count(), func.min(Job.finished_at)
+                )
                 .join(Job, Job.id == Delivery.job_id)
-                .where(Delivery.state == DeliveryState.PENDING)
-                .group_by(Delivery.destination)
+                .where(Delivery.state != DeliveryState.SENT)
+                .group_by(Delivery.destination, Delivery.state)
             ).all()
-            parked_rows = s.execute(
-                select(Delivery.destination, func.count())
-                .where(Delivery.state == DeliveryState.PARKED)
-                .group_by(Delivery.destination)
-            ).all()
+        backlog = [(d, n, oldest) for d, st, n, oldest in unsent if st == DeliveryState.PENDING]
+        parked_rows = [(d, n) for d, st, n, _ in unsent if st == DeliveryState.PARKED]
         counts = {JobState(state).value: int(n) for state, n in rows}
         jobs = GaugeMetricFamily("cmb_jobs", "Jobs by state", labels=["state"])
         for state in JobState:
@@ -127,7 +126,9 @@ class DatabaseCollector(Collector):
             "cmb_queue_depth", "Jobs waiting to run", value=counts.get(JobState.QUEUED.value, 0)
         )
         yield GaugeMetricFamily(
-            "cmb_deliveries_pending", "Result files not yet delivered", value=int(pending or 0)
+            "cmb_deliveries_pending",
+            "Result files not yet delivered",
+            value=sum(int(n) for _, n, _ in backlog),
         )
         files = GaugeMetricFamily(
             "cmb_destination_backlog",

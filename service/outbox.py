@@ -15,13 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from service.db.models import Delivery, DeliveryState, utcnow
 from service.db.session import Database
-
-#: ``last_error`` of a row that waits behind a failed older row (service.export writes it).
-WAITING = "waiting behind an older result to the same destination"
 
 
 class OutboxError(Exception):
@@ -99,16 +97,17 @@ def park(db: Database, delivery_id: int) -> DeliveryView:
         if d.state != DeliveryState.PENDING:
             raise OutboxError(409, f"delivery {delivery_id} is {d.state.value}, not pending")
         d.state = DeliveryState.PARKED
-        held = s.scalars(
-            select(Delivery).where(
+        # the rows behind it waited out its back-off (service.export): due now, in one UPDATE
+        s.execute(
+            update(Delivery)
+            .where(
                 Delivery.destination == d.destination,
                 Delivery.state == DeliveryState.PENDING,
                 Delivery.id > d.id,
-                Delivery.last_error == WAITING,
+                Delivery.next_attempt_at > now,
             )
+            .values(next_attempt_at=now)
         )
-        for row in held:
-            row.next_attempt_at = now
         return DeliveryView.of(d)
 
 
@@ -123,7 +122,7 @@ def requeue(db: Database, delivery_id: int) -> DeliveryView:
         return DeliveryView.of(d)
 
 
-def _locked(s: Any, delivery_id: int) -> Delivery:
+def _locked(s: Session, delivery_id: int) -> Delivery:
     d = s.get(Delivery, delivery_id, with_for_update=True)
     if d is None:
         raise OutboxError(404, f"no delivery {delivery_id}")

@@ -121,7 +121,7 @@ def improves(
 
 
 def _poly(step: int, total: int) -> float:
-    return float((1.0 - min(step, total - 1) / total) ** 0.9)
+    return _poly_fraction(min(step, total - 1) / total)
 
 
 def _poly_fraction(fraction: float) -> float:
