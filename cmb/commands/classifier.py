@@ -1,10 +1,14 @@
-"""`cmb classifier harvest|train|compare|export`: the candidate classifier (needs `training`).
+"""`cmb classifier harvest|train|compare|choose|export|set-threshold`: the candidate classifier.
+
+Needs the `training` extra.
 
 harvest: run the U-Net on dataset folders and keep each candidate (and each
 missed true CMB) as a labelled cube; train: fit the classifier on harvested
 folders; compare: recall at several FP rates of the U-Net alone and of the
-cascade on harvested candidates; export: write the ONNX file, validated as a
-cascade with the U-Net on held-out dataset folders.
+cascade on harvested candidates; choose: score checkpoints on the product path
+(test-time augmentation, location filter) of a cached selection set and pick
+one; export: write the ONNX file, validated as a cascade with the U-Net on
+held-out dataset folders; set-threshold: write the operating point.
 """
 
 from __future__ import annotations
@@ -46,12 +50,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--keep-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also keep epoch_NNN.pt every N epochs (for `cmb classifier choose`)",
+    )
     t.set_defaults(func=run_train)
 
     c = sub.add_parser("compare", help="recall at FP rates: U-Net alone vs cascade (harvest)")
     c.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
     c.add_argument("--val", nargs="+", required=True, metavar="DIR", help="harvest folders")
     c.set_defaults(func=run_compare)
+
+    ch = sub.add_parser(
+        "choose",
+        help="pick a checkpoint by the product path (TTA, location filter) on a selection set",
+    )
+    ch.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT")
+    ch.add_argument("--data", required=True, type=Path, help="the selection set's dataset folder")
+    ch.add_argument(
+        "--cache",
+        required=True,
+        type=Path,
+        help="its U-Net outputs (training.parcellation.filter_effect --cache)",
+    )
+    ch.add_argument("--out", required=True, type=Path)
+    ch.add_argument("--unet", type=Path, default=None, help="U-Net ONNX (default: shipped)")
+    ch.add_argument("--tta", default="flips_inplane_swap", help="none or flips_inplane_swap")
+    ch.add_argument("--max-fp-per-scan", type=float, default=0.5)
+    ch.set_defaults(func=run_choose)
 
     e = sub.add_parser("export", help="ONNX export, validated as a cascade")
     e.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
@@ -146,6 +175,7 @@ def run_train(args: argparse.Namespace) -> int:
         features=tuple(args.features),
         batch_size=args.batch_size,
         lr=args.lr,
+        keep_every=args.keep_every,
     )
     print(json.dumps(train(config, args.out), indent=1))
     return 0
@@ -156,6 +186,24 @@ def run_compare(args: argparse.Namespace) -> int:
     from training.classifier.compare import compare
 
     print(json.dumps(compare(args.checkpoint, args.val), indent=1))
+    return 0
+
+
+def run_choose(args: argparse.Namespace) -> int:
+    _training()
+    from training.classifier.choose import choose, table
+
+    result = choose(
+        args.checkpoints,
+        data=args.data,
+        cache=args.cache,
+        out=args.out,
+        unet_path=args.unet,
+        tta=args.tta,
+        max_fp_per_scan=args.max_fp_per_scan,
+    )
+    print(table(result))
+    print(f"chosen: {result['chosen']['checkpoint']} (written to {args.out / 'choice.json'})")
     return 0
 
 

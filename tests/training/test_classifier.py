@@ -12,41 +12,10 @@ import torch
 
 from model.candidate_classifier import TASK, candidate_threshold, uses_tta
 from model.onnx_model import OnnxModel
-from tests.helpers.onnx_factory import make_test_model
-from tests.helpers.tiny_cmb_layout import TinyCase, make_case
 from training.classifier.harvest import harvest, harvest_case
 from training.classifier.network import CandidateClassifier
 from training.classifier.train import ClassifierConfig, Pool, augment, recall_at_fp
 from training.data import list_cases
-from training.datasets.layout import finalize, write_case
-
-
-@pytest.fixture(scope="module")
-def unet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # gain 20: the tiny cases' spheres reach ~1 after z-scoring with the air around the head
-    return make_test_model(tmp_path_factory.mktemp("unet") / "unet.onnx", gain=20.0)
-
-
-def _layout_with_mimics(out: Path, split: str, seed0: int) -> Path:
-    """Tiny cases with three dark spheres of which the truth lists two: one mimic each."""
-    for n in range(3):
-        case = make_case(seed0 + n, 3, split)
-        mimic = case.record["cmbs"].pop()
-        labels = np.where(case.labels.array == mimic["label"], 0, case.labels.array)
-        write_case(
-            out, TinyCase(case.case_id, case.image, case.labels.with_array(labels), case.record)
-        )
-    finalize(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def layouts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("tiny")
-    return (
-        _layout_with_mimics(root / "train", "train", 0),
-        _layout_with_mimics(root / "val", "val", 50),
-    )
 
 
 def test_harvest_labels_candidates_by_the_evaluation_rule(
@@ -102,11 +71,14 @@ def test_train_export_and_cascade_validation_through_the_cli(
     assert harvest([val_dir], unet, h_val, candidate_threshold=0.5) == 0  # resumes: all done
     run = tmp_path / "run"
     args = ["classifier", "train", "--train", str(h_train), "--val", str(h_val), "--out", str(run)]
-    assert main([*args, "--epochs", "2", "--steps", "3", "--candidate-threshold", "0.5"]) == 0
+    args += ["--epochs", "2", "--steps", "3", "--candidate-threshold", "0.5", "--keep-every", "2"]
+    assert main(args) == 0
     best = json.loads((run / "best.json").read_text())
     assert best["epoch"] in (1, 2) and best["val_cases"] == 3
     last = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
     assert last["epoch"] == 2  # the last epoch is kept beside the best one
+    kept = sorted(p.name for p in run.glob("epoch_*.pt"))
+    assert kept == ["epoch_002.pt"]  # and every second one (--keep-every 2)
     log = (run / "log.csv").read_text().splitlines()
     assert len(log) == 3 and log[0].endswith("recall_ceiling,seconds")
 

@@ -10,7 +10,9 @@ cascade is scored on the validation candidates: recall at no more than
 ``max_fp_per_scan`` false positives per scan, using the labels the harvest
 gave (one-to-one matches of the evaluation package); the best epoch is kept
 (``best.pt``, exported with the threshold that gave that recall) and so is
-the last one (``last.pt``).
+the last one (``last.pt``); with ``keep_every`` also every N-th epoch, for
+:mod:`training.classifier.choose`, which scores checkpoints on the product
+path instead of this one-view check.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class ClassifierConfig:
     max_fp_per_scan: float = 0.5
     train_on_missed: bool = False
     warmup: float = 0.1  # fraction of the steps the learning rate rises (one-cycle)
+    keep_every: int = 0  # also keep epoch_NNN.pt every N epochs, for `cmb classifier choose`
     threads: int = 1
     train: list[str] = field(default_factory=list)
     val: list[str] = field(default_factory=list)
@@ -262,6 +265,8 @@ def train(config: ClassifierConfig, out: Path) -> dict[str, Any]:
             # last.pt too: on a small selection set one CMB moves recall by a few per cent,
             # so the last epoch is worth comparing (`cmb classifier compare`) with the best
             torch.save(state, out / "last.pt")
+            if config.keep_every and epoch % config.keep_every == 0:
+                torch.save(state, out / f"epoch_{epoch:03d}.pt")
             if metrics["recall"] > best["recall"]:
                 best = {**metrics, "epoch": epoch}
                 torch.save(state, out / "best.pt")
