@@ -82,8 +82,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ch.add_argument("--max-fp-per-scan", type=float, default=0.5)
     ch.set_defaults(func=run_choose)
 
-    e = sub.add_parser("export", help="ONNX export, validated as a cascade")
-    e.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
+    e = sub.add_parser(
+        "export", help="ONNX export (several checkpoints: their ensemble), validated as a cascade"
+    )
+    e.add_argument(
+        "checkpoint",
+        type=Path,
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="one checkpoint, or several: the file outputs the mean of their probabilities",
+    )
     e.add_argument("--out", required=True, type=Path)
     e.add_argument("--unet", type=Path, default=None, help="U-Net ONNX (default: shipped)")
     e.add_argument("--val-data", nargs="+", default=(), metavar="DIR")
@@ -93,6 +101,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--predictions", type=Path, default=None, metavar="DIR")
     e.add_argument("--metrics-json", type=Path, default=None)
     e.add_argument("--version", default=None, help="model version (default: the training's)")
+    e.add_argument(
+        "--tta",
+        default=None,
+        help="test-time augmentation the product scores with (cmb.tta): none or "
+        "flips_inplane_swap (default: none)",
+    )
     e.set_defaults(func=run_export)
 
     o = sub.add_parser(
@@ -222,6 +236,7 @@ def run_export(args: argparse.Namespace) -> int:
         predictions_dir=args.predictions,
         metrics_json=args.metrics_json,
         version=args.version,
+        tta=args.tta,
     )
     print(f"wrote {path}")
     return 0

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from model.candidate_classifier import TASK, candidate_threshold, uses_tta
+from model.errors import InputError
 from model.onnx_model import OnnxModel
+from training.classifier.export import export_classifier
 from training.classifier.harvest import harvest, harvest_case
 from training.classifier.network import CandidateClassifier
 from training.classifier.train import ClassifierConfig, Pool, augment, recall_at_fp
@@ -119,6 +121,33 @@ def test_train_export_and_cascade_validation_through_the_cli(
         expected = torch.sigmoid(net(torch.from_numpy(x))).numpy()
     assert float(np.abs(model.run(x) - expected).max()) <= 1e-4
     assert len(Pool.load([str(h_train)]).case_ids) == 3
+
+    # two checkpoints export as one ensemble: the mean of their probabilities
+    ensemble = tmp_path / "ensemble.onnx"
+    members = [str(run / "best.pt"), str(run / "last.pt")]
+    tta = ["--tta", "flips_inplane_swap"]
+    assert (
+        main(["classifier", "export", *members, "--out", str(ensemble), "--unet", str(unet), *tta])
+        == 0
+    )
+    both = OnnxModel.load(ensemble, device="cpu")
+    probabilities = []
+    for member in members:
+        state = torch.load(member, map_location="cpu", weights_only=False)
+        member_net = CandidateClassifier(config.features, config.dropout).eval()
+        member_net.load_state_dict(state["state_dict"])
+        with torch.no_grad():
+            probabilities.append(torch.sigmoid(member_net(torch.from_numpy(x))).numpy())
+    assert float(np.abs(both.run(x) - np.mean(probabilities, axis=0)).max()) <= 1e-4
+    assert uses_tta(both) and candidate_threshold(both) == 0.5  # scored as the product scores
+    recorded = json.loads(both.metadata.extra["ensemble"])
+    assert [m["checkpoint"] for m in recorded] == members
+    assert "epoch" not in both.metadata.extra  # one per member instead
+    other = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+    other["config"]["patch"] = 16
+    torch.save(other, tmp_path / "other_cube.pt")
+    with pytest.raises(InputError, match="same of both"):
+        export_classifier([run / "best.pt", tmp_path / "other_cube.pt"], tmp_path / "x.onnx")
 
     # the operating point, chosen elsewhere with the location filter, written in place
     held_out = tmp_path / "filter_effect.json"

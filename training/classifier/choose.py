@@ -17,18 +17,16 @@ scans on a 2-core CPU), so keep every few epochs (``--keep-every``), not all.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from model.candidate_classifier import TTA_KEY, TTA_MODES, UNET_KEY, unet_identity
+from model.candidate_classifier import TTA_MODES, UNET_KEY, unet_identity
 from model.errors import InputError
 from model.onnx_model import OnnxModel, default_model_path
 from training.classifier.export import export_classifier
-from training.export import set_metadata
 from training.parcellation.filter_effect import (
     MAX_FP_PER_SCAN,
     load_outputs,
@@ -81,12 +79,10 @@ def score_checkpoint(
     max_fp_per_scan: float = MAX_FP_PER_SCAN,
 ) -> CheckpointScore:
     """Export ``checkpoint`` to ``out/<name>.onnx`` and score it on the cached selection set."""
-    onnx_path = export_classifier(checkpoint, out / f"{checkpoint.stem}.onnx", unet_path=unet_path)
-    model = OnnxModel.load(onnx_path, device="cpu")
-    set_metadata(
-        onnx_path,
-        dataclasses.replace(model.metadata, extra={**model.metadata.extra, TTA_KEY: tta}),
+    onnx_path = export_classifier(
+        checkpoint, out / f"{checkpoint.stem}.onnx", unet_path=unet_path, tta=tta
     )
+    model = OnnxModel.load(onnx_path, device="cpu")
     summary = replay(
         data,
         cache,

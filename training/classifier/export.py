@@ -7,6 +7,10 @@ size, the U-Net threshold its candidates are extracted at
 held-out set: the highest recall of the cascade at no more than
 ``max_fp_per_scan`` false positives per scan (``training.validate``, the
 product's inference path on every validation case).
+
+Several checkpoints export as one ensemble: the file's output is the mean of
+their probabilities (:class:`MeanProbability`), so the runtime, the
+test-time augmentation and the operating point treat it as one classifier.
 """
 
 from __future__ import annotations
@@ -20,13 +24,58 @@ from typing import Any
 
 import torch
 
-from model.candidate_classifier import CANDIDATE_THRESHOLD_KEY, TASK, UNET_KEY, unet_identity
+from model.candidate_classifier import (
+    CANDIDATE_THRESHOLD_KEY,
+    TASK,
+    TTA_KEY,
+    TTA_MODES,
+    UNET_KEY,
+    unet_identity,
+)
+from model.errors import InputError
 from model.onnx_model import ModelMetadata, OnnxModel, default_model_path
 from training.classifier.train import ClassifierConfig, load_checkpoint
 from training.export import set_metadata, write_onnx
 from training.network import ProbabilityHead
 
 DEFAULT_THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
+
+
+class MeanProbability(torch.nn.Module):
+    """Several logit networks -> the mean of their probabilities (an ensemble in one file)."""
+
+    def __init__(self, nets: Sequence[torch.nn.Module]) -> None:
+        super().__init__()
+        self.nets = torch.nn.ModuleList(nets)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        probabilities = [torch.sigmoid(net(image)) for net in self.nets]
+        return torch.stack(probabilities).mean(dim=0)
+
+
+def _load_members(
+    checkpoints: Sequence[str | Path],
+) -> tuple[torch.nn.Module, ClassifierConfig, dict[str, Any], list[dict[str, Any]]]:
+    """(export head, the first member's config, its checkpoint, every member's checkpoint).
+
+    Members must cut the same cube from the same candidates (patch size and
+    candidate threshold); their networks may differ.
+    """
+    if not checkpoints:
+        raise InputError("no checkpoint to export")
+    loaded = [load_checkpoint(c) for c in checkpoints]
+    _, first, _ = loaded[0]
+    for path, (_, config, _) in zip(checkpoints, loaded, strict=True):
+        if (config.patch, config.candidate_threshold) != (first.patch, first.candidate_threshold):
+            raise InputError(
+                f"{path}: cube {config.patch}, candidates at U-Net >= "
+                f"{config.candidate_threshold}; the first checkpoint has {first.patch} and "
+                f"{first.candidate_threshold}: an ensemble needs the same of both"
+            )
+    states = [state for _, _, state in loaded]
+    if len(loaded) == 1:
+        return ProbabilityHead(loaded[0][0]), first, states[0], states
+    return MeanProbability([net for net, _, _ in loaded]), first, states[0], states
 
 
 def _metadata(
@@ -36,6 +85,7 @@ def _metadata(
     metrics: dict[str, Any] | None,
     trained_on: str | None,
     provenance: dict[str, Any],
+    tta: str | None = None,
 ) -> ModelMetadata:
     plan = unet.metadata
     return ModelMetadata(
@@ -54,13 +104,14 @@ def _metadata(
         extra={
             CANDIDATE_THRESHOLD_KEY: repr(float(config.candidate_threshold)),
             UNET_KEY: unet_identity(unet),
+            **({TTA_KEY: tta} if tta is not None else {}),
             **{k: str(v) for k, v in provenance.items()},
         },
     )
 
 
 def export_classifier(
-    checkpoint: str | Path,
+    checkpoint: str | Path | Sequence[str | Path],
     out: str | Path,
     *,
     unet_path: str | Path | None = None,
@@ -73,28 +124,44 @@ def export_classifier(
     predictions_dir: str | Path | None = None,
     metrics_json: str | Path | None = None,
     version: str | None = None,
+    tta: str | None = None,
 ) -> Path:
     """Write the ONNX file; with ``val_dirs``, validate the cascade and embed the result.
 
-    ``version`` overrides the training config's model version (``cmb.version``).
+    ``checkpoint``: one, or several for an ensemble (see the module docstring).
+    ``version`` overrides the training config's model version (``cmb.version``);
+    ``tta`` writes the test-time augmentation the product scores with
+    (``cmb.tta``; default: none).
     """
-    net, config, state = load_checkpoint(checkpoint)
+    if tta is not None and tta not in TTA_MODES:
+        raise InputError(f"cmb.{TTA_KEY} {tta!r} is not one of {TTA_MODES}")
+    paths = [checkpoint] if isinstance(checkpoint, str | Path) else list(checkpoint)
+    head, config, state, members = _load_members(paths)
     if version:
         config = dataclasses.replace(config, version=version)
     unet_file = Path(unet_path) if unet_path is not None else default_model_path()
     unet = OnnxModel.load(unet_file, device="cpu")
-    provenance = {
+    provenance: dict[str, Any] = {
         "hardware": f"CPU {platform.machine()}, {config.threads} torch threads, "
         f"torch {torch.__version__}",
         "training_wall_s": state.get("training_wall_s"),
         "epoch": state.get("epoch"),
     }
+    if len(members) > 1:
+        provenance["epoch"] = None  # one per member, below
+        provenance["training_wall_s"] = sum(m.get("training_wall_s") or 0.0 for m in members)
+        provenance["ensemble"] = json.dumps(
+            [
+                {"checkpoint": str(p), "epoch": m.get("epoch"), "features": m["config"]["features"]}
+                for p, m in zip(paths, members, strict=True)
+            ]
+        )
     provenance = {k: v for k, v in provenance.items() if v is not None}
     trained_on = f"{len(config.train)} harvest folder(s): {', '.join(config.train)}"
     chosen = float(state.get("threshold", 0.5))
     path = write_onnx(
-        ProbabilityHead(net),
-        _metadata(config, unet, chosen, None, trained_on, provenance),
+        head,
+        _metadata(config, unet, chosen, None, trained_on, provenance, tta),
         out,
         example_size=(config.patch,) * 3,
         producer="cmb-detect training.classifier",
@@ -117,7 +184,9 @@ def export_classifier(
         )
         val["data"] = [str(d) for d in val_dirs]
         chosen = float(val["threshold"])
-        set_metadata(path, _metadata(config, unet, chosen, val["summary"], trained_on, provenance))
+        set_metadata(
+            path, _metadata(config, unet, chosen, val["summary"], trained_on, provenance, tta)
+        )
     report = Path(metrics_json) if metrics_json else path.with_suffix(".metrics.json")
     report.write_text(
         json.dumps(
@@ -127,6 +196,7 @@ def export_classifier(
                 "threshold": chosen,
                 "candidate_threshold": config.candidate_threshold,
                 "config": state["config"],
+                "members": [m["config"] for m in members] if len(members) > 1 else None,
                 "provenance": provenance,
                 "validation": val,
             },
