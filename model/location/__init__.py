@@ -16,7 +16,6 @@ See ``docs/location-filter.md``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,7 @@ from model.location import rules
 from model.location.lobes import BrainFrame, brain_frame, lobe_of
 from model.location.rating import mars_rating
 from model.location.region import Region, RegionParams, region_of
-from model.location.vessel import DarkStructure, dark_structure, is_vessel
+from model.location.vessel import dark_structure, is_vessel
 from model.types import Detection, MarsCategory, SequenceKind, SeriesInfo, Volume
 
 if TYPE_CHECKING:
@@ -234,14 +233,8 @@ def apply_rules(
     config: LocationConfig | None = None,
     *,
     image: Volume | None = None,
-    structures: Mapping[int, DarkStructure | None] | None = None,
 ) -> None:
-    """The rejection rules alone, on detections already located by :func:`locate`.
-
-    ``structures``: the dark structure through each candidate (by detection
-    id) where the caller has already measured it on ``image``; one that
-    applies the rules in many configurations measures it once.
-    """
+    """The rejection rules alone, on detections already located by :func:`locate`."""
     cfg = config or LocationConfig()
     symmetric = (
         rules.symmetric_pairs(detections, regions, frame, cfg.symmetry_tolerance_mm)
@@ -252,7 +245,7 @@ def apply_rules(
         if not det.kept:
             continue
         reason = _first_rule(
-            det, regions[det.id], frame, labels, image, series_info, cfg, symmetric, structures
+            det, regions[det.id], frame, labels, image, series_info, cfg, symmetric
         )
         if reason is not None:
             det.reject(reason)
@@ -267,7 +260,6 @@ def _first_rule(
     series: SeriesInfo,
     cfg: LocationConfig,
     symmetric: set[int],
-    structures: Mapping[int, DarkStructure | None] | None,
 ) -> str | None:
     if cfg.outside_brain and rules.is_outside_brain(reg):
         return rules.OUTSIDE_BRAIN
@@ -288,36 +280,24 @@ def _first_rule(
         return rules.SYMMETRIC_CALCIFICATION
     if cfg.too_large and det.diameter_mm > cfg.max_diameter_mm:
         return rules.TOO_LARGE
-    if cfg.tubular and _is_tubular(det, labels, _structure(det, image, cfg, structures), cfg):
+    if cfg.tubular and _is_tubular(det, labels, image, cfg):
         return rules.TUBULAR
     return None
 
 
-def _structure(
-    det: Detection,
-    image: Volume | None,
-    cfg: LocationConfig,
-    known: Mapping[int, DarkStructure | None] | None,
-) -> DarkStructure | None:
-    """The dark structure ``tubular`` reads (None: no image, not read, or no contrast)."""
-    if image is None or not (cfg.tubular and cfg.tubular_on_image):
-        return None
-    if known is not None and det.id in known:
-        return known[det.id]
-    return dark_structure(image, det.center_lps_mm)
-
-
-def _is_tubular(
-    det: Detection, labels: Volume, structure: DarkStructure | None, cfg: LocationConfig
-) -> bool:
+def _is_tubular(det: Detection, labels: Volume, image: Volume | None, cfg: LocationConfig) -> bool:
     """The dark structure on the image decides where there is one; else the candidate's shape.
 
     The candidate's own component is a piece of the network's map, whose shape
     follows the map's blur: on thick slices it called true microbleeds tubes
     that the image shows compact (docs/location-filter.md).
     """
-    if structure is not None:
-        return is_vessel(structure, cfg.tubular_image_elongation, cfg.tubular_image_min_length_mm)
+    if image is not None and cfg.tubular_on_image:
+        structure = dark_structure(image, det.center_lps_mm)
+        if structure is not None:
+            return is_vessel(
+                structure, cfg.tubular_image_elongation, cfg.tubular_image_min_length_mm
+            )
     shape = rules.candidate_shape(labels, det.id)
     return rules.is_tubular(
         shape, det, cfg.tubular_elongation, cfg.tubular_min_length_mm, cfg.tubular_min_slices

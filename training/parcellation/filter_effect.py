@@ -53,7 +53,7 @@ from model.location import labels as lt
 from model.location import rules as rule_codes
 from model.location.lobes import BrainFrame
 from model.location.region import Region
-from model.location.vessel import DarkStructure, dark_structure
+from model.location.vessel import dark_structure
 from model.onnx_model import OnnxModel, default_model_path
 from model.types import Detection, DetectionStatus, SequenceKind, SeriesInfo, Volume
 from training.data import CaseRef, list_cases, load_volumes
@@ -154,16 +154,10 @@ def apply_configurations(
         if d.probability < min_score:
             d.reject("classifier")
     regions, frame = locate(detections, parc)
-    # measured once per candidate, read by `tubular` in every configuration and recorded
-    structures = {
-        d.id: dark_structure(image, d.center_lps_mm) if image is not None else None
-        for d in detections
-        if d.id in regions
-    }
     rejected: dict[str, list[str | None]] = {}
     for name, cfg in configs.items():
         copies = [copy.deepcopy(d) for d in detections]
-        apply_rules(copies, regions, frame, labels, info, cfg, image=image, structures=structures)
+        apply_rules(copies, regions, frame, labels, info, cfg, image=image)
         rejected[name] = [d.reject_reason for d in copies]
     truth = list(ref.record.get("cmbs") or [])
     return {
@@ -178,7 +172,7 @@ def apply_configurations(
                 "detection": d.to_json(),
                 "rejected_by": {name: reasons[n] for name, reasons in rejected.items()},
                 "region": _region_features(regions[d.id], d, frame),
-                "dark_structure": _structure_features(structures[d.id]),
+                "dark_structure": _structure_features(image, d),
             }
             for n, d in enumerate(detections)
             if d.id in regions
@@ -272,8 +266,9 @@ def _region_features(region: Region, det: Detection, frame: BrainFrame | None) -
     }
 
 
-def _structure_features(structure: DarkStructure | None) -> dict[str, Any] | None:
+def _structure_features(image: Volume | None, det: Detection) -> dict[str, Any] | None:
     """What ``tubular`` reads of the image (:mod:`model.location.vessel`), for tuning offline."""
+    structure = dark_structure(image, det.center_lps_mm) if image is not None else None
     if structure is None:
         return None
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(structure).items()}

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.location import LocationConfig, apply_rules, locate, locate_and_filter, rules
+from model.location import LocationConfig, locate_and_filter, rules
 from model.location.lobes import BrainFrame, brain_frame
-from model.location.vessel import DarkStructure, dark_structure, is_vessel
 from model.types import Detection, SequenceKind, SeriesInfo, Volume
 
 from .conftest import interior_voxel, voxel_lps
@@ -200,27 +199,6 @@ def test_tubular_reads_the_vein_on_the_image() -> None:
     off = LocationConfig(tubular_on_image=False)
     locate_and_filter([vein], masks, parc, T2STAR, off, image=image)
     assert vein.reject_reason is None
-
-
-def test_tubular_reads_a_structure_measured_beforehand_instead_of_measuring_again() -> None:
-    """apply_rules(structures=...): what a caller applying many configurations measured once."""
-    parc = _cortex_grid()
-    masks = parc.with_array(np.zeros(parc.shape, np.float32))
-    k, j, i = np.mgrid[:20, :60, :60]
-    masks.array[((k - 10) * 1.0) ** 2 + ((j - 30) * 0.5) ** 2 + ((i - 20) * 0.5) ** 2 <= 2.0**2] = 1
-    rng = np.random.default_rng(0)
-    image = parc.with_array((100.0 + rng.normal(0.0, 3.0, parc.shape)).astype(np.float32))
-    image.array[(k == 10) & (np.abs(i - 20) <= 1)] -= 70.0  # the vein of the test above
-    measured = dark_structure(image, (10.0, 15.0, 10.0))
-    cfg = LocationConfig()
-    assert measured is not None
-    assert is_vessel(measured, cfg.tubular_image_elongation, cfg.tubular_image_min_length_mm)
-    round_spot = DarkStructure(1.0, 2.0, 2.0, 4.0, 0.6, False)
-    for known, expected in (({1: measured}, rules.TUBULAR), ({1: round_spot}, None)):
-        vein = det(1, (10.0, 15.0, 10.0))
-        regions, frame = locate([vein], parc)
-        apply_rules([vein], regions, frame, masks, T2STAR, image=image, structures=known)
-        assert vein.reject_reason == expected  # the given structure decides, not the image
 
 
 def test_tubular_trusts_the_image_over_the_maps_blur() -> None:
