@@ -11,8 +11,9 @@ and the export rule picks each checkpoint's operating point.  The checkpoint
 with the highest recall at that point wins; ties go to fewer false positives,
 then to the later epoch.
 
-Cost: one replay of the selection set per checkpoint (about 2 min for 30
-scans on a 2-core CPU), so keep every few epochs (``--keep-every``), not all.
+Cost: one replay of the selection set per checkpoint (1-2 min for 30 scans
+on a 2-core CPU, docs/training.md), so keep every few epochs
+(``--keep-every``), not all.
 """
 
 from __future__ import annotations
@@ -82,13 +83,8 @@ def score_checkpoint(
     onnx_path = export_classifier(
         checkpoint, out / f"{checkpoint.stem}.onnx", unet_path=unet_path, tta=tta
     )
-    model = OnnxModel.load(onnx_path, device="cpu")
-    summary = replay(
-        data,
-        cache,
-        out / checkpoint.stem,
-        classifier=OnnxModel.load(onnx_path, device="cpu", threads=1),
-    )
+    model = OnnxModel.load(onnx_path, device="cpu", threads=1)
+    summary = replay(data, cache, out / checkpoint.stem, classifier=model)
     threshold = operating_point(summary, max_fp_per_scan=max_fp_per_scan)
     row = summary["by_configuration"]["defaults"][f"{threshold:g}"]
     epoch = model.metadata.extra.get("epoch")
