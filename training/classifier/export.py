@@ -55,8 +55,8 @@ class MeanProbability(torch.nn.Module):
 
 def _load_members(
     checkpoints: Sequence[str | Path],
-) -> tuple[torch.nn.Module, ClassifierConfig, dict[str, Any], list[dict[str, Any]]]:
-    """(export head, the first member's config, its checkpoint, every member's checkpoint).
+) -> tuple[torch.nn.Module, ClassifierConfig, list[dict[str, Any]]]:
+    """(export head, the first member's config, every member's checkpoint).
 
     Members must cut the same cube from the same candidates (patch size and
     candidate threshold); their networks may differ.
@@ -74,8 +74,8 @@ def _load_members(
             )
     states = [state for _, _, state in loaded]
     if len(loaded) == 1:
-        return ProbabilityHead(loaded[0][0]), first, states[0], states
-    return MeanProbability([net for net, _, _ in loaded]), first, states[0], states
+        return ProbabilityHead(loaded[0][0]), first, states
+    return MeanProbability([net for net, _, _ in loaded]), first, states
 
 
 def _metadata(
@@ -136,7 +136,8 @@ def export_classifier(
     if tta is not None and tta not in TTA_MODES:
         raise InputError(f"cmb.{TTA_KEY} {tta!r} is not one of {TTA_MODES}")
     paths = [checkpoint] if isinstance(checkpoint, str | Path) else list(checkpoint)
-    head, config, state, members = _load_members(paths)
+    head, config, members = _load_members(paths)
+    state = members[0]
     if version:
         config = dataclasses.replace(config, version=version)
     unet_file = Path(unet_path) if unet_path is not None else default_model_path()
