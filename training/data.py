@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,6 +196,77 @@ def prepare_cases(
         return [prepare_case(ref, metadata, cache_dir) for ref in items]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda ref: prepare_case(ref, metadata, cache_dir), items))
+
+
+class PoolPreparer:
+    """Preprocesses a growing pool's new cases in background threads (``data.rescan``).
+
+    The training loop hands over every case it finds (:meth:`add`, cases already
+    seen are ignored) and takes what is ready at each epoch start
+    (:meth:`collect`) instead of waiting for the whole rescan: a generator that
+    adds hundreds of cases a minute then never stalls a GPU.  Cases join the
+    pool in the order they were added, so a slow case holds back the ones after
+    it until the next epoch; one that fails to preprocess raises from
+    :meth:`collect`, as it would have in the loop.
+    """
+
+    def __init__(self, metadata: ModelMetadata, cache_dir: Path, workers: int = 1) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self._metadata, self._cache_dir = metadata, cache_dir
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare")
+        self._seen: set[tuple[str, str]] = set()
+        self._pending: list[tuple[CaseRef, Future[PreparedCase]]] = []
+        self._ready: list[tuple[CaseRef, PreparedCase]] = []
+
+    @staticmethod
+    def _key(ref: CaseRef) -> tuple[str, str]:
+        return str(ref.root), ref.case_id
+
+    def include(self, refs: Sequence[CaseRef], cases: Sequence[PreparedCase]) -> None:
+        """Cases prepared already (the pool the run started with)."""
+        for ref, case in zip(refs, cases, strict=True):
+            self._seen.add(self._key(ref))
+            self._ready.append((ref, case))
+
+    def add(self, refs: Iterable[CaseRef]) -> int:
+        """Queue the cases not seen before; returns how many were queued."""
+        queued = 0
+        for ref in refs:
+            if self._key(ref) in self._seen:
+                continue
+            self._seen.add(self._key(ref))
+            job = self._executor.submit(prepare_case, ref, self._metadata, self._cache_dir)
+            self._pending.append((ref, job))
+            queued += 1
+        return queued
+
+    def collect(self) -> bool:
+        """Move the finished cases at the head of the queue into the pool; True if it grew."""
+        done = 0
+        while done < len(self._pending) and self._pending[done][1].done():
+            done += 1
+        for ref, job in self._pending[:done]:
+            self._ready.append((ref, job.result()))
+        del self._pending[:done]
+        return done > 0
+
+    @property
+    def refs(self) -> list[CaseRef]:
+        return [ref for ref, _ in self._ready]
+
+    @property
+    def cases(self) -> list[PreparedCase]:
+        return [case for _, case in self._ready]
+
+    @property
+    def waiting(self) -> int:
+        """Cases queued and not in the pool yet."""
+        return len(self._pending)
+
+    def close(self) -> None:
+        """Stop: queued cases that have not started are dropped (the cache keeps the rest)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def crop(

@@ -43,6 +43,7 @@ from training.config import TrainConfig, config_from_dict
 from training.data import (
     CaseRef,
     PatchDataset,
+    PoolPreparer,
     PreparedCase,
     data_hash,
     list_cases,
@@ -219,6 +220,10 @@ def train(
     if info.distributed:
         log.info("DDP rank %d of %d on %s", info.rank, info.world_size, info.device)
     dataset, sampler, loader = _loader(config, cases, info)
+    preparer: PoolPreparer | None = None
+    if config.data.rescan:  # new cases are preprocessed beside the loop, not in it
+        preparer = PoolPreparer(metadata, cache, workers=config.data.prepare_workers)
+        preparer.include(train_refs, cases)
 
     # ---------------------------------------------------------------- model
     net = build_network(config.network)
@@ -274,16 +279,19 @@ def train(
     epoch = start_epoch - 1
     for epoch in range(start_epoch, config.optim.epochs):
         t0 = time.monotonic()
-        if config.data.rescan and epoch > start_epoch:
-            grown = _rescan(config, train_refs)
-            if grown is not None:
-                train_refs = grown
+        if preparer is not None and epoch > start_epoch:
+            found = _rescan(config)
+            if found is not None:
+                preparer.add(found)
+            if preparer.collect():
+                train_refs, cases = preparer.refs, preparer.cases
                 train_hash = data_hash(train_refs)
-                cases = prepare_cases(
-                    train_refs, metadata, cache, workers=config.data.prepare_workers
-                )
                 dataset, sampler, loader = _loader(config, cases, info)
-                log.info("pool grew to %d training cases", len(cases))
+                log.info(
+                    "pool grew to %d training cases (%d more being prepared)",
+                    len(cases),
+                    preparer.waiting,
+                )
             if not config.data.max_val_cases or len(val_refs) < config.data.max_val_cases:
                 val_refs = _val_refs(config)
         dataset.set_epoch(epoch)
@@ -412,6 +420,8 @@ def train(
             break
     if writer is not None:
         writer.close()
+    if preparer is not None:
+        preparer.close()
     ddp.cleanup(info)
     return TrainResult(
         run_dir=run,
@@ -437,14 +447,13 @@ def _val_refs(config: TrainConfig) -> list[CaseRef]:
     return refs[: config.data.max_val_cases] if config.data.max_val_cases else refs
 
 
-def _rescan(config: TrainConfig, current: list[CaseRef]) -> list[CaseRef] | None:
-    """The training cases now in the folders, if more than ``current`` (a growing pool)."""
+def _rescan(config: TrainConfig) -> list[CaseRef] | None:
+    """The training cases now in the folders (a growing pool), or None if unreadable now."""
     try:
-        refs = _train_refs(config)
+        return _train_refs(config)
     except InputError as e:  # a generator is appending a line right now: try next epoch
         log.warning("rescan skipped: %s", e)
         return None
-    return refs if len(refs) > len(current) else None
 
 
 def _loader(

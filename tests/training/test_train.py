@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import logging
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from model.onnx_model import OnnxModel
+import training.data
+import training.train
+from model.errors import InputError
+from model.onnx_model import ModelMetadata, OnnxModel
 from tests.helpers.tiny_cmb_layout import write_tiny_layout
 from training.config import TrainConfig, config_from_dict
-from training.data import PatchDataset, crop, data_hash, list_cases, prepare_cases
+from training.data import (
+    CaseRef,
+    PatchDataset,
+    PoolPreparer,
+    PreparedCase,
+    crop,
+    data_hash,
+    list_cases,
+    prepare_case,
+    prepare_cases,
+)
 from training.export import build_metadata
 from training.train import schedule_factor, train
 
@@ -72,6 +89,75 @@ def test_prepared_cases_are_on_the_model_grid_normalized_and_cached(layout, tmp_
     prepare_cases(refs, meta, tmp_path)  # second call reads the cache
     assert sorted(p.stat().st_mtime_ns for p in tmp_path.rglob("image.npy")) == stamp
     assert data_hash(refs) == data_hash(list(reversed(refs)))
+
+
+def _wait_until(condition, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_pool_preparer_adds_new_cases_in_order_once_each_and_reraises_failures(
+    layout, tmp_path
+) -> None:
+    train_dir, _ = layout
+    refs = list_cases([train_dir])
+    meta = build_metadata(TrainConfig())
+    preparer = PoolPreparer(meta, tmp_path, workers=2)
+    preparer.include(refs[:1], prepare_cases(refs[:1], meta, tmp_path))
+    assert preparer.add(refs) == 2  # the first one is in the pool already
+    assert preparer.add(refs) == 0
+    _wait_until(lambda: (preparer.collect(), preparer.waiting == 0)[1])
+    assert [r.case_id for r in preparer.refs] == [r.case_id for r in refs]
+    assert [c.case_id for c in preparer.cases] == [r.case_id for r in refs]
+    assert not preparer.collect()  # nothing new
+
+    missing = dataclasses.replace(refs[0], case_id="not-there")
+    assert preparer.add([missing]) == 1
+    with pytest.raises(InputError, match="not-there"):
+        _wait_until(lambda: preparer.collect() and False)
+    preparer.close()
+    with pytest.raises(ValueError, match="workers"):
+        PoolPreparer(meta, tmp_path, workers=0)
+
+
+def test_a_growing_pool_never_holds_the_training_loop(
+    layout, tmp_path, monkeypatch, caplog
+) -> None:
+    """A new case still being preprocessed leaves the epochs running; it joins once ready."""
+    train_dir, val_dir = layout
+    refs = list_cases([train_dir])
+    release = threading.Event()
+
+    def gated_prepare(ref: CaseRef, metadata: ModelMetadata, cache_dir: Path) -> PreparedCase:
+        if ref.case_id == refs[2].case_id:
+            assert release.wait(60), "never released"
+        return prepare_case(ref, metadata, cache_dir)
+
+    scans = iter([refs[:2]])  # the run starts with two cases; the generator adds a third
+    monkeypatch.setattr(training.train, "_train_refs", lambda config: next(scans, refs))
+    monkeypatch.setattr(training.data, "prepare_case", gated_prepare)
+    original_collect = PoolPreparer.collect
+    waiting_at_epoch_start: list[int] = []
+
+    def collect(self: PoolPreparer) -> bool:
+        waiting_at_epoch_start.append(self.waiting)
+        if len(waiting_at_epoch_start) == 2:  # epoch 3: let the third case through, then take it
+            release.set()
+            _wait_until(lambda: self.waiting == 0 or original_collect(self))
+            return True
+        return original_collect(self)
+
+    monkeypatch.setattr(PoolPreparer, "collect", collect)
+    cfg = tiny_config(train_dir, val_dir, epochs=4)
+    cfg = cfg.replace(data=dataclasses.replace(cfg.data, rescan=True))
+    with caplog.at_level(logging.INFO, logger="training.train"):
+        result = train(cfg, tmp_path / "run", progress=False)
+    assert result.epochs_done == 4
+    assert waiting_at_epoch_start[0] == 1  # epoch 2 ran while the third case was being prepared
+    grew = [r.getMessage() for r in caplog.records if "pool grew" in r.getMessage()]
+    assert grew == ["pool grew to 3 training cases (0 more being prepared)"]
 
 
 def test_patches_are_reproducible_and_oversample_foreground(layout, tmp_path) -> None:
