@@ -131,6 +131,11 @@ class TruthCMB:
         return self.diameter_apparent_mm if self.diameter_apparent_mm else self.diameter_mm
 
 
+def parse_cmbs(case_id: str, points: Iterable[Mapping[str, Any]] | None) -> tuple[TruthCMB, ...]:
+    """A case's reference CMBs (``cases.jsonl``'s ``cmbs``); an error names the case and index."""
+    return tuple(TruthCMB.from_json(p, f"{case_id}.cmbs[{n}]") for n, p in enumerate(points or ()))
+
+
 @dataclass(frozen=True)
 class PredCMB:
     """One predicted microbleed (a detection of detections.json)."""
@@ -200,10 +205,9 @@ class CaseTruth:
         acquisition: Mapping[str, Any] | None = None,
         study_instance_uid: str | None = None,
     ) -> CaseTruth:
-        cmbs = tuple(TruthCMB.from_json(p, f"{case_id}.cmbs[{n}]") for n, p in enumerate(points))
         return cls(
             case_id=case_id,
-            cmbs=cmbs,
+            cmbs=parse_cmbs(case_id, points),
             acquisition=dict(acquisition or {}),
             study_instance_uid=study_instance_uid,
         )

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evaluation.cases import PredCMB, TruthCMB
+from evaluation.cases import PredCMB, TruthCMB, parse_cmbs
 from evaluation.matching import MatchRule, match_case
 from model.candidate_classifier import candidate_threshold, classify_candidates
 from model.candidates import extract_candidates
@@ -135,10 +135,7 @@ def evaluate_case(
     """
     image, _labels = load_volumes(ref)
     probability = predict_probability(image, model, overlap=overlap)
-    truth = [
-        TruthCMB.from_json(c, f"{ref.case_id}.cmbs[{n}]")
-        for n, c in enumerate(ref.record.get("cmbs") or [])
-    ]
+    truth = parse_cmbs(ref.case_id, ref.record.get("cmbs"))
     large = [is_large(t) for t in truth]
     result = CaseResult(ref.case_id, _groups(ref.record))
     scored: list[Detection] | None = None

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.cases import PredCMB, TruthCMB
+from evaluation.cases import PredCMB, parse_cmbs
 from evaluation.matching import MatchRule, match_case
 from model.candidate_classifier import extract_patches
 from model.candidates import extract_candidates
@@ -37,13 +37,6 @@ log = logging.getLogger(__name__)
 
 #: Harvested cube edge (voxels): larger than the classifier's input so training can shift it.
 HARVEST_SIZE = 32
-
-
-def truth_of(ref: CaseRef) -> list[TruthCMB]:
-    return [
-        TruthCMB.from_json(c, f"{ref.case_id}.cmbs[{n}]")
-        for n, c in enumerate(ref.record.get("cmbs") or [])
-    ]
 
 
 def harvest_case(
@@ -59,7 +52,7 @@ def harvest_case(
     image, _ = load_volumes(ref)
     probability = predict_probability(image, unet, overlap=overlap)
     _, detections = extract_candidates(probability, candidate_threshold)
-    truth = truth_of(ref)
+    truth = parse_cmbs(ref.case_id, ref.record.get("cmbs"))
     preds = [PredCMB.from_detection(d) for d in detections]
     match = match_case(truth, preds, rule or MatchRule(), case_id=ref.case_id)
     by_pred = match.truth_for_pred()

@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from evaluation.cases import PredCMB, TruthCMB
+from evaluation.cases import PredCMB, TruthCMB, parse_cmbs
 from evaluation.matching import MatchRule, match_case
 from model.candidate_classifier import TASK as CLASSIFIER_TASK
 from model.candidate_classifier import candidate_threshold, classify_candidates, unet_identity
@@ -188,7 +188,7 @@ def _unet_candidates(
     The classifier and the rules can only keep what is here, so the share of
     true CMBs found is the ceiling of the product path's recall.
     """
-    cmbs = [TruthCMB.from_json(c, f"{case_id}.cmbs[{i}]") for i, c in enumerate(truth)]
+    cmbs = parse_cmbs(case_id, truth)
     preds = [
         PredCMB.from_json(d.to_json(), f"{case_id} candidate {i}") for i, d in enumerate(detections)
     ]
@@ -284,10 +284,7 @@ def summarise(
     # parse each case once: its truth, which CMBs are large, its candidates
     parsed = []
     for case in cases:
-        truth = [
-            TruthCMB.from_json(c, f"{case['case_id']}.cmbs[{i}]")
-            for i, c in enumerate(case["truth"])
-        ]
+        truth = parse_cmbs(case["case_id"], case["truth"])
         candidates = [
             (PredCMB.from_json(c["detection"], f"{case['case_id']} candidate {i}"), c)
             for i, c in enumerate(case["candidates"])
@@ -340,7 +337,7 @@ def summarise(
 
 
 def _candidate_ceiling(
-    parsed: Sequence[tuple[str, list[TruthCMB], list[bool], Any]],
+    parsed: Sequence[tuple[str, Sequence[TruthCMB], list[bool], Any]],
     cases: Sequence[dict[str, Any]],
 ) -> dict[str, float | int] | None:
     """The U-Net candidates' count per scan and recall ceiling (None if a case lacks them)."""
@@ -584,7 +581,7 @@ def candidate_rows(cases: Sequence[dict[str, Any]], threshold: float) -> list[di
     rows = []
     for case in cases:
         acquisition = case.get("acquisition") or {}
-        truth = [TruthCMB.from_json(c, case["case_id"]) for c in case["truth"]]
+        truth = parse_cmbs(case["case_id"], case["truth"])
         cands = [c for c in case["candidates"] if c["detection"]["probability"] >= threshold]
         preds = [PredCMB.from_json(c["detection"], case["case_id"]) for c in cands]
         matched = {
