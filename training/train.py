@@ -52,7 +52,6 @@ from training.data import (
 from training.export import build_metadata, export_onnx, load_init_weights, set_metadata
 from training.losses import build_loss
 from training.network import build_network, count_parameters
-from training.validate import validate_model
 
 log = logging.getLogger(__name__)
 
@@ -340,6 +339,10 @@ def train(
         out_of_time = budget > 0 and ddp.broadcast_flag(elapsed() >= budget, info)
         last_epoch = epoch + 1 == config.optim.epochs or out_of_time
         if info.is_main and val_refs and ((epoch + 1) % config.val.every == 0 or last_epoch):
+            # imported here: validation's connected components and ONNX Runtime are not
+            # needed by a run without validation cases (a bare GPU lease machine lacks them)
+            from training.validate import validate_model
+
             candidate = run / "candidate.onnx"
             export_onnx(
                 net,

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# One GPU lease, one command: grow a synthetic pool on the CPUs while the U-Net trains on
+# the GPU (data.rescan), then hand back a slim checkpoint (weights + config) for `cmb export`.
+# Run on the lease machine from the repo root, with .devcarry (scripts/device/make_carry.sh):
+#   CONFIG=training/configs/gpu_finetune_0.6.json SEED=30000 bash scripts/device/gpu_train.sh
+# Environment: CONFIG, SEED (first synth seed), GEN_WORKERS (default 4), MIN_CASES (cases the
+# pool holds before training starts, default 24), INIT (default the shipped U-Net),
+# DEVICE (default cuda), PYTHON (default python3), OUT (where results go; the tool sets it).
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+CONFIG=${CONFIG:?set CONFIG}
+SEED=${SEED:?set SEED}
+GEN_WORKERS=${GEN_WORKERS:-4}
+MIN_CASES=${MIN_CASES:-24}
+INIT=${INIT:-model/weights/cmb_unet.onnx}
+DEVICE=${DEVICE:-cuda}
+PY=${PYTHON:-python3}
+OUT=${OUT:-runs/device_out}
+mkdir -p "$OUT"
+t0=$(date +%s)
+stamp() { echo "[$(($(date +%s) - t0)) s] $*"; }
+
+if [ -d .devcarry ]; then  # the lease image lacks these; a machine with the venv does not
+    SITE=/tmp/cmb-site
+    SHARED=/tmp/cmb-shared/synthseg/data/training_label_maps
+    mkdir -p "$SITE" "$SHARED"
+    tar -xJf .devcarry/site.tar.xz -C "$SITE" || exit 1
+    tar -xJf .devcarry/labels.tar.xz -C "$SHARED" || exit 1
+    ls "$SHARED"/*.nii | xargs -P 16 -n 1 gzip -1 || exit 1
+    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" CMB_SHARED_DATA=/tmp/cmb-shared
+    stamp "carry unpacked"
+fi
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+
+pool=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['data']['train'][0])" "$CONFIG")
+run=runs/gpu_$(basename "$CONFIG" .json)
+"$PY" -m cmb.cli synth "$pool" --cases 5000 --seed "$SEED" --split train --n-cmbs 10 \
+    --workers "$GEN_WORKERS" --no-progress >"$OUT/synth.log" 2>&1 &
+gen=$!
+count() { [ -f "$pool/cases.jsonl" ] && wc -l <"$pool/cases.jsonl" || echo 0; }
+until [ "$(count)" -ge "$MIN_CASES" ]; do
+    kill -0 $gen 2>/dev/null || { stamp "generator died"; cat "$OUT/synth.log"; exit 1; }
+    sleep 2
+done
+stamp "pool holds $(count) cases; training"
+"$PY" -m cmb.cli train --config "$CONFIG" --init "$INIT" --out "$run" --device "$DEVICE" \
+    --no-progress 2>&1 | tee "$OUT/train.log"
+rc=${PIPESTATUS[0]}
+kill $gen 2>/dev/null
+stamp "training rc=$rc; pool $(count) cases"
+cp "$run/metrics.csv" "$run/config.json" "$OUT/" 2>/dev/null
+"$PY" - "$run/checkpoints/last.pt" "$OUT/last_slim.pt" <<'PY'
+import sys
+
+import torch
+
+state = torch.load(sys.argv[1], map_location="cpu", weights_only=False)
+keep = ("model", "config", "epoch", "training_data_hash", "trained_on", "provenance", "wall_seconds")
+torch.save({k: v for k, v in state.items() if k in keep}, sys.argv[2])
+print("slim checkpoint keys:", sorted(k for k in state if k in keep))
+PY
+head -c 2000000 "$pool/cases.jsonl" >"$OUT/pool_cases.jsonl"
+stamp done
+exit $rc

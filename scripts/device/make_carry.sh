@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Build .devcarry/: what a GPU lease machine (no package index, no ../shared) needs to run
+# `cmb synth` and `cmb train` from this checkout, inside the device tool's 64 MiB limit
+# (repository and carry together).
+#   site.tar.xz    the training dependencies the lease image lacks (SimpleITK, MONAI, pydicom,
+#                  TorchIO with nibabel and Deprecated; cp312 wheels unpacked as pip would, their
+#                  test folders dropped), xz-compressed: SimpleITK's wheel alone is 53 MB
+#   labels.tar.xz  the 16 training-subject label maps as int16 NIfTI, cropped to the brain plus
+#                  24 mm (the synthesiser crops to brain plus 20 mm, so it reads identical
+#                  anatomy); the held-out subjects 17-20 do not travel
+# Usage: CMB_SHARED_DATA=../shared/data bash scripts/device/make_carry.sh   (about 5 minutes)
+# On the machine, scripts/device/gpu_train.sh unpacks it.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SHARED=${CMB_SHARED_DATA:-../shared/data}
+PY=${PYTHON:-.venv/bin/python}
+OUT=.devcarry
+rm -rf "$OUT" && mkdir -p "$OUT"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mkdir "$tmp/wheels" "$tmp/site" "$tmp/labels"
+for pkg in simpleitk monai pydicom torchio nibabel deprecated; do
+    version=$("$PY" -c "import importlib.metadata as m; print(m.version('$pkg'))")
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d "$tmp/wheels" "$pkg==$version"
+done
+for wheel in "$tmp"/wheels/*.whl; do unzip -q -o "$wheel" -d "$tmp/site"; done
+find "$tmp/site" -type d -name tests -prune -exec rm -rf {} +
+tar -C "$tmp/site" -cf - . | xz -9 -T0 >"$OUT/site.tar.xz"
+"$PY" - "$SHARED" "$tmp/labels" <<'PY'
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from training.synth.anatomy import PARENCHYMA, TRAIN_SUBJECTS
+
+MARGIN = 24  # > the synthesiser's 20 mm, so its own crop of this crop is the same box
+shared, out = Path(sys.argv[1]), Path(sys.argv[2])
+for n in TRAIN_SUBJECTS:
+    src = shared / "synthseg/data/training_label_maps" / f"training_seg_{n:02d}.nii.gz"
+    image = sitk.ReadImage(str(src))
+    array = sitk.GetArrayFromImage(image)  # (z, y, x)
+    if not np.array_equal(array, np.rint(array)) or np.abs(array).max() > 32767:
+        raise SystemExit(f"{src}: labels are not int16 integers")
+    brain = np.argwhere(np.isin(np.rint(array).astype(np.int16), PARENCHYMA))
+    lo = np.maximum(brain.min(0) - MARGIN, 0)
+    hi = np.minimum(brain.max(0) + MARGIN + 1, array.shape)
+    size = [int(s) for s in (hi - lo)[::-1]]  # SimpleITK index order (x, y, z)
+    crop = sitk.RegionOfInterest(image, size, [int(i) for i in lo[::-1]])
+    sitk.WriteImage(sitk.Cast(crop, sitk.sitkInt16), str(out / f"training_seg_{n:02d}.nii"))
+PY
+tar -C "$tmp/labels" -cf - . | xz -6 -T0 >"$OUT/labels.tar.xz"
+du -ab "$OUT"
