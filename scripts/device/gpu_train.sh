@@ -60,6 +60,8 @@ keep = ("model", "config", "epoch", "training_data_hash", "trained_on", "provena
 torch.save({k: v for k, v in state.items() if k in keep}, sys.argv[2])
 print("slim checkpoint keys:", sorted(k for k in state if k in keep))
 PY
-head -c 2000000 "$pool/cases.jsonl" >"$OUT/pool_cases.jsonl"
+# the pool's case ids (its records are ~50 kB each; the cases stay on the machine)
+"$PY" -c "import json,sys; [print(json.loads(l)['case_id']) for l in open(sys.argv[1]) if l.strip()]" \
+    "$pool/cases.jsonl" >"$OUT/pool_case_ids.txt"
 stamp done
 exit $rc

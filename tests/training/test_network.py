@@ -141,3 +141,39 @@ def test_shipped_example_configs_load() -> None:
     assert files
     for f in files:
         load_config(f)
+
+
+def _patch_sample(seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    label = np.zeros((1, 24, 24, 24), dtype=np.float32)
+    label[0, 10:13, 10:13, 10:13] = 1
+    return {"image": rng.normal(size=(1, 24, 24, 24)).astype(np.float32), "label": label}
+
+
+def test_elastic_gate_passes_undrawn_patches_through_untouched() -> None:
+    """p_elastic 0: no identity-grid resampling (MONAI's own prob check still resamples)."""
+    from training.augment import _WhenDrawn
+
+    none = {k: 0.0 for k in AugmentConfig.__dataclass_fields__ if k.startswith("p_")}
+    gate = next(
+        t for t in build_augmentation(AugmentConfig(**none)).transforms if isinstance(t, _WhenDrawn)
+    )
+    sample = _patch_sample(2)
+    assert gate(sample) is sample
+    gate.p = 1.0
+    out = gate(dict(sample))
+    assert not np.allclose(np.asarray(out["image"]), sample["image"])
+    assert set(np.unique(np.asarray(out["label"]))) <= {0.0, 1.0}
+
+
+def test_augmentation_is_fixed_by_its_seed_elastic_included() -> None:
+    always = {k: 1.0 for k in AugmentConfig.__dataclass_fields__ if k.startswith("p_")}
+    outs = []
+    for seed in (7, 7, 8):
+        aug = build_augmentation(AugmentConfig(**always))
+        aug.set_random_state(seed=seed)
+        np.random.seed(seed)  # TorchIO's transforms draw from the global generators
+        torch.manual_seed(seed)
+        outs.append(np.asarray(aug(_patch_sample(3))["image"]))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert not np.allclose(outs[0], outs[2])
