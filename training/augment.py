@@ -75,9 +75,10 @@ class _WhenDrawn(mt.Randomizable):
     """Apply a MONAI random transform (set to probability 1) with probability ``p``.
 
     MONAI's ``Rand3DElasticd`` resamples every key through an identity grid even
-    when its own draw says no (about 21 ms of a 48^3 patch's 27 ms of fixed
-    augmentation cost on one CPU thread, ``bench/patch_loading.py``), so with
-    ``p_elastic`` 0.05 the loaders spent that on 95 % of the patches for nothing.
+    when its own draw says no, so with ``p_elastic`` 0.05 the loaders paid for a
+    resampling on 95 % of the patches for nothing: with every probability 0 a
+    48^3 patch cost 98 ms ungated against 20 ms gated, and the defaults 163 ms
+    against 71 ms (``bench/patch_loading.py``, docs/benchmarks.md section 8).
     Seeded with the rest of the pipeline (``set_random_state`` reaches the
     wrapped transform too), so a patch stays fixed by its seed.
     """
