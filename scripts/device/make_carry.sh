@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from training.synth.anatomy import PARENCHYMA, TRAIN_SUBJECTS
+from training.synth.anatomy import TRAIN_SUBJECTS, brain_box
 
 MARGIN = 24  # > the synthesiser's 20 mm, so its own crop of this crop is the same box
 shared, out = Path(sys.argv[1]), Path(sys.argv[2])
@@ -45,9 +45,7 @@ for n in TRAIN_SUBJECTS:
     array = sitk.GetArrayFromImage(image)  # (z, y, x)
     if not np.array_equal(array, np.rint(array)) or np.abs(array).max() > 32767:
         raise SystemExit(f"{src}: labels are not int16 integers")
-    brain = np.argwhere(np.isin(np.rint(array).astype(np.int16), PARENCHYMA))
-    lo = np.maximum(brain.min(0) - MARGIN, 0)
-    hi = np.minimum(brain.max(0) + MARGIN + 1, array.shape)
+    lo, hi = brain_box(np.rint(array).astype(np.int16), MARGIN)
     size = [int(s) for s in (hi - lo)[::-1]]  # SimpleITK index order (x, y, z)
     crop = sitk.RegionOfInterest(image, size, [int(i) for i in lo[::-1]])
     sitk.WriteImage(sitk.Cast(crop, sitk.sitkInt16), str(out / f"training_seg_{n:02d}.nii"))

@@ -164,6 +164,16 @@ def _mars_map(labels: npt.NDArray[np.int16]) -> npt.NDArray[np.int8]:
     return mars
 
 
+def brain_box(
+    labels: npt.NDArray[np.integer], margin: int
+) -> tuple[npt.NDArray[np.int_], npt.NDArray[np.int_]]:
+    """Index bounds ``[lo, hi)`` of the parenchyma plus ``margin`` voxels, clipped to the map."""
+    brain = np.argwhere(np.isin(labels, PARENCHYMA))
+    lo = np.maximum(brain.min(0) - margin, 0)
+    hi = np.minimum(brain.max(0) + margin + 1, labels.shape)
+    return lo, hi
+
+
 # All 20 subjects fit (~30 MB each): pools cycle through the subjects, so a
 # smaller cache would never hit and every case would pay ~5 s to reload.
 @functools.lru_cache(maxsize=20)
@@ -181,9 +191,7 @@ def load_subject(number: int, margin_mm: int = 20) -> Subject:
     if not path.is_file():
         raise FileNotFoundError(f"label map {path} is missing (see the shared data README)")
     labels, affine = _read_label_map(str(path))
-    brain = np.argwhere(np.isin(labels, PARENCHYMA))
-    lo = np.maximum(brain.min(0) - margin_mm, 0)
-    hi = np.minimum(brain.max(0) + margin_mm + 1, labels.shape)
+    lo, hi = brain_box(labels, margin_mm)
     labels = np.ascontiguousarray(labels[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])
     affine = affine.copy()
     affine[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
