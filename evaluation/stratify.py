@@ -95,6 +95,9 @@ SCAN_STRATA: dict[str, Callable[[Mapping[str, Any]], str | None]] = {
     "slice_thickness": lambda a: _bin(_num(a, "slice_thickness_mm"), THICKNESS_BINS_MM, "mm"),
     "vendor": _vendor,
     "acquisition_type": _text("acquisition_type"),
+    # the synthetic engine's tissue contrast ("prior": around each sequence's tissue means;
+    # "random": SynthSeg-style random means); absent from real data, so omitted there
+    "synthetic_contrast": _text("contrast_mode"),
 }
 
 

@@ -38,6 +38,7 @@ def test_stratification_and_per_cmb_rows(dataset: tuple[Path, Path]) -> None:
     assert scan["field_strength"]["1.5 T"]["n_truth"] == 0
     assert scan["vendor"] == {"SIEMENS": scan["vendor"]["SIEMENS"]}
     assert set(scan) >= {"sequence", "echo_time", "slice_thickness", "acquisition_type"}
+    assert "synthetic_contrast" not in scan  # no case has a contrast_mode: omitted
     cmb = r.metrics["stratified"]["cmb"]
     assert cmb["mars"]["lobar"]["recall"] == 1.0
     assert cmb["mars"]["deep"]["recall"] == 0.0

@@ -147,3 +147,23 @@ def test_region_rows_join_freesurfer_and_location_filter_spellings() -> None:
     region = rows["cmb"]["region"]
     assert set(region) == {wm, "left putamen"}
     assert (region[wm]["tp"], region[wm]["fp"], region[wm]["n_truth"]) == (1, 1, 1)
+
+
+def test_synthetic_contrast_is_a_scan_stratum_of_synthetic_cases_only() -> None:
+    """The engine's contrast_mode splits the scans; a case without it goes to unknown."""
+    points = [{"center_lps_mm": [0.0, 0.0, 0.0], "diameter_mm": 3.0}]
+    truth = {
+        "p": CaseTruth.from_points("p", points, {"contrast_mode": "prior"}),
+        "r": CaseTruth.from_points("r", points, {"contrast_mode": "random"}),
+        "x": CaseTruth.from_points("x", points, {"sequence": "swi"}),
+    }
+    preds = {
+        "p": CasePrediction("p", (_pred(1, 0.0, 0.9),)),
+        "r": CasePrediction("r", ()),
+        "x": CasePrediction("x", ()),
+    }
+    scan = evaluate_cases(truth, preds, EvaluationConfig(n_bootstrap=0)).metrics["stratified"]
+    contrast = scan["scan"]["synthetic_contrast"]
+    assert contrast["prior"]["recall"] == 1.0
+    assert contrast["random"]["recall"] == 0.0
+    assert contrast["unknown"]["n_truth"] == 1
