@@ -46,8 +46,8 @@ from model.infer import predict_probability
 from model.onnx_model import OnnxModel, default_model_path
 from model.preprocess import prepare, resample_like
 from model.types import Detection, Volume
-from training.data import list_cases, load_volumes
-from training.parcellation.filter_effect import load_outputs
+from training.data import load_volumes
+from training.parcellation.filter_effect import cached_cases
 
 #: Scale-space of the blob detector, in voxels of the 1 mm grid (a 3D blob of
 #: radius r answers most at sigma = r / sqrt(3): 1.4 to 4.3 mm across).
@@ -284,14 +284,11 @@ def run(
     out.parent.mkdir(parents=True, exist_ok=True)
     cases = []
     with out.open("w") as f:
-        for ref in list_cases([data]):
-            path = cache / f"{ref.case_id}.pkl"
-            if not path.is_file():
-                print(f"{ref.case_id}: no cached outputs in {cache}, skipped")
-                continue
-            cached = load_outputs(path)
+        for ref, cached in cached_cases(data, cache):
             if cached.unet and cached.unet != unet_identity(unet):
-                raise SystemExit(f"{path} holds candidates of {cached.unet}, not of this U-Net")
+                raise SystemExit(
+                    f"{cache}: {ref.case_id} holds candidates of {cached.unet}, not of this U-Net"
+                )
             image, _ = load_volumes(ref)
             probability = predict_probability(image, unet, overlap=overlap)
             truth = ref.record.get("cmbs") or []

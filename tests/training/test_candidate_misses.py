@@ -144,3 +144,23 @@ def test_main_measures_a_cached_case_with_the_shipped_networks(tmp_path: Path) -
     assert case["blobs"]["truth_best"][0] is not None  # the dark spot is a scored blob
     summary = json.loads(out.with_suffix(".summary.json").read_text())
     assert summary["n_cmbs"] == 1 and summary["blobs"]["missed_cmbs_with_a_blob"] == 1
+
+
+def test_main_refuses_a_cache_made_behind_another_unet(tmp_path: Path) -> None:
+    """The peaks would come from one network and the candidates from another."""
+    import pytest
+
+    from model.volume import write_nifti
+    from training.parcellation.filter_effect import save_outputs
+
+    volume = Volume(np.zeros((8, 8, 8), np.float32), np.eye(4))
+    data = tmp_path / "data"
+    data.mkdir()
+    write_nifti(volume, data / "c1.nii.gz")
+    write_nifti(volume, data / "c1_label.nii.gz")
+    record = {"case_id": "c1", "image": "c1.nii.gz", "label": "c1_label.nii.gz", "cmbs": []}
+    (data / "cases.jsonl").write_text(json.dumps(record) + "\n")
+    save_outputs(tmp_path / "cache" / "c1.pkl", [], volume, volume, "cmb_unet 0.0 sha256:00", 0.3)
+    args = ["--data", str(data), "--cache", str(tmp_path / "cache")]
+    with pytest.raises(SystemExit, match=r"holds candidates of cmb_unet 0\.0 sha256:00"):
+        main([*args, "--out", str(tmp_path / "m.jsonl")])

@@ -35,7 +35,7 @@ import csv
 import dataclasses
 import json
 import pickle
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -244,6 +244,16 @@ def load_outputs(path: Path) -> CachedOutputs:
         payload.get("unet", ""),
         payload.get("unet_threshold"),
     )
+
+
+def cached_cases(data: Path, cache: Path) -> Iterator[tuple[CaseRef, CachedOutputs]]:
+    """The cases of ``data`` with the outputs a ``--cache`` run kept (others skipped, and said)."""
+    for ref in list_cases([data]):
+        path = cache / f"{ref.case_id}.pkl"
+        if not path.is_file():
+            print(f"{ref.case_id}: no cached outputs in {cache}, skipped")
+            continue
+        yield ref, load_outputs(path)
 
 
 def _region_features(region: Region, det: Detection, frame: BrainFrame | None) -> dict[str, Any]:
@@ -488,12 +498,7 @@ def replay(
     cases_file.unlink(missing_ok=True)
     configs = configs or configurations()
     done: list[dict[str, Any]] = []
-    for ref in list_cases([data]):
-        path = cache / f"{ref.case_id}.pkl"
-        if not path.is_file():
-            print(f"{ref.case_id}: no cached outputs in {cache}, skipped")
-            continue
-        cached = load_outputs(path)
+    for ref, cached in cached_cases(data, cache):
         image, _ = load_volumes(ref)
         detections = cached.detections
         if classifier is not None:
