@@ -88,10 +88,16 @@ class ValConfig:
     overlap: float = 0.25
     #: the metric that selects the best checkpoint: "recall_at_fp" or "f1"
     select_by: str = "recall_at_fp"
+    #: also measure, at each validation, the recall on this many training cases (the
+    #: first by case id) at the lowest threshold: whether the network fits the data it
+    #: trains on (the shipped U-Net 0.5.0 did not: docs/model-card.md); 0 = off
+    fit_cases: int = 0
 
     def __post_init__(self) -> None:
         if self.every <= 0:
             raise ValueError("val.every must be positive")
+        if self.fit_cases < 0:
+            raise ValueError("val.fit_cases must be >= 0")
         if not self.thresholds or any(not 0.0 < t < 1.0 for t in self.thresholds):
             raise ValueError("val.thresholds must be non-empty values in (0, 1)")
         if self.select_by not in ("recall_at_fp", "f1"):

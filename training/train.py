@@ -26,6 +26,7 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,8 @@ CSV_FIELDS = [
     "fp_per_scan",
     "f1",
     "score",
+    "fit_recall",
+    "fit_recall_ge3mm",
 ]
 
 
@@ -362,6 +365,9 @@ def train(
                 ),
             )
             summary = validation["summary"]
+            if config.val.fit_cases:
+                validation["fit"] = _fit(candidate, train_refs, config)
+                row.update({f"fit_{k}": validation["fit"][k] for k in ("recall", "recall_ge3mm")})
             score = score_of(summary, config.val.select_by, config.val.max_fp_per_scan)
             row.update({k: summary.get(k) for k in CSV_FIELDS if k in summary})
             row["score"] = round(score, 6)
@@ -503,10 +509,33 @@ def _describe_data(train: list[CaseRef], val: list[CaseRef]) -> str:
     )
 
 
+def _fit(candidate: Path, train_refs: Sequence[CaseRef], config: TrainConfig) -> dict[str, Any]:
+    """Recall on the first ``val.fit_cases`` training cases at the lowest validation threshold."""
+    from training.validate import validate_model
+
+    refs = sorted(train_refs, key=lambda r: r.case_id)[: config.val.fit_cases]
+    lowest = min(config.val.thresholds)
+    report = validate_model(
+        candidate, refs, (lowest,), overlap=config.val.overlap, threads=torch.get_num_threads()
+    )
+    summary = report["summary"]
+    return {
+        "cases": len(refs),
+        "threshold": lowest,
+        "recall": summary.get("recall"),
+        "recall_ge3mm": summary.get("recall_ge3mm"),
+        "fp_per_scan": summary.get("fp_per_scan"),
+    }
+
+
 def _write_csv(path: Path, row: dict[str, Any]) -> None:
-    new = not path.is_file()
+    new = not path.is_file() or path.stat().st_size == 0
+    fields = CSV_FIELDS
+    if not new:  # a resumed run keeps the columns its file was started with
+        with path.open(newline="") as f:
+            fields = next(csv.reader(f), []) or CSV_FIELDS
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
             writer.writeheader()
         writer.writerow(row)

@@ -318,3 +318,34 @@ def test_an_equal_score_with_fewer_false_positives_is_the_better_epoch() -> None
     assert not improves(0.58, {"fp_per_scan": 48.0}, 0.58, best)
     assert not improves(0.57, {"fp_per_scan": 1.0}, 0.58, best)
     assert not improves(0.58, {"fp_per_scan": None}, 0.58, best)
+
+
+def test_fit_cases_log_the_recall_on_training_cases(layout, tmp_path) -> None:
+    """val.fit_cases: each validation also measures the recall on the first training cases."""
+    train_dir, val_dir = layout
+    base = tiny_config(train_dir, val_dir, epochs=1)
+    cfg = config_from_dict({**base.to_dict(), "val": {**base.to_dict()["val"], "fit_cases": 2}})
+    train(cfg, tmp_path / "run", progress=False)
+    (row,) = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert 0.0 <= float(row["fit_recall"]) <= 1.0
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
+    fit = ckpt["validation"]["fit"]
+    assert (fit["cases"], fit["threshold"]) == (2, 0.3)  # the lowest validation threshold
+    assert fit["recall"] == float(row["fit_recall"])
+    with pytest.raises(ValueError, match="fit_cases"):
+        config_from_dict({**base.to_dict(), "val": {**base.to_dict()["val"], "fit_cases": -1}})
+
+
+def test_a_resumed_metrics_file_keeps_its_columns(tmp_path) -> None:
+    """A run started before a column was added appends rows that still match its header."""
+    from training.train import _write_csv
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,train_loss\n1,0.5\n")
+    _write_csv(path, {"epoch": 2, "train_loss": 0.4, "fit_recall": 0.7})
+    rows = list(csv.DictReader(path.open()))
+    assert rows[1] == {"epoch": "2", "train_loss": "0.4"}
+    fresh = tmp_path / "fresh.csv"
+    _write_csv(fresh, {"epoch": 1, "fit_recall": 0.7})
+    (row,) = list(csv.DictReader(fresh.open()))
+    assert row["fit_recall"] == "0.7"
