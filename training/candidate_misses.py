@@ -279,7 +279,11 @@ def run(
 ) -> dict[str, Any]:
     """One line per case to ``out`` (jsonl, written afresh); returns :func:`summarise`."""
     unet = OnnxModel.load(unet_path or default_model_path("cmb_segmentation"), device="cpu")
-    classifier = OnnxModel.load(default_model_path(CLASSIFIER_TASK), device="cpu")
+    classifier = (  # scores the blobs only
+        OnnxModel.load(default_model_path(CLASSIFIER_TASK), device="cpu")
+        if blob_threshold is not None
+        else None
+    )
     radius = MatchRule().radius_mm
     out.parent.mkdir(parents=True, exist_ok=True)
     cases = []
@@ -299,7 +303,7 @@ def run(
                     ref.case_id, truth, cached.detections, cached.labels, probability
                 ),
             }
-            if blob_threshold is not None:
+            if classifier is not None and blob_threshold is not None:
                 blobs = blob_candidates(
                     image,
                     classifier,

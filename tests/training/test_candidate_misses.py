@@ -145,6 +145,11 @@ def test_main_measures_a_cached_case_with_the_shipped_networks(tmp_path: Path) -
     summary = json.loads(out.with_suffix(".summary.json").read_text())
     assert summary["n_cmbs"] == 1 and summary["blobs"]["missed_cmbs_with_a_blob"] == 1
 
+    assert main(args) == 0  # without --blob-threshold: the misses only, no classifier
+    (case,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert "blobs" not in case and case["cmbs"][0]["matched"] is False
+    assert "blobs" not in json.loads(out.with_suffix(".summary.json").read_text())
+
 
 def test_main_refuses_a_cache_made_behind_another_unet(tmp_path: Path) -> None:
     """The peaks would come from one network and the candidates from another."""
