@@ -41,7 +41,7 @@ from scipy import ndimage as ndi
 from evaluation.cases import PredCMB, parse_cmbs
 from evaluation.matching import MatchRule, match_case
 from model.candidate_classifier import TASK as CLASSIFIER_TASK
-from model.candidate_classifier import classify_candidates, unet_identity
+from model.candidate_classifier import extract_patches, score_patches, unet_identity
 from model.infer import predict_probability
 from model.onnx_model import OnnxModel, default_model_path
 from model.preprocess import prepare, resample_like
@@ -194,9 +194,16 @@ def blob_candidates(
                 probability=0.0,
             )
         )
-    classify_candidates(image, blobs, classifier, threshold=0.0, tta=False)
-    again = [d for d in blobs if d.probability >= PRESCREEN]
-    classify_candidates(image, again, classifier, threshold=0.0)
+    # scored on the image prepared above, as classify_candidates scores (it would prepare
+    # it again for each of the two passes)
+    patches = extract_patches(
+        prepared, [b.center_lps_mm for b in blobs], classifier.metadata.patch_size
+    )
+    scores = score_patches(classifier, patches, tta=False)
+    again = np.flatnonzero(scores >= PRESCREEN)
+    scores[again] = score_patches(classifier, patches[again])
+    for blob, score in zip(blobs, np.clip(scores, 0.0, 1.0), strict=True):
+        blob.probability = float(score)
     return blobs
 
 
