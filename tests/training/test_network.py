@@ -11,7 +11,7 @@ import torch
 
 from training.augment import AugmentConfig, build_augmentation
 from training.config import TrainConfig, config_from_dict, load_config
-from training.losses import LossConfig, build_loss
+from training.losses import LossConfig, build_loss, small_cmb_weights
 from training.network import NetworkConfig, ProbabilityHead, build_network, check_patch_size
 
 TINY = NetworkConfig(features=(4, 4, 8, 8, 16, 4))
@@ -73,6 +73,49 @@ def test_positive_weight_pulls_saturated_cmb_voxels_up() -> None:
         LossConfig(pos_weight=0)
     with pytest.raises(ValueError, match="kind"):
         LossConfig(kind="ce")
+
+
+def test_small_cmb_weights_give_each_small_cmb_the_weight_of_a_reference_one() -> None:
+    target = torch.zeros(2, 1, 16, 16, 16)
+    target[0, 0, 2, 2, 2] = 1  # 1 voxel
+    target[0, 0, 8:10, 8, 8] = 1  # 2 voxels
+    target[1, 0, 4:8, 4:8, 4:8] = 1  # 64 voxels: larger than the reference
+    factor = small_cmb_weights(target, 14.0)
+    assert float(factor[0, 0, 2, 2, 2]) == pytest.approx(14.0)
+    assert float(factor[0, 0, 8, 8, 8]) == pytest.approx(7.0)
+    assert float(factor[0, 0, 9, 8, 8]) == pytest.approx(7.0)
+    assert float(factor[1, 0, 5, 5, 5]) == pytest.approx(1.0)
+    # each small CMB now carries the summed weight of a 14-voxel one
+    assert float((factor * target)[0].sum()) == pytest.approx(28.0)
+    assert float(factor[target == 0].max()) == 1.0
+
+
+def test_small_cmb_voxels_off_is_the_plain_weighted_bce_and_on_pulls_small_cmbs_harder() -> None:
+    target = torch.zeros(1, 1, 16, 16, 16)
+    target[0, 0, 3, 3, 3] = 1  # a 1-voxel CMB
+    target[0, 0, 8:12, 8:12, 8:12] = 1  # a 64-voxel one
+    logits = torch.randn_like(target)
+    plain = build_loss(LossConfig(dice_weight=0.0))
+    reference = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, target, pos_weight=torch.tensor([20.0])
+    )
+    assert float(plain(logits, target)) == pytest.approx(float(reference), rel=1e-6)
+    # with a reference below every CMB's size the weighted path equals the plain BCE
+    assert float(
+        build_loss(LossConfig(dice_weight=0.0, small_cmb_voxels=1.0))(logits, target)
+    ) == pytest.approx(float(reference), rel=1e-5)
+    grads = {}
+    for voxels in (0.0, 14.0):
+        leaf = torch.full_like(target, -4.0, requires_grad=True)
+        build_loss(LossConfig(small_cmb_voxels=voxels))(leaf, target).backward()
+        assert leaf.grad is not None
+        grads[voxels] = (float(-leaf.grad[0, 0, 3, 3, 3]), float(-leaf.grad[0, 0, 9, 9, 9]))
+    assert grads[14.0][0] > 10 * grads[0.0][0]  # the 1-voxel CMB: ~14x the pull
+    assert grads[14.0][1] == pytest.approx(grads[0.0][1], rel=1e-4)  # the large one: unchanged
+    with pytest.raises(ValueError, match="small_cmb_voxels"):
+        LossConfig(small_cmb_voxels=-1)
+    with pytest.raises(ValueError, match="dice_bce"):
+        LossConfig(kind="dice_focal", small_cmb_voxels=14)
 
 
 def test_loss_gradient_reaches_the_network() -> None:
