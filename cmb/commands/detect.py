@@ -26,7 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--threshold", type=float, default=None, help="override model threshold")
-    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap [0, 1)")
+    p.add_argument(
+        "--overlap",
+        type=float,
+        default=0.0,
+        help="sliding-window overlap of the U-Net [0, 1) (default 0, as validated)",
+    )
     p.add_argument(
         "--series",
         dest="series_uid",

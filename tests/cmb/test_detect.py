@@ -325,3 +325,13 @@ def test_location_filter_off_is_recorded(tmp_path: Path, study_dir: Path, test_m
     payload = json.loads(next(out.glob("*/detections.json")).read_text())
     assert payload["location_filter"] == {"method": "off", "reason": "switched off by the user"}
     assert all(d["status"] == "kept" for d in payload["detections"])
+
+
+def test_default_overlap_is_the_validated_one() -> None:
+    """Every shipped number (docs/model-card.md) was measured at sliding-window overlap 0."""
+    from cmb.cli import build_parser
+    from model.pipeline import PipelineOptions
+
+    assert PipelineOptions().overlap == 0.0
+    args = build_parser().parse_args(["detect", "in", "--out", "out"])
+    assert args.overlap == PipelineOptions().overlap

@@ -44,7 +44,7 @@ class PipelineOptions:
     threads: int | None = None
     tta: bool = False
     threshold: float | None = None
-    overlap: float = 0.5
+    overlap: float = 0.0
     series_uid: str | None = None
     outputs: tuple[str, ...] = ("seg", "sr")
 
