@@ -7,8 +7,9 @@ Two kinds of strata:
   from the truth (cases.jsonl) and, for keys it lacks, from detections.json.
   Each value gets the global detection metrics of its scans, the per-scan
   mean recall and the mean Dice of its matched CMBs.  Continuous values are binned (bins below).
-* **CMB strata** (each CMB belongs to one value): size bin, MARS category,
-  region, lobe.  Recall = TP / n_truth of the true CMBs in the value; precision
+* **CMB strata** (each CMB belongs to one value): size bin (true diameter),
+  apparent size bin (apparent diameter, where the truth has one), MARS
+  category, region, lobe.  Recall = TP / n_truth of the true CMBs in the value; precision
   counts a true positive in its *true* CMB's value and a false positive in the
   value of its *own* predicted attribute (its diameter, MARS, region), so
   precision per value = TP / (TP + FP) with those assignments.  Dice per
@@ -123,6 +124,12 @@ def region_name(name: str | None) -> str | None:
 
 CMB_STRATA: dict[str, tuple[Callable[[TruthCMB], str | None], Callable[[PredCMB], str | None]]] = {
     "size": (lambda t: size_bin(t.diameter_mm), lambda p: size_bin(p.diameter_mm)),
+    # What a reader measures (blooming included) and what the quality floors are set on;
+    # a detection's own diameter is measured on the image, so it is an apparent one too.
+    "apparent_size": (
+        lambda t: size_bin(t.diameter_apparent_mm),
+        lambda p: size_bin(p.diameter_mm),
+    ),
     "mars": (lambda t: t.mars, lambda p: p.mars),
     "region": (lambda t: region_name(t.region), lambda p: region_name(p.region)),
     "lobe": (lambda t: t.lobe, lambda p: p.lobe),

@@ -167,3 +167,27 @@ def test_synthetic_contrast_is_a_scan_stratum_of_synthetic_cases_only() -> None:
     assert contrast["prior"]["recall"] == 1.0
     assert contrast["random"]["recall"] == 0.0
     assert contrast["unknown"]["n_truth"] == 1
+
+
+def test_apparent_size_bins_the_apparent_diameter_and_false_positives_by_their_own() -> None:
+    """A 1.5 mm CMB that blooms to 3.5 mm is <2 mm by size and 3-5 mm by apparent size."""
+    points = [
+        {"center_lps_mm": [0.0, 0.0, 0.0], "diameter_true_mm": 1.5, "diameter_apparent_mm": 3.5},
+        {"center_lps_mm": [20.0, 0.0, 0.0], "diameter_true_mm": 1.0, "diameter_apparent_mm": 1.8},
+    ]
+    truth = {"a": CaseTruth.from_points("a", points, {})}
+    fp = PredCMB(id=2, center_lps_mm=(40.0, 0.0, 0.0), probability=0.9, diameter_mm=6.0)
+    preds = {"a": CasePrediction("a", (_pred(1, 0.0, 0.9), fp))}
+    cmb = evaluate_cases(truth, preds, EvaluationConfig(n_bootstrap=0)).metrics["stratified"]["cmb"]
+    assert cmb["size"]["<2 mm"]["n_truth"] == 2
+    assert cmb["size"]["<2 mm"]["tp"] == 1
+    apparent = cmb["apparent_size"]
+    assert apparent["3-5 mm"] == {**apparent["3-5 mm"], "n_truth": 1, "tp": 1, "fp": 0}
+    assert apparent["<2 mm"]["n_truth"] == 1
+    assert apparent["<2 mm"]["tp"] == 0
+    assert apparent["5-10 mm"]["fp"] == 1  # the false positive, by its own measured diameter
+    assert apparent["5-10 mm"]["n_truth"] == 0
+
+
+def test_apparent_size_is_left_out_when_no_truth_records_it() -> None:
+    assert "apparent_size" not in _evaluate().metrics["stratified"]["cmb"]
