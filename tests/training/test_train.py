@@ -349,3 +349,17 @@ def test_a_resumed_metrics_file_keeps_its_columns(tmp_path) -> None:
     _write_csv(fresh, {"epoch": 1, "fit_recall": 0.7})
     (row,) = list(csv.DictReader(fresh.open()))
     assert row["fit_recall"] == "0.7"
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).resolve().parents[2] / "training" / "configs").glob("*.json")),
+    ids=lambda p: p.name,
+)
+def test_every_committed_training_config_loads(path: Path) -> None:
+    """The recipes the model card cites parse (unknown keys are refused) and round-trip."""
+    from training.config import load_config
+
+    config = load_config(path)
+    assert config.data.train
+    assert config_from_dict(config.to_dict()) == config  # what a run saves, it reloads
