@@ -125,9 +125,7 @@ def build_loss(config: LossConfig | None = None) -> torch.nn.Module:
     """Loss taking logits ``[N, 1, D, H, W]`` and a binary target of the same shape."""
     cfg = config or LossConfig()
     if cfg.kind == "dice_bce":
-        return DiceBCELoss(
-            cfg.dice_weight, cfg.focal_weight, cfg.pos_weight, cfg.small_cmb_voxels
-        )
+        return DiceBCELoss(cfg.dice_weight, cfg.focal_weight, cfg.pos_weight, cfg.small_cmb_voxels)
     return DiceFocalLoss(
         sigmoid=True,
         batch=True,  # one Dice over the batch: negative patches contribute, no 0/0
