@@ -70,7 +70,7 @@ class PipelineOptions:
     tta: bool = False
     threshold: float | None = None  # None: the threshold stored in the model
     # Sliding-window overlap of the U-Net: 0, as every shipped number was measured
-    # (docs/model-card.md); 0.5 found no more CMBs on the selection set at twice the time.
+    # (docs/model-card.md); 0.5 found no more CMBs on the selection set, at ~4x the windows.
     overlap: float = 0.0
     series_uid: str | None = None  # force this series instead of the rules' choice
     outputs: tuple[str, ...] = ("seg", "sr")

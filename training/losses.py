@@ -15,8 +15,8 @@ produce a 0/0 Dice) rewards overlap.  The voxel-wise term is either
 
 Both terms count voxels, so a 5 mm microbleed (~65 voxels at 1 mm) weighs
 as much as thirty 1.5 mm ones (~2 voxels each), and the network can ignore
-the small ones at little cost: the shipped U-Net finds 0.29 of the held-out
-CMBs under 2 mm.  ``small_cmb_voxels`` (``dice_bce`` only) gives every CMB
+the small ones at little cost: the shipped product finds 0.29 of the held-out
+CMBs under 2 mm (true diameter).  ``small_cmb_voxels`` (``dice_bce`` only) gives every CMB
 smaller than that many voxels (26-connected, within the patch) the BCE
 weight of one that big: each of its voxels' ``pos_weight`` is multiplied by
 ``small_cmb_voxels / volume``; larger CMBs keep their weight.
