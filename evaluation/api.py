@@ -116,6 +116,8 @@ class EvaluationResult:
                     _row(m.case_id, "truth", i, t.label, t.center_lps_mm, t.diameter_mm)
                     | {
                         "outcome": "TP" if pair else "FN",
+                        "diameter_apparent_mm": t.diameter_apparent_mm,
+                        "apparent_size_bin": size_bin(t.diameter_apparent_mm),
                         "probability": m.preds[pair.pred_index].probability if pair else None,
                         "matched_id": m.preds[pair.pred_index].id if pair else None,
                         "distance_mm": pair.distance_mm if pair else None,
@@ -134,6 +136,8 @@ class EvaluationResult:
                     _row(m.case_id, "pred", j, p.id, p.center_lps_mm, p.diameter_mm)
                     | {
                         "outcome": "TP" if pair else "FP",
+                        # a detection's diameter is measured on the image: an apparent one
+                        "apparent_size_bin": size_bin(p.diameter_mm),
                         "probability": p.probability,
                         "matched_id": matched_label if pair else None,
                         "distance_mm": pair.distance_mm if pair else None,

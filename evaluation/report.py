@@ -270,8 +270,8 @@ def write_plots(result: EvaluationResult, out_dir: Path) -> list[str]:
 
 PER_CMB_FIELDS = (
     "case_id", "kind", "index", "id", "outcome", "matched_id", "distance_mm", "iou", "dice",
-    "probability", "x_mm", "y_mm", "z_mm", "diameter_mm", "size_bin", "region", "mars", "lobe",
-    "status",
+    "probability", "x_mm", "y_mm", "z_mm", "diameter_mm", "size_bin", "diameter_apparent_mm",
+    "apparent_size_bin", "region", "mars", "lobe", "status",
 )  # fmt: skip
 
 

@@ -187,6 +187,12 @@ def test_apparent_size_bins_the_apparent_diameter_and_false_positives_by_their_o
     assert apparent["<2 mm"]["tp"] == 0
     assert apparent["5-10 mm"]["fp"] == 1  # the false positive, by its own measured diameter
     assert apparent["5-10 mm"]["n_truth"] == 0
+    rows = evaluate_cases(truth, preds, EvaluationConfig(n_bootstrap=0)).per_cmb_rows()
+    by_kind = {(r["kind"], r["index"]): r for r in rows}
+    assert by_kind[("truth", 0)]["size_bin"] == "<2 mm"
+    assert by_kind[("truth", 0)]["diameter_apparent_mm"] == 3.5
+    assert by_kind[("truth", 0)]["apparent_size_bin"] == "3-5 mm"
+    assert by_kind[("pred", 1)]["apparent_size_bin"] == "5-10 mm"
 
 
 def test_apparent_size_is_left_out_when_no_truth_records_it() -> None:
