@@ -19,6 +19,7 @@ from evaluation.api import EvaluationResult
 PLOTS = {
     "froc": "froc.png",
     "size": "recall_by_size.png",
+    "apparent_size": "recall_by_apparent_size.png",
     "slice_thickness": "recall_by_slice_thickness.png",
     "region": "recall_by_region.png",
 }
@@ -256,7 +257,7 @@ def write_plots(result: EvaluationResult, out_dir: Path) -> list[str]:
         if file is not None:
             written.append(file)
     strata = {**result.metrics["stratified"]["scan"], **result.metrics["stratified"]["cmb"]}
-    for key in ("size", "slice_thickness", "region"):
+    for key in ("size", "apparent_size", "slice_thickness", "region"):
         if key not in strata:
             continue
         fig, ax = plt.subplots(figsize=(5, 4))
@@ -270,8 +271,10 @@ def write_plots(result: EvaluationResult, out_dir: Path) -> list[str]:
 
 PER_CMB_FIELDS = (
     "case_id", "kind", "index", "id", "outcome", "matched_id", "distance_mm", "iou", "dice",
-    "probability", "x_mm", "y_mm", "z_mm", "diameter_mm", "size_bin", "diameter_apparent_mm",
-    "apparent_size_bin", "region", "mars", "lobe", "status",
+    "probability", "x_mm", "y_mm", "z_mm", "diameter_mm", "size_bin", "region", "mars", "lobe",
+    "status",
+    # appended (2026-11), so that readers by column position keep working
+    "diameter_apparent_mm", "apparent_size_bin",
 )  # fmt: skip
 
 

@@ -169,7 +169,9 @@ def test_synthetic_contrast_is_a_scan_stratum_of_synthetic_cases_only() -> None:
     assert contrast["unknown"]["n_truth"] == 1
 
 
-def test_apparent_size_bins_the_apparent_diameter_and_false_positives_by_their_own() -> None:
+def test_apparent_size_bins_the_apparent_diameter_and_false_positives_by_their_own(
+    tmp_path: Path,
+) -> None:
     """A 1.5 mm CMB that blooms to 3.5 mm is <2 mm by size and 3-5 mm by apparent size."""
     points = [
         {"center_lps_mm": [0.0, 0.0, 0.0], "diameter_true_mm": 1.5, "diameter_apparent_mm": 3.5},
@@ -187,13 +189,21 @@ def test_apparent_size_bins_the_apparent_diameter_and_false_positives_by_their_o
     assert apparent["<2 mm"]["tp"] == 0
     assert apparent["5-10 mm"]["fp"] == 1  # the false positive, by its own measured diameter
     assert apparent["5-10 mm"]["n_truth"] == 0
-    rows = evaluate_cases(truth, preds, EvaluationConfig(n_bootstrap=0)).per_cmb_rows()
+    result = evaluate_cases(truth, preds, EvaluationConfig(n_bootstrap=0))
+    rows = result.per_cmb_rows()
     by_kind = {(r["kind"], r["index"]): r for r in rows}
     assert by_kind[("truth", 0)]["size_bin"] == "<2 mm"
     assert by_kind[("truth", 0)]["diameter_apparent_mm"] == 3.5
     assert by_kind[("truth", 0)]["apparent_size_bin"] == "3-5 mm"
     assert by_kind[("pred", 1)]["apparent_size_bin"] == "5-10 mm"
+    write_report(result, tmp_path)
+    assert (tmp_path / "recall_by_apparent_size.png").read_bytes()[:4] == b"\x89PNG"
+    assert "By CMB apparent_size" in (tmp_path / "report.md").read_text()
 
 
-def test_apparent_size_is_left_out_when_no_truth_records_it() -> None:
-    assert "apparent_size" not in _evaluate().metrics["stratified"]["cmb"]
+def test_apparent_size_is_left_out_when_no_truth_records_it(tmp_path: Path) -> None:
+    result = _evaluate()
+    assert "apparent_size" not in result.metrics["stratified"]["cmb"]
+    write_report(result, tmp_path)
+    assert (tmp_path / "recall_by_size.png").is_file()
+    assert not (tmp_path / "recall_by_apparent_size.png").exists()
