@@ -28,7 +28,13 @@ from evaluation.io import load_predictions, load_truth, pair_cases, read_image, 
 from evaluation.matching import CaseMatch, MatchKind, MatchRule, iou_matrix, match_case
 from evaluation.metrics import detection_metrics, per_scan_metrics
 from evaluation.segmentation import ScanSegmentation, scan_segmentation, segmentation_metrics
-from evaluation.stratify import CMB_STRATA_NOTE, size_bin, stratify_cmbs, stratify_scans
+from evaluation.stratify import (
+    CMB_STRATA,
+    CMB_STRATA_NOTE,
+    size_bin,
+    stratify_cmbs,
+    stratify_scans,
+)
 from evaluation.valdo import valdo_predictions, valdo_truth
 
 METRICS_SCHEMA_VERSION = "1.1"
@@ -117,7 +123,7 @@ class EvaluationResult:
                     | {
                         "outcome": "TP" if pair else "FN",
                         "diameter_apparent_mm": t.diameter_apparent_mm,
-                        "apparent_size_bin": size_bin(t.diameter_apparent_mm),
+                        "apparent_size_bin": CMB_STRATA["apparent_size"][0](t),
                         "probability": m.preds[pair.pred_index].probability if pair else None,
                         "matched_id": m.preds[pair.pred_index].id if pair else None,
                         "distance_mm": pair.distance_mm if pair else None,
@@ -136,8 +142,7 @@ class EvaluationResult:
                     _row(m.case_id, "pred", j, p.id, p.center_lps_mm, p.diameter_mm)
                     | {
                         "outcome": "TP" if pair else "FP",
-                        # a detection's diameter is measured on the image: an apparent one
-                        "apparent_size_bin": size_bin(p.diameter_mm),
+                        "apparent_size_bin": CMB_STRATA["apparent_size"][1](p),
                         "probability": p.probability,
                         "matched_id": matched_label if pair else None,
                         "distance_mm": pair.distance_mm if pair else None,

@@ -103,21 +103,12 @@ class DiceBCELoss(torch.nn.Module):
         self.small_cmb_voxels = float(small_cmb_voxels)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.small_cmb_voxels:
-            # weight = 1 + (pos_weight * factor - 1) * target: BCE's pos_weight, per voxel
-            factor = small_cmb_weights(target, self.small_cmb_voxels)
-            positive = self.pos_weight * factor
-            log_p = torch.nn.functional.logsigmoid(logits)
-            log_not_p = torch.nn.functional.logsigmoid(-logits)
-            bce = -(positive * target * log_p + (1.0 - target) * log_not_p).mean()
-        else:
-            bce = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits,
-                target,
-                pos_weight=torch.tensor(
-                    [self.pos_weight], dtype=logits.dtype, device=logits.device
-                ),
-            )
+        pos_weight = torch.tensor([self.pos_weight], dtype=logits.dtype, device=logits.device)
+        if self.small_cmb_voxels:  # torch broadcasts pos_weight: one weight per CMB voxel
+            pos_weight = pos_weight * small_cmb_weights(target, self.small_cmb_voxels)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, target, pos_weight=pos_weight
+        )
         return self.dice_weight * self.dice(logits, target) + self.bce_weight * bce
 
 

@@ -180,7 +180,8 @@ def test_apparent_size_bins_the_apparent_diameter_and_false_positives_by_their_o
     truth = {"a": CaseTruth.from_points("a", points, {})}
     fp = PredCMB(id=2, center_lps_mm=(40.0, 0.0, 0.0), probability=0.9, diameter_mm=6.0)
     preds = {"a": CasePrediction("a", (_pred(1, 0.0, 0.9), fp))}
-    cmb = evaluate_cases(truth, preds, EvaluationConfig(n_bootstrap=0)).metrics["stratified"]["cmb"]
+    result = evaluate_cases(truth, preds, EvaluationConfig(n_bootstrap=0))
+    cmb = result.metrics["stratified"]["cmb"]
     assert cmb["size"]["<2 mm"]["n_truth"] == 2
     assert cmb["size"]["<2 mm"]["tp"] == 1
     apparent = cmb["apparent_size"]
@@ -189,7 +190,6 @@ def test_apparent_size_bins_the_apparent_diameter_and_false_positives_by_their_o
     assert apparent["<2 mm"]["tp"] == 0
     assert apparent["5-10 mm"]["fp"] == 1  # the false positive, by its own measured diameter
     assert apparent["5-10 mm"]["n_truth"] == 0
-    result = evaluate_cases(truth, preds, EvaluationConfig(n_bootstrap=0))
     rows = result.per_cmb_rows()
     by_kind = {(r["kind"], r["index"]): r for r in rows}
     assert by_kind[("truth", 0)]["size_bin"] == "<2 mm"
