@@ -33,6 +33,7 @@ and a ``[N, 1, 1, 1, 1]`` output.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -57,11 +58,21 @@ TTA_MODES = ("none", TTA_FLIPS_INPLANE_SWAP)
 #: Metadata key (``cmb.`` prefix) of the U-Net the classifier was validated behind
 #: (:func:`unet_identity`); ``auto`` runs the classifier only behind that file.
 UNET_KEY = "unet"
+#: Metadata key (``cmb.`` prefix) of the grid (mm, array order) the cascade runs the U-Net
+#: on, when it is not the U-Net's own ``cmb.spacing_mm`` (:func:`unet_spacing`).
+UNET_SPACING_KEY = "unet_spacing_mm"
 
 
-def unet_identity(unet: OnnxModel) -> str:
-    """How a classifier file names the U-Net it belongs to: name, version and SHA-256."""
-    return f"{unet.metadata.name} {unet.metadata.version} sha256:{unet.info.sha256}"
+def unet_identity(unet: OnnxModel, spacing_mm: Sequence[float] | None = None) -> str:
+    """How a classifier file names the U-Net it belongs to: name, version and SHA-256.
+
+    ``spacing_mm``, when it is not the U-Net's own spacing, is named too (the
+    grid the U-Net ran on): candidates of another grid are other candidates.
+    """
+    identity = f"{unet.metadata.name} {unet.metadata.version} sha256:{unet.info.sha256}"
+    if spacing_mm is not None and not np.allclose(spacing_mm, unet.metadata.spacing_mm):
+        identity += " on a " + " x ".join(f"{float(v):g}" for v in spacing_mm) + " mm grid"
+    return identity
 
 
 def paired_with(classifier: OnnxModel, unet: OnnxModel) -> bool:
@@ -85,6 +96,37 @@ def candidate_threshold(model: OnnxModel) -> float:
             f"classifier {model.info.name}: cmb.{CANDIDATE_THRESHOLD_KEY} {value} not in (0, 1)"
         )
     return value
+
+
+def unet_spacing(model: OnnxModel) -> tuple[float, float, float] | None:
+    """The grid the cascade runs the U-Net on (None: the U-Net's own spacing).
+
+    A U-Net trained at 1 mm and run on a finer grid sees every object larger:
+    microbleeds of 1-2 mm, one or two voxels at 1 mm, become candidates there
+    (docs/model-card.md).  What the classifier learned to reject, its
+    candidate threshold and its operating point belong to the candidates of
+    that grid, so the grid is the classifier's setting, not the U-Net's.
+    """
+    return parse_unet_spacing(model.metadata.extra.get(UNET_SPACING_KEY), model.info.name)
+
+
+def parse_unet_spacing(raw: str | None, name: str) -> tuple[float, float, float] | None:
+    """``cmb.unet_spacing_mm`` of the classifier ``name`` (None when absent); ModelError if bad."""
+    if raw is None:
+        return None
+    try:
+        values = json.loads(raw)
+        spacing = tuple(float(v) for v in values)
+    except (ValueError, TypeError) as e:
+        raise ModelError(
+            f"classifier {name}: cmb.{UNET_SPACING_KEY} {raw!r} is not a list of numbers"
+        ) from e
+    if len(spacing) != 3 or not all(0.0 < v < 20.0 for v in spacing):
+        raise ModelError(
+            f"classifier {name}: cmb.{UNET_SPACING_KEY} must be 3 spacings in mm "
+            f"(0-20), got {raw!r}"
+        )
+    return (spacing[0], spacing[1], spacing[2])
 
 
 def extract_patches(

@@ -10,6 +10,7 @@ resampled back to the source grid of the input volume.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -140,18 +141,24 @@ def predict_probability(
     overlap: float = 0.5,
     tta: bool = False,
     batch_size: int = 1,
+    spacing_mm: tuple[float, float, float] | None = None,
     progress: Progress | None = None,
 ) -> Volume:
     """CMB probability map of ``volume`` on its own (source) grid, float32 in [0, 1].
 
     The CMB probability is the model's last output channel (channel 0 of a
     one-channel sigmoid model, channel 1 of a background/CMB softmax model).
+    ``spacing_mm`` runs the network on another grid than its own
+    ``cmb.spacing_mm`` (a cascade's setting: ``model.candidate_classifier.unet_spacing``).
     """
     if model.metadata.task != "cmb_segmentation":
         raise ModelError(
             f"model {model.info.name} is a {model.metadata.task} model, not cmb_segmentation"
         )
-    prepared = prepare(volume, model.metadata)
+    plan = model.metadata
+    if spacing_mm is not None:
+        plan = dataclasses.replace(plan, spacing_mm=spacing_mm)
+    prepared = prepare(volume, plan)
     probs = sliding_window(
         prepared.array,
         model,

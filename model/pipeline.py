@@ -38,6 +38,7 @@ from model.candidate_classifier import (
     candidate_threshold,
     classify_candidates,
     paired_with,
+    unet_spacing,
 )
 from model.candidates import extract_candidates
 from model.dicom_in import load_studies
@@ -177,12 +178,19 @@ def detect_series(
         series, selection = select_series(study, force_series_uid=options.series_uid)
     with clock.stage("read"):
         volume = series.load_volume()
+    classifier, why = load_classifier(options, model)
+    # the cascade's U-Net grid belongs to the classifier (its candidates were measured there)
+    grid = unet_spacing(classifier) if classifier is not None else None
     with clock.stage("infer"):
         window_progress = (lambda done, total: progress("infer", done, total)) if progress else None
         probability = predict_probability(
-            volume, model, overlap=options.overlap, tta=options.tta, progress=window_progress
+            volume,
+            model,
+            overlap=options.overlap,
+            tta=options.tta,
+            spacing_mm=grid,
+            progress=window_progress,
         )
-    classifier, why = load_classifier(options, model)
     if options.threshold is not None:
         threshold = options.threshold
     elif classifier is not None:
@@ -202,6 +210,7 @@ def detect_series(
             "reason": why,
             "model": classifier.info.to_json(),
             "candidate_threshold": threshold,
+            "unet_spacing_mm": list(grid or model.metadata.spacing_mm),
             "threshold": options.classifier_threshold or classifier.metadata.threshold,
             "rejected": sum(1 for d in detections if d.reject_reason == "classifier"),
         }

@@ -26,7 +26,7 @@ from typing import Any
 
 from evaluation.cases import PredCMB, TruthCMB, parse_cmbs
 from evaluation.matching import MatchRule, match_case
-from model.candidate_classifier import candidate_threshold, classify_candidates
+from model.candidate_classifier import candidate_threshold, classify_candidates, unet_spacing
 from model.candidates import extract_candidates
 from model.infer import predict_probability
 from model.onnx_model import OnnxModel
@@ -127,6 +127,7 @@ def evaluate_case(
     """Counts of one validation case at every threshold.
 
     With a ``classifier`` (the cascade of ``model.candidate_classifier``),
+    the U-Net runs on its grid (``cmb.unet_spacing_mm``, when it has one),
     candidates are extracted once at its candidate threshold, scored, and the
     thresholds apply to the classifier's probability instead of the U-Net map.
 
@@ -134,7 +135,8 @@ def evaluate_case(
     ``save_dir/<case_id>/detections.json`` for ``cmb evaluate`` (FROC, strata).
     """
     image, _labels = load_volumes(ref)
-    probability = predict_probability(image, model, overlap=overlap)
+    grid = unet_spacing(classifier) if classifier is not None else None
+    probability = predict_probability(image, model, overlap=overlap, spacing_mm=grid)
     truth = parse_cmbs(ref.case_id, ref.record.get("cmbs"))
     large = [is_large(t) for t in truth]
     result = CaseResult(ref.case_id, _groups(ref.record))

@@ -34,6 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     h.add_argument("--candidate-threshold", type=float, default=0.3)
     h.add_argument("--overlap", type=float, default=0.0, help="sliding-window overlap")
     h.add_argument("--workers", type=int, default=1)
+    h.add_argument(
+        "--unet-spacing",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("SLICE", "ROW", "COL"),
+        help="run the U-Net and cut the cubes on this grid (mm; default: the U-Net's own)",
+    )
     h.set_defaults(func=run_harvest)
 
     t = sub.add_parser("train", help="train on harvested folders")
@@ -169,6 +177,7 @@ def run_harvest(args: argparse.Namespace) -> int:
         candidate_threshold=args.candidate_threshold,
         overlap=args.overlap,
         workers=args.workers,
+        spacing_mm=tuple(args.unet_spacing) if args.unet_spacing else None,
     )
     print(f"harvested {n} case(s) into {args.out}")
     return 0

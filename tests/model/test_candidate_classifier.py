@@ -13,7 +13,9 @@ from model.candidate_classifier import (
     candidate_threshold,
     classify_candidates,
     extract_patches,
+    parse_unet_spacing,
     score_patches,
+    unet_spacing,
 )
 from model.errors import InputError, ModelError
 from model.onnx_model import OnnxModel, default_model_path
@@ -150,6 +152,50 @@ def test_pipeline_runs_the_classifier_when_asked(tmp_path: Path) -> None:
         "applied": False,
         "reason": "switched off by the user",
     }
+
+
+def test_the_unet_runs_on_the_grid_the_classifier_names(tmp_path: Path) -> None:
+    """``cmb.unet_spacing_mm``: the cascade runs the U-Net there, as if that were its spacing."""
+    study, _ = _study(tmp_path)
+    unet = make_test_model(tmp_path / "unet.onnx")
+    fine = make_test_model(tmp_path / "unet_fine.onnx", spacing_mm=(0.8, 0.8, 0.8))
+    on_grid = _classifier_file(tmp_path, "grid.onnx", {"cmb.unet_spacing_mm": "[0.8, 0.8, 0.8]"})
+    own = _classifier_file(tmp_path, "own.onnx")
+    common = {"outputs": (), "location": "off", "classifier": "on"}
+    (cascade,) = process(
+        [study],
+        tmp_path / "a",
+        PipelineOptions(**common, model_path=unet, classifier_model_path=on_grid),
+    )
+    (reference,) = process(
+        [study],
+        tmp_path / "b",
+        PipelineOptions(**common, model_path=fine, classifier_model_path=own),
+    )
+    (plain,) = process(
+        [study],
+        tmp_path / "c",
+        PipelineOptions(**common, model_path=unet, classifier_model_path=own),
+    )
+    np.testing.assert_array_equal(
+        cascade.result.probability.array, reference.result.probability.array
+    )
+    assert not np.array_equal(cascade.result.probability.array, plain.result.probability.array)
+    info = json.loads(cascade.files["detections"].read_text())["candidate_classifier"]
+    assert info["unet_spacing_mm"] == [0.8, 0.8, 0.8]
+    assert json.loads(plain.files["detections"].read_text())["candidate_classifier"][
+        "unet_spacing_mm"
+    ] == [1.0, 1.0, 1.0]
+    assert unet_spacing(OnnxModel.load(own, device="cpu")) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [("[0.8, 0.8]", "3 spacings"), ("[0.8, 0, 0.8]", "3 spacings"), ("fine", "not a list")],
+)
+def test_a_bad_unet_grid_is_refused(raw: str, message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        parse_unet_spacing(raw, "c.onnx")
 
 
 def test_auto_runs_a_classifier_only_behind_its_own_unet(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from model.candidate_classifier import TTA_MODES, UNET_KEY, unet_identity
 from model.errors import InputError
 from model.onnx_model import OnnxModel, default_model_path
 from training.classifier.export import export_classifier
+from training.classifier.train import load_checkpoint
 from training.parcellation.filter_effect import (
     MAX_FP_PER_SCAN,
     load_outputs,
@@ -67,6 +68,24 @@ def cached_unet(cache: Path) -> str:
     if not files:
         raise InputError(f"no cached network outputs (*.pkl) in {cache}")
     return load_outputs(files[0]).unet
+
+
+def _check_cache(cache: Path, measured: str, identity: str, *, whole: bool) -> None:
+    """InputError unless the cache's candidates come from ``identity`` (``whole``: on its grid
+    too; otherwise only the U-Net file is compared).  A cache that does not say passes."""
+    same = measured == identity if whole else measured.startswith(identity)
+    if measured and not same:
+        raise InputError(
+            f"the cached candidates in {cache} come from {measured}, not from {identity}: "
+            "pass that U-Net with --unet or cache its candidates (filter_effect --cache, "
+            "--unet-spacing for another grid)"
+        )
+
+
+def _grid(checkpoint: Path) -> tuple[float, ...] | None:
+    """The grid a checkpoint's cubes were harvested on (None: the U-Net's own)."""
+    _, config, _ = load_checkpoint(checkpoint)
+    return tuple(config.spacing_mm) if config.spacing_mm is not None else None
 
 
 def score_checkpoint(
@@ -122,13 +141,14 @@ def choose(
     if not checkpoints:
         raise InputError("no checkpoint to choose from")
     unet_file = unet_path or default_model_path()
-    identity = unet_identity(OnnxModel.load(unet_file, device="cpu"))
+    unet = OnnxModel.load(unet_file, device="cpu")
     measured = cached_unet(cache)
-    if measured and measured != identity:
-        raise InputError(
-            f"the cached candidates in {cache} come from {measured}, not from {identity}: "
-            f"pass that U-Net with --unet or cache its candidates (filter_effect --cache)"
-        )
+    _check_cache(cache, measured, unet_identity(unet), whole=False)  # before reading checkpoints
+    grids = {_grid(Path(c)) for c in checkpoints}
+    if len(grids) > 1:
+        raise InputError(f"the checkpoints were trained on cubes of several grids: {grids}")
+    identity = unet_identity(unet, grids.pop())
+    _check_cache(cache, measured, identity, whole=True)
     out.mkdir(parents=True, exist_ok=True)
     scores = [
         score_checkpoint(

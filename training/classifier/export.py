@@ -1,7 +1,9 @@
 """Export a classifier checkpoint to ONNX, validated as a cascade with the U-Net.
 
 The exported file carries the U-Net's plan (spacing and normalization: the
-classifier's patches are cut from the same prepared volume), its own cube
+classifier's patches are cut from the same prepared volume; a harvest on
+another grid, ``cmb classifier harvest --unet-spacing``, gives the file that
+spacing and ``cmb.unet_spacing_mm``, the grid the cascade runs the U-Net on), its own cube
 size, the U-Net threshold its candidates are extracted at
 (``cmb.candidate_threshold``) and the classifier threshold chosen on the
 held-out set: the highest recall of the cascade at no more than
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from model.candidate_classifier import (
@@ -30,6 +33,7 @@ from model.candidate_classifier import (
     TTA_KEY,
     TTA_MODES,
     UNET_KEY,
+    UNET_SPACING_KEY,
     unet_identity,
 )
 from model.errors import InputError
@@ -66,11 +70,13 @@ def _load_members(
     loaded = [load_checkpoint(c) for c in checkpoints]
     _, first, _ = loaded[0]
     for path, (_, config, _) in zip(checkpoints, loaded, strict=True):
-        if (config.patch, config.candidate_threshold) != (first.patch, first.candidate_threshold):
+        plan = (config.patch, config.candidate_threshold, config.spacing_mm)
+        if plan != (first.patch, first.candidate_threshold, first.spacing_mm):
             raise InputError(
                 f"{path}: cube {config.patch}, candidates at U-Net >= "
-                f"{config.candidate_threshold}; the first checkpoint has {first.patch} and "
-                f"{first.candidate_threshold}: an ensemble needs the same of both"
+                f"{config.candidate_threshold} on grid {config.spacing_mm}; the first checkpoint "
+                f"has {first.patch}, {first.candidate_threshold} and {first.spacing_mm}: "
+                "an ensemble needs the same of all three"
             )
     states = [state for _, _, state in loaded]
     if len(loaded) == 1:
@@ -88,11 +94,18 @@ def _metadata(
     tta: str | None = None,
 ) -> ModelMetadata:
     plan = unet.metadata
+    # cubes cut on another grid than the U-Net's own: the cascade runs the U-Net there too
+    spacing = plan.spacing_mm
+    grid: dict[str, str] = {}
+    if config.spacing_mm is not None:
+        spacing = (config.spacing_mm[0], config.spacing_mm[1], config.spacing_mm[2])
+        if not np.allclose(spacing, plan.spacing_mm):
+            grid[UNET_SPACING_KEY] = json.dumps([float(v) for v in spacing])
     return ModelMetadata(
         name=config.name,
         version=config.version,
         task=TASK,
-        spacing_mm=plan.spacing_mm,
+        spacing_mm=spacing,
         patch_size=(config.patch,) * 3,
         normalization=dict(plan.normalization),
         output="sigmoid",
@@ -103,7 +116,8 @@ def _metadata(
         description="3D CNN that re-scores U-Net candidates (microbleed vs mimic)",
         extra={
             CANDIDATE_THRESHOLD_KEY: repr(float(config.candidate_threshold)),
-            UNET_KEY: unet_identity(unet),
+            UNET_KEY: unet_identity(unet, spacing),
+            **grid,
             **({TTA_KEY: tta} if tta is not None else {}),
             **{k: str(v) for k, v in provenance.items()},
         },

@@ -7,7 +7,10 @@ matches a true CMB, else a false positive: the veins, calcifications and
 artefacts the classifier must learn to reject).  True CMBs the U-Net missed
 are added as positives centred on the truth, so the classifier also learns
 the faint ones.  Patches are cut by ``model.candidate_classifier.extract_patches``
-on the U-Net's plan (spacing, normalization), the grid the runtime uses.
+on the U-Net's plan (spacing, normalization), the grid the runtime uses;
+with ``spacing_mm`` the U-Net runs, and the patches are cut, on that grid
+instead (the cascade's ``cmb.unet_spacing_mm``), which each file records
+(``spacing_mm``) so that training and export know it.
 
 One ``<case_id>.npz`` per case (float16 patches, labels, U-Net maxima, LPS
 centres, whether a row is a candidate or an added truth): a case already
@@ -16,6 +19,7 @@ harvested is skipped, so an interrupted run resumes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -47,10 +51,14 @@ def harvest_case(
     overlap: float = 0.0,
     rule: MatchRule | None = None,
     size: int = HARVEST_SIZE,
+    spacing_mm: tuple[float, float, float] | None = None,
 ) -> dict[str, np.ndarray]:
     """The labelled candidate patches of one case (arrays of one ``.npz``)."""
+    plan = unet.metadata
+    if spacing_mm is not None:
+        plan = dataclasses.replace(plan, spacing_mm=spacing_mm)
     image, _ = load_volumes(ref)
-    probability = predict_probability(image, unet, overlap=overlap)
+    probability = predict_probability(image, unet, overlap=overlap, spacing_mm=plan.spacing_mm)
     _, detections = extract_candidates(probability, candidate_threshold)
     truth = parse_cmbs(ref.case_id, ref.record.get("cmbs"))
     preds = [PredCMB.from_detection(d) for d in detections]
@@ -66,7 +74,7 @@ def harvest_case(
     label += [1] * len(added)
     truth_index += added
     unet_prob += [float("nan")] * len(added)
-    prepared = prepare(image, unet.metadata)
+    prepared = prepare(image, plan)
     patches = extract_patches(prepared, np.asarray(centres).reshape(-1, 3), (size,) * 3)
     return {
         "patches": patches[:, 0].astype(np.float16),
@@ -76,6 +84,7 @@ def harvest_case(
         "is_candidate": np.asarray([True] * len(detections) + [False] * len(added)),
         "center_lps_mm": np.asarray(centres, dtype=np.float64).reshape(-1, 3),
         "n_truth": np.asarray(len(truth)),
+        "spacing_mm": np.asarray(plan.spacing_mm, dtype=np.float64),
     }
 
 
@@ -87,10 +96,22 @@ def _init(model_path: str, threads: int) -> None:
     _UNET = OnnxModel.load(model_path, device="cpu", threads=threads)
 
 
-def _one(ref: CaseRef, out: str, candidate_threshold: float, overlap: float) -> str:
+def _one(
+    ref: CaseRef,
+    out: str,
+    candidate_threshold: float,
+    overlap: float,
+    spacing_mm: tuple[float, float, float] | None,
+) -> str:
     if _UNET is None:
         raise RuntimeError("harvest worker used before its model was loaded")
-    arrays = harvest_case(ref, _UNET, candidate_threshold=candidate_threshold, overlap=overlap)
+    arrays = harvest_case(
+        ref,
+        _UNET,
+        candidate_threshold=candidate_threshold,
+        overlap=overlap,
+        spacing_mm=spacing_mm,
+    )
     final = Path(out) / f"{ref.case_id}.npz"
     tmp = final.with_suffix(".tmp.npz")
     np.savez(tmp, **arrays)  # type: ignore[arg-type]
@@ -107,8 +128,14 @@ def harvest(
     overlap: float = 0.0,
     workers: int = 1,
     limit: int | None = None,
+    spacing_mm: tuple[float, float, float] | None = None,
 ) -> int:
-    """Harvest every case of ``data`` not yet in ``out``; returns how many were written."""
+    """Harvest every case of ``data`` not yet in ``out``; returns how many were written.
+
+    ``spacing_mm``: the grid the U-Net runs and the patches are cut on (None:
+    the U-Net's own).  The cases already in ``out`` must have been harvested
+    on the same grid (:class:`training.classifier.train.Pool` refuses a mix).
+    """
     out.mkdir(parents=True, exist_ok=True)
     refs = [r for r in list_cases(data) if not (out / f"{r.case_id}.npz").is_file()]
     refs = refs[:limit] if limit is not None else refs
@@ -116,7 +143,9 @@ def harvest(
     with ProcessPoolExecutor(
         max_workers=max(1, workers), mp_context=ctx, initializer=_init, initargs=(str(unet_path), 1)
     ) as pool:
-        jobs = [pool.submit(_one, r, str(out), candidate_threshold, overlap) for r in refs]
+        jobs = [
+            pool.submit(_one, r, str(out), candidate_threshold, overlap, spacing_mm) for r in refs
+        ]
         for n, job in enumerate(jobs, 1):
             log.info("harvested %s (%d/%d)", job.result(), n, len(jobs))
     return len(refs)

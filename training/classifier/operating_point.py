@@ -38,6 +38,7 @@ from model.candidate_classifier import (
     UNET_KEY,
     candidate_threshold,
     unet_identity,
+    unet_spacing,
 )
 from model.errors import InputError
 from model.onnx_model import OnnxModel
@@ -95,7 +96,9 @@ def set_operating_point(
     model = OnnxModel.load(path, device="cpu")
     if model.metadata.task != TASK:
         raise InputError(f"{path} is a {model.metadata.task!r} model, not the candidate classifier")
-    extra = paired_extra(dict(model.metadata.extra), str(metrics.get("unet", "")), unet)
+    extra = paired_extra(
+        dict(model.metadata.extra), str(metrics.get("unet", "")), unet, unet_spacing(model)
+    )
     previous = candidate_threshold(model)
     extract_at = previous if unet_threshold is None else unet_threshold
     check_unet_threshold(metrics.get("unet_threshold"), extract_at, changed=unet_threshold)
@@ -143,11 +146,18 @@ def check_unet_threshold(measured: Any, extract_at: float, *, changed: float | N
         )
 
 
-def paired_extra(extra: dict[str, str], measured: str, unet: OnnxModel | None) -> dict[str, str]:
+def paired_extra(
+    extra: dict[str, str],
+    measured: str,
+    unet: OnnxModel | None,
+    spacing_mm: tuple[float, float, float] | None = None,
+) -> dict[str, str]:
     """The classifier's ``extra`` metadata after checking what the metrics were measured behind.
 
     InputError where the held-out metrics (measured behind ``measured``) would
-    be written into a classifier that belongs to another U-Net.
+    be written into a classifier that belongs to another U-Net, or to the same
+    U-Net run on another grid (``spacing_mm``: the classifier's
+    ``cmb.unet_spacing_mm``).
     """
     pinned = extra.get(UNET_KEY, "")
     if unet is None:
@@ -158,7 +168,7 @@ def paired_extra(extra: dict[str, str], measured: str, unet: OnnxModel | None) -
                 "to pair them"
             )
         return extra
-    identity = unet_identity(unet)
+    identity = unet_identity(unet, spacing_mm)
     if measured != identity:
         raise InputError(
             f"the held-out summary was measured behind {measured or 'an unrecorded U-Net'}, "

@@ -21,7 +21,7 @@ import csv
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,9 @@ class ClassifierConfig:
     threads: int = 1
     train: list[str] = field(default_factory=list)
     val: list[str] = field(default_factory=list)
+    # The grid (mm) the harvest ran the U-Net and cut the cubes on; set from the harvest
+    # (None: the U-Net's own spacing, or a harvest that predates the record).
+    spacing_mm: list[float] | None = None
 
 
 @dataclass
@@ -69,6 +72,8 @@ class Pool:
     case: npt.NDArray[np.int32]
     n_truth: npt.NDArray[np.int32]  # per case
     case_ids: list[str]
+    # the grid every cube was cut on (None: not recorded, harvests before it was)
+    spacing_mm: tuple[float, ...] | None = None
 
     def candidate_rows(self, threshold: float) -> npt.NDArray[np.bool_]:
         """The U-Net's own candidates at ``threshold`` (not the added missed CMBs)."""
@@ -79,6 +84,7 @@ class Pool:
         parts: dict[str, list[Any]] = {k: [] for k in ("patches", "label", "unet", "cand", "case")}
         n_truth: list[int] = []
         ids: list[str] = []
+        grids: set[tuple[float, ...] | None] = set()
         for folder in folders:
             for path in sorted(Path(folder).glob("*.npz")):
                 if path.name.endswith(".tmp.npz"):
@@ -90,9 +96,19 @@ class Pool:
                     parts["cand"].append(z["is_candidate"])
                     parts["case"].append(np.full(len(z["label"]), len(ids), dtype=np.int32))
                     n_truth.append(int(z["n_truth"]))
+                    grids.add(
+                        tuple(round(float(v), 6) for v in z["spacing_mm"])
+                        if "spacing_mm" in z.files
+                        else None
+                    )
                 ids.append(path.stem)
         if not ids:
             raise FileNotFoundError(f"no harvested cases in {folders}")
+        if len(grids) > 1:
+            raise ValueError(
+                f"the harvests in {folders} were cut on different grids "
+                f"({', '.join(sorted(map(str, grids)))}): harvest them on one"
+            )
         return cls(
             patches=np.concatenate(parts["patches"]),
             label=np.concatenate(parts["label"]),
@@ -101,6 +117,7 @@ class Pool:
             case=np.concatenate(parts["case"]),
             n_truth=np.asarray(n_truth, dtype=np.int32),
             case_ids=ids,
+            spacing_mm=grids.pop(),
         )
 
 
@@ -177,12 +194,18 @@ def evaluate(net: torch.nn.Module, val: Pool, config: ClassifierConfig) -> dict[
 
 def train(config: ClassifierConfig, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
+    tr = Pool.load(config.train)
+    val = Pool.load(config.val)
+    if tr.spacing_mm != val.spacing_mm:
+        raise ValueError(
+            f"the training harvest was cut on {tr.spacing_mm}, the validation harvest on "
+            f"{val.spacing_mm}: harvest both on one grid"
+        )
+    config = replace(config, spacing_mm=list(tr.spacing_mm) if tr.spacing_mm else None)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     rng = np.random.default_rng(config.seed)
-    tr = Pool.load(config.train)
-    val = Pool.load(config.val)
     # Positives are the U-Net's true candidates; with ``train_on_missed`` also the true CMBs
     # it missed (cubes centred on the truth).  Those are mostly sub-voxel spots that look
     # like background after resampling: off by default, they made the first runs learn

@@ -45,7 +45,12 @@ import numpy as np
 from evaluation.cases import PredCMB, TruthCMB, parse_cmbs
 from evaluation.matching import MatchRule, match_case
 from model.candidate_classifier import TASK as CLASSIFIER_TASK
-from model.candidate_classifier import candidate_threshold, classify_candidates, unet_identity
+from model.candidate_classifier import (
+    candidate_threshold,
+    classify_candidates,
+    unet_identity,
+    unet_spacing,
+)
 from model.candidates import extract_candidates
 from model.infer import predict_probability
 from model.location import LocationConfig, apply_rules, locate, parcellate
@@ -97,19 +102,23 @@ def measure_case(
     min_score: float,
     cache: Path | None = None,
     unet_threshold: float | None = None,
+    unet_spacing_mm: tuple[float, float, float] | None = None,
 ) -> dict[str, Any]:
     """One case's record for ``cases.jsonl`` (its network outputs to ``cache`` if given).
 
     ``unet_threshold``: the U-Net probability at which candidates are extracted
-    (default: the classifier's ``cmb.candidate_threshold``, as in the product).
+    (default: the classifier's ``cmb.candidate_threshold``, as in the product);
+    ``unet_spacing_mm``: the grid the U-Net runs on (default: the classifier's
+    ``cmb.unet_spacing_mm``, else the U-Net's own, as in the product).
     """
+    grid = unet_spacing(classifier) if unet_spacing_mm is None else unet_spacing_mm
     image, _ = load_volumes(ref)
-    probability = predict_probability(image, unet, overlap=overlap)
+    probability = predict_probability(image, unet, overlap=overlap, spacing_mm=grid)
     threshold = candidate_threshold(classifier) if unet_threshold is None else unet_threshold
     labels, detections = extract_candidates(probability, threshold)
     classify_candidates(image, detections, classifier, threshold=0.0)
     parc = parcellate(image, device="cpu")  # the shipped model
-    identity = unet_identity(unet)
+    identity = unet_identity(unet, grid)
     if cache is not None:
         save_outputs(cache / f"{ref.case_id}.pkl", detections, labels, parc, identity, threshold)
     return apply_configurations(
@@ -441,13 +450,16 @@ def run(
     cache: Path | None = None,
     unet_path: Path | None = None,
     unet_threshold: float | None = None,
+    unet_spacing_mm: tuple[float, float, float] | None = None,
 ) -> dict[str, Any]:
     """Measure every case of ``data`` (resuming after the cases already in ``out``).
 
     ``unet_path`` is the U-Net whose candidates are measured (default: the
-    shipped one); each case's record names it, and so does the summary.
+    shipped one); each case's record names it (and the grid it ran on, when
+    not its own), and so does the summary.
     ``unet_threshold`` extracts them at another U-Net probability than the
-    classifier's ``cmb.candidate_threshold``.
+    classifier's ``cmb.candidate_threshold``, ``unet_spacing_mm`` on another
+    grid than the classifier's ``cmb.unet_spacing_mm`` (or the U-Net's own).
     """
     out.mkdir(parents=True, exist_ok=True)
     unet = OnnxModel.load(
@@ -471,6 +483,7 @@ def run(
             min_score=min_score,
             cache=cache,
             unet_threshold=unet_threshold,
+            unet_spacing_mm=unet_spacing_mm,
         )
         _append(cases_file, record)
         done.append(record)
@@ -663,6 +676,14 @@ def main(argv: list[str] | None = None) -> int:
         "classifier's cmb.candidate_threshold; not with --replay)",
     )
     p.add_argument(
+        "--unet-spacing",
+        type=float,
+        nargs=3,
+        metavar=("SLICE", "ROW", "COL"),
+        help="grid (mm) the U-Net runs on (default: the shipped classifier's "
+        "cmb.unet_spacing_mm, else the U-Net's own; not with --replay)",
+    )
+    p.add_argument(
         "--classifier",
         type=Path,
         help="with --replay: score the cached candidates again with this classifier file",
@@ -688,8 +709,12 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.classifier and not a.replay:
         p.error("--classifier rescores cached candidates: it needs --replay CACHE")
-    if (a.unet or a.unet_threshold is not None) and (a.replay or a.summarise):
-        p.error("--unet and --unet-threshold make new candidates: not with --replay or --summarise")
+    new_candidates = a.unet or a.unet_threshold is not None or a.unet_spacing
+    if new_candidates and (a.replay or a.summarise):
+        p.error(
+            "--unet, --unet-threshold and --unet-spacing make new candidates: "
+            "not with --replay or --summarise"
+        )
     if a.summarise:
         summary = summarise(read_cases(a.out / "cases.jsonl"))
     elif a.replay:
@@ -706,6 +731,7 @@ def main(argv: list[str] | None = None) -> int:
             cache=a.cache,
             unet_path=a.unet,
             unet_threshold=a.unet_threshold,
+            unet_spacing_mm=tuple(a.unet_spacing) if a.unet_spacing else None,
         )
     threshold = a.threshold
     if threshold is None:

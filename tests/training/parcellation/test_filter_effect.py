@@ -220,7 +220,11 @@ def test_unet_makes_candidates_so_replay_and_summarise_refuse_it(tmp_path: Path,
     from training.parcellation.filter_effect import main
 
     args = ["--data", str(tmp_path), "--out", str(tmp_path / "o")]
-    for new in (["--unet", "u.onnx"], ["--unet-threshold", "0.1"]):
+    for new in (
+        ["--unet", "u.onnx"],
+        ["--unet-threshold", "0.1"],
+        ["--unet-spacing", "1", "1", "1"],
+    ):
         for mode in (["--replay", str(tmp_path)], ["--summarise"]):
             with pytest.raises(SystemExit) as exc:
                 main([*args, *new, *mode])

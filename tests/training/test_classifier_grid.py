@@ -1,0 +1,130 @@
+"""A cascade on another grid than the U-Net's own: harvest, train, export, choose, set-threshold."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.candidate_classifier import extract_patches, unet_identity, unet_spacing
+from model.errors import InputError
+from model.onnx_model import OnnxModel
+from model.preprocess import prepare
+from training.classifier.choose import choose
+from training.classifier.export import export_classifier
+from training.classifier.harvest import harvest
+from training.classifier.operating_point import held_out_metrics, set_operating_point
+from training.classifier.train import ClassifierConfig, Pool, train
+from training.data import list_cases, load_volumes
+
+FINE = (0.8, 0.8, 0.8)
+
+
+@pytest.fixture(scope="module")
+def fine_harvest(
+    unet: Path, layouts: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    from cmb.cli import main
+
+    root = tmp_path_factory.mktemp("fine")
+    train_dir, val_dir = layouts
+    grid = ["--unet-spacing", *map(str, FINE)]
+    for data, name in ((train_dir, "train"), (val_dir, "val")):
+        args = ["classifier", "harvest", "--data", str(data), "--out", str(root / name)]
+        assert main([*args, "--unet", str(unet), "--candidate-threshold", "0.5", *grid]) == 0
+    return root / "train", root / "val"
+
+
+def test_the_harvest_records_its_grid_and_cuts_the_cubes_there(
+    unet: Path, layouts: tuple[Path, Path], fine_harvest: tuple[Path, Path], tmp_path: Path
+) -> None:
+    fine_train, _ = fine_harvest
+    own = tmp_path / "own"
+    assert harvest([layouts[0]], unet, own, candidate_threshold=0.5) == 3
+    one = sorted(own.glob("*.npz"))[0]
+    with np.load(one) as a, np.load(fine_train / one.name) as b:
+        assert a["spacing_mm"].tolist() == [1.0, 1.0, 1.0]
+        assert b["spacing_mm"].tolist() == list(FINE)
+        assert b["patches"].shape[1:] == a["patches"].shape[1:] == (32, 32, 32)
+        # the cubes are those of the image prepared on the finer grid
+        ref = next(r for r in list_cases([layouts[0]]) if r.case_id == one.stem)
+        image, _ = load_volumes(ref)
+        plan = dataclasses.replace(OnnxModel.load(unet, device="cpu").metadata, spacing_mm=FINE)
+        expected = extract_patches(prepare(image, plan), b["center_lps_mm"], (32, 32, 32))
+        np.testing.assert_allclose(b["patches"], expected[:, 0], atol=1e-2)
+    assert Pool.load([str(fine_train)]).spacing_mm == FINE
+    with pytest.raises(ValueError, match="different grids"):
+        Pool.load([str(own), str(fine_train)])
+
+
+def test_a_classifier_trained_on_a_finer_harvest_runs_its_unet_there(
+    unet: Path, fine_harvest: tuple[Path, Path], tmp_path: Path
+) -> None:
+    fine_train, fine_val = fine_harvest
+    config = ClassifierConfig(
+        epochs=1, steps_per_epoch=2, candidate_threshold=0.5, features=(4, 8, 16)
+    )
+    config.train, config.val = [str(fine_train)], [str(fine_val)]
+    train(config, tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "best.pt", map_location="cpu", weights_only=False)
+    assert state["config"]["spacing_mm"] == list(FINE)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["spacing_mm"] == list(FINE)
+
+    out = export_classifier(tmp_path / "run" / "best.pt", tmp_path / "c.onnx", unet_path=unet)
+    model = OnnxModel.load(out, device="cpu")
+    unet_model = OnnxModel.load(unet, device="cpu")
+    assert model.metadata.spacing_mm == FINE  # its cubes are cut where they were harvested
+    assert unet_spacing(model) == FINE
+    identity = unet_identity(unet_model, FINE)
+    assert model.metadata.extra["unet"] == identity
+    assert identity.endswith("on a 0.8 x 0.8 x 0.8 mm grid")
+    assert unet_identity(unet_model, (1.0, 1.0, 1.0)) == unet_identity(unet_model)
+
+    # a held-out summary measured on the U-Net's own grid is not this cascade's
+    row = {"tp": 1, "fp": 0, "recall": 0.5, "recall_large": 0.5, "precision": 1.0}
+    base = {"n_cases": 3, "n_truth": 2, "n_truth_large": 1, "unet_threshold": 0.5}
+    tables = {"by_configuration": {"defaults": {"0.9": row}}}
+    for measured, ok in ((unet_identity(unet_model), False), (identity, True)):
+        metrics = held_out_metrics(base | tables | {"unet": measured}, 0.9)
+        if ok:
+            recorded = set_operating_point(out, 0.9, metrics, selected_on="s")
+            assert recorded["unet"] == identity
+        else:
+            with pytest.raises(InputError, match="measured behind"):
+                set_operating_point(out, 0.9, metrics, selected_on="s")
+
+
+def test_choose_needs_a_cache_of_the_checkpoints_grid(
+    unet: Path, fine_harvest: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from model.types import Volume
+    from training.parcellation.filter_effect import save_outputs
+
+    fine_train, fine_val = fine_harvest
+    config = ClassifierConfig(
+        epochs=1, steps_per_epoch=1, candidate_threshold=0.5, features=(4, 8, 16)
+    )
+    config.train, config.val = [str(fine_train)], [str(fine_val)]
+    train(config, tmp_path / "run")
+    fine = tmp_path / "run" / "best.pt"
+    own = torch.load(fine, map_location="cpu", weights_only=False)
+    own["config"]["spacing_mm"] = None
+    torch.save(own, tmp_path / "own.pt")
+    unet_model = OnnxModel.load(unet, device="cpu")
+    empty = Volume(np.zeros((2, 2, 2), np.float32), np.eye(4))
+    for grid in (None, FINE):
+        cache = tmp_path / f"cache_{grid}"
+        save_outputs(cache / "c.pkl", [], empty, empty, unet_identity(unet_model, grid), 0.5)
+    common = {"data": tmp_path, "out": tmp_path / "choice", "unet_path": unet}
+    with pytest.raises(InputError, match="several grids"):
+        choose([fine, tmp_path / "own.pt"], cache=tmp_path / f"cache_{FINE}", **common)
+    with pytest.raises(InputError, match=r"not from .* 0\.8 mm grid"):
+        choose([fine], cache=tmp_path / "cache_None", **common)
+    with pytest.raises(InputError, match="come from"):
+        choose([tmp_path / "own.pt"], cache=tmp_path / f"cache_{FINE}", **common)
+    assert not (tmp_path / "choice").exists()
