@@ -283,8 +283,13 @@ def run(
     overlap: float,
     blob_threshold: float | None,
     blob_dedupe_mm: float,
+    unet_spacing_mm: tuple[float, float, float] | None = None,
 ) -> dict[str, Any]:
-    """One line per case to ``out`` (jsonl, written afresh); returns :func:`summarise`."""
+    """One line per case to ``out`` (jsonl, written afresh); returns :func:`summarise`.
+
+    ``unet_spacing_mm``: the grid the cache's U-Net ran on (``filter_effect
+    --unet-spacing``; None: its own); the cache must say the same.
+    """
     unet = OnnxModel.load(unet_path or default_model_path("cmb_segmentation"), device="cpu")
     classifier = (  # scores the blobs only
         OnnxModel.load(default_model_path(CLASSIFIER_TASK), device="cpu")
@@ -296,12 +301,15 @@ def run(
     cases = []
     with out.open("w") as f:
         for ref, cached in cached_cases(data, cache):
-            if cached.unet and cached.unet != unet_identity(unet):
+            if cached.unet and cached.unet != unet_identity(unet, unet_spacing_mm):
                 raise SystemExit(
-                    f"{cache}: {ref.case_id} holds candidates of {cached.unet}, not of this U-Net"
+                    f"{cache}: {ref.case_id} holds candidates of {cached.unet}, not of "
+                    f"{unet_identity(unet, unet_spacing_mm)} (--unet, --unet-spacing)"
                 )
             image, _ = load_volumes(ref)
-            probability = predict_probability(image, unet, overlap=overlap)
+            probability = predict_probability(
+                image, unet, overlap=overlap, spacing_mm=unet_spacing_mm
+            )
             truth = ref.record.get("cmbs") or []
             record: dict[str, Any] = {
                 "case_id": ref.case_id,
@@ -336,6 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="per-case records (jsonl)")
     p.add_argument("--unet", type=Path, help="the U-Net the cache was made with (default: shipped)")
     p.add_argument("--overlap", type=float, default=0.0, help="sliding-window overlap")
+    p.add_argument(
+        "--unet-spacing",
+        type=float,
+        nargs=3,
+        metavar=("SLICE", "ROW", "COL"),
+        help="the grid (mm) the cache's U-Net ran on (default: its own)",
+    )
     p.add_argument("--blob-threshold", type=float, help="also try dark-blob candidates above this")
     p.add_argument("--blob-dedupe-mm", type=float, default=4.0)
     a = p.parse_args(argv)
@@ -347,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         overlap=a.overlap,
         blob_threshold=a.blob_threshold,
         blob_dedupe_mm=a.blob_dedupe_mm,
+        unet_spacing_mm=tuple(a.unet_spacing) if a.unet_spacing else None,
     )
     a.out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

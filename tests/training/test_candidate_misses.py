@@ -169,3 +169,31 @@ def test_main_refuses_a_cache_made_behind_another_unet(tmp_path: Path) -> None:
     args = ["--data", str(data), "--cache", str(tmp_path / "cache")]
     with pytest.raises(SystemExit, match=r"holds candidates of cmb_unet 0\.0 sha256:00"):
         main([*args, "--out", str(tmp_path / "m.jsonl")])
+
+
+def test_a_cache_of_another_grid_is_read_with_that_grid_only(tmp_path: Path) -> None:
+    """filter_effect --unet-spacing caches name the grid; the peaks must come from it too."""
+    import pytest
+
+    from model.candidate_classifier import unet_identity
+    from model.onnx_model import OnnxModel, default_model_path
+    from model.volume import write_nifti
+    from training.parcellation.filter_effect import save_outputs
+
+    volume = Volume(np.zeros((8, 8, 8), np.float32), np.eye(4))
+    data = tmp_path / "data"
+    data.mkdir()
+    write_nifti(volume, data / "c1.nii.gz")
+    write_nifti(volume, data / "c1_label.nii.gz")
+    record = {"case_id": "c1", "image": "c1.nii.gz", "label": "c1_label.nii.gz", "cmbs": []}
+    (data / "cases.jsonl").write_text(json.dumps(record) + "\n")
+    shipped = OnnxModel.load(default_model_path("cmb_segmentation"), device="cpu")
+    fine = unet_identity(shipped, (0.7, 0.7, 0.7))
+    save_outputs(tmp_path / "cache" / "c1.pkl", [], volume, volume, fine, 0.3)
+    args = ["--data", str(data), "--cache", str(tmp_path / "cache")]
+    args += ["--out", str(tmp_path / "m.jsonl")]
+    with pytest.raises(SystemExit, match=r"0\.7 x 0\.7 x 0\.7 mm grid, not of"):
+        main(args)
+    assert main([*args, "--unet-spacing", "0.7", "0.7", "0.7"]) == 0
+    (case,) = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert case["n_candidates"] == 0 and case["cmbs"] == []
