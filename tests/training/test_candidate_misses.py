@@ -151,12 +151,9 @@ def test_main_measures_a_cached_case_with_the_shipped_networks(tmp_path: Path) -
     assert "blobs" not in json.loads(out.with_suffix(".summary.json").read_text())
 
 
-def test_main_refuses_a_cache_made_behind_another_unet(tmp_path: Path) -> None:
-    """The peaks would come from one network and the candidates from another."""
-    import pytest
-
+def _empty_case(tmp_path: Path) -> tuple[Volume, Path]:
+    """A dataset folder of one blank 8^3 case without CMBs, and its volume."""
     from model.volume import write_nifti
-    from training.parcellation.filter_effect import save_outputs
 
     volume = Volume(np.zeros((8, 8, 8), np.float32), np.eye(4))
     data = tmp_path / "data"
@@ -165,6 +162,16 @@ def test_main_refuses_a_cache_made_behind_another_unet(tmp_path: Path) -> None:
     write_nifti(volume, data / "c1_label.nii.gz")
     record = {"case_id": "c1", "image": "c1.nii.gz", "label": "c1_label.nii.gz", "cmbs": []}
     (data / "cases.jsonl").write_text(json.dumps(record) + "\n")
+    return volume, data
+
+
+def test_main_refuses_a_cache_made_behind_another_unet(tmp_path: Path) -> None:
+    """The peaks would come from one network and the candidates from another."""
+    import pytest
+
+    from training.parcellation.filter_effect import save_outputs
+
+    volume, data = _empty_case(tmp_path)
     save_outputs(tmp_path / "cache" / "c1.pkl", [], volume, volume, "cmb_unet 0.0 sha256:00", 0.3)
     args = ["--data", str(data), "--cache", str(tmp_path / "cache")]
     with pytest.raises(SystemExit, match=r"holds candidates of cmb_unet 0\.0 sha256:00"):
@@ -177,16 +184,9 @@ def test_a_cache_of_another_grid_is_read_with_that_grid_only(tmp_path: Path) -> 
 
     from model.candidate_classifier import unet_identity
     from model.onnx_model import OnnxModel, default_model_path
-    from model.volume import write_nifti
     from training.parcellation.filter_effect import save_outputs
 
-    volume = Volume(np.zeros((8, 8, 8), np.float32), np.eye(4))
-    data = tmp_path / "data"
-    data.mkdir()
-    write_nifti(volume, data / "c1.nii.gz")
-    write_nifti(volume, data / "c1_label.nii.gz")
-    record = {"case_id": "c1", "image": "c1.nii.gz", "label": "c1_label.nii.gz", "cmbs": []}
-    (data / "cases.jsonl").write_text(json.dumps(record) + "\n")
+    volume, data = _empty_case(tmp_path)
     shipped = OnnxModel.load(default_model_path("cmb_segmentation"), device="cpu")
     fine = unet_identity(shipped, (0.7, 0.7, 0.7))
     save_outputs(tmp_path / "cache" / "c1.pkl", [], volume, volume, fine, 0.3)

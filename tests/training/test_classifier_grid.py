@@ -39,6 +39,15 @@ def fine_harvest(
     return root / "train", root / "val"
 
 
+def _train_tiny(harvest_dirs: tuple[Path, Path], out: Path) -> None:
+    """Two steps of a small classifier on a harvest (train, val)."""
+    config = ClassifierConfig(
+        epochs=1, steps_per_epoch=2, candidate_threshold=0.5, features=(4, 8, 16)
+    )
+    config.train, config.val = [str(harvest_dirs[0])], [str(harvest_dirs[1])]
+    train(config, out)
+
+
 def test_the_harvest_records_its_grid_and_cuts_the_cubes_there(
     unet: Path, layouts: tuple[Path, Path], fine_harvest: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -64,12 +73,7 @@ def test_the_harvest_records_its_grid_and_cuts_the_cubes_there(
 def test_a_classifier_trained_on_a_finer_harvest_runs_its_unet_there(
     unet: Path, fine_harvest: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    fine_train, fine_val = fine_harvest
-    config = ClassifierConfig(
-        epochs=1, steps_per_epoch=2, candidate_threshold=0.5, features=(4, 8, 16)
-    )
-    config.train, config.val = [str(fine_train)], [str(fine_val)]
-    train(config, tmp_path / "run")
+    _train_tiny(fine_harvest, tmp_path / "run")
     state = torch.load(tmp_path / "run" / "best.pt", map_location="cpu", weights_only=False)
     assert state["config"]["spacing_mm"] == list(FINE)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -105,12 +109,7 @@ def test_choose_needs_a_cache_of_the_checkpoints_grid(
     from model.types import Volume
     from training.parcellation.filter_effect import save_outputs
 
-    fine_train, fine_val = fine_harvest
-    config = ClassifierConfig(
-        epochs=1, steps_per_epoch=1, candidate_threshold=0.5, features=(4, 8, 16)
-    )
-    config.train, config.val = [str(fine_train)], [str(fine_val)]
-    train(config, tmp_path / "run")
+    _train_tiny(fine_harvest, tmp_path / "run")
     fine = tmp_path / "run" / "best.pt"
     own = torch.load(fine, map_location="cpu", weights_only=False)
     own["config"]["spacing_mm"] = None
