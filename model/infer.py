@@ -10,7 +10,6 @@ resampled back to the source grid of the input volume.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -155,10 +154,7 @@ def predict_probability(
         raise ModelError(
             f"model {model.info.name} is a {model.metadata.task} model, not cmb_segmentation"
         )
-    plan = model.metadata
-    if spacing_mm is not None:
-        plan = dataclasses.replace(plan, spacing_mm=spacing_mm)
-    prepared = prepare(volume, plan)
+    prepared = prepare(volume, model.metadata.on_grid(spacing_mm))
     probs = sliding_window(
         prepared.array,
         model,

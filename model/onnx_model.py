@@ -15,7 +15,7 @@ import functools
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +130,10 @@ class ModelMetadata:
             validate_normalization(self.normalization)
         except ValueError as e:
             raise ModelError(f"model metadata {PREFIX}normalization: {e}") from e
+
+    def on_grid(self, spacing_mm: tuple[float, float, float] | None) -> ModelMetadata:
+        """This plan run on another grid (a cascade's ``cmb.unet_spacing_mm``); None: as is."""
+        return self if spacing_mm is None else replace(self, spacing_mm=spacing_mm)
 
     @property
     def label_ids(self) -> list[int]:

@@ -19,7 +19,6 @@ harvested is skipped, so an interrupted run resumes.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import multiprocessing
 import os
@@ -54,9 +53,7 @@ def harvest_case(
     spacing_mm: tuple[float, float, float] | None = None,
 ) -> dict[str, np.ndarray]:
     """The labelled candidate patches of one case (arrays of one ``.npz``)."""
-    plan = unet.metadata
-    if spacing_mm is not None:
-        plan = dataclasses.replace(plan, spacing_mm=spacing_mm)
+    plan = unet.metadata.on_grid(spacing_mm)
     image, _ = load_volumes(ref)
     probability = predict_probability(image, unet, overlap=overlap, spacing_mm=plan.spacing_mm)
     _, detections = extract_candidates(probability, candidate_threshold)
