@@ -42,6 +42,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar=("SLICE", "ROW", "COL"),
         help="run the U-Net and cut the cubes on this grid (mm; default: the U-Net's own)",
     )
+    h.add_argument(
+        "--cube-spacing",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("SLICE", "ROW", "COL"),
+        help="cut the cubes on this grid instead (mm; default: the U-Net's grid)",
+    )
     h.set_defaults(func=run_harvest)
 
     t = sub.add_parser("train", help="train on harvested folders")
@@ -65,6 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="also keep epoch_NNN.pt every N epochs (for `cmb classifier choose`)",
     )
+    t.add_argument("--device", default="cpu", help="torch device of the network (cpu, cuda)")
     t.set_defaults(func=run_train)
 
     c = sub.add_parser("compare", help="recall at FP rates: U-Net alone vs cascade (harvest)")
@@ -178,6 +187,7 @@ def run_harvest(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         workers=args.workers,
         spacing_mm=tuple(args.unet_spacing) if args.unet_spacing else None,
+        cube_spacing_mm=tuple(args.cube_spacing) if args.cube_spacing else None,
     )
     print(f"harvested {n} case(s) into {args.out}")
     return 0
@@ -200,7 +210,7 @@ def run_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         keep_every=args.keep_every,
     )
-    print(json.dumps(train(config, args.out), indent=1))
+    print(json.dumps(train(config, args.out, device=args.device), indent=1))
     return 0
 
 

@@ -20,16 +20,9 @@ mkdir -p "$OUT"
 t0=$(date +%s)
 stamp() { echo "[$(($(date +%s) - t0)) s] $*"; }
 
-if [ -d .devcarry ]; then  # the lease image lacks these; a machine with the venv does not
-    SITE=/tmp/cmb-site
-    SHARED=/tmp/cmb-shared/synthseg/data/training_label_maps
-    mkdir -p "$SITE" "$SHARED"
-    tar -xJf .devcarry/site.tar.xz -C "$SITE" || exit 1
-    tar -xJf .devcarry/labels.tar.xz -C "$SHARED" || exit 1
-    ls "$SHARED"/*.nii | xargs -P 16 -n 1 gzip -1 || exit 1
-    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" CMB_SHARED_DATA=/tmp/cmb-shared
-    stamp "carry unpacked"
-fi
+# shellcheck source=scripts/device/unpack_carry.sh
+source scripts/device/unpack_carry.sh
+stamp "carry unpacked"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 

@@ -9,6 +9,8 @@
 #                  24 mm (the synthesiser crops to brain plus 20 mm, so it reads identical
 #                  anatomy); the held-out subjects 17-20 do not travel
 # Usage: CMB_SHARED_DATA=../shared/data bash scripts/device/make_carry.sh   (about 5 minutes)
+# PACKAGES (pip names) replaces that list; scripts/device/gpu_classifier.sh needs
+#   PACKAGES="simpleitk pydicom connected-components-3d"   (synthesis, harvest, classifier)
 # On the machine, scripts/device/gpu_train.sh unpacks it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,7 +21,7 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir "$tmp/wheels" "$tmp/site" "$tmp/labels"
-for pkg in simpleitk monai pydicom torchio nibabel deprecated; do
+for pkg in ${PACKAGES:-simpleitk monai pydicom torchio nibabel deprecated}; do
     version=$("$PY" -c "import importlib.metadata as m; print(m.version('$pkg'))")
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \

@@ -127,3 +127,51 @@ def test_choose_needs_a_cache_of_the_checkpoints_grid(
     with pytest.raises(InputError, match="come from"):
         choose([tmp_path / "own.pt"], cache=tmp_path / f"cache_{FINE}", **common)
     assert not (tmp_path / "choice").exists()
+
+
+def test_cubes_cut_on_their_own_grid_behind_a_unet_on_another(
+    unet: Path, layouts: tuple[Path, Path], fine_harvest: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from cmb.cli import main
+
+    coarse = (1.0, 1.0, 1.0)
+    dirs = (tmp_path / "train", tmp_path / "val")
+    for data, out in zip(layouts, dirs, strict=True):
+        args = ["classifier", "harvest", "--data", str(data), "--out", str(out), "--unet"]
+        grids = ["--unet-spacing", *map(str, FINE), "--cube-spacing", *map(str, coarse)]
+        assert main([*args, str(unet), "--candidate-threshold", "0.5", *grids]) == 0
+    one = sorted(dirs[0].glob("*.npz"))[0]
+    with np.load(one) as a, np.load(fine_harvest[0] / one.name) as fine:
+        assert a["spacing_mm"].tolist() == list(coarse)
+        assert a["unet_spacing_mm"].tolist() == fine["unet_spacing_mm"].tolist() == list(FINE)
+        # the same candidates as the fine harvest, their cubes cut from the 1 mm image
+        np.testing.assert_array_equal(a["center_lps_mm"], fine["center_lps_mm"])
+        ref = next(r for r in list_cases([layouts[0]]) if r.case_id == one.stem)
+        image, _ = load_volumes(ref)
+        plan = OnnxModel.load(unet, device="cpu").metadata
+        expected = extract_patches(prepare(image, plan), a["center_lps_mm"], (32, 32, 32))
+        np.testing.assert_allclose(a["patches"], expected[:, 0], atol=1e-2)
+    pool = Pool.load([str(dirs[0])])
+    assert (pool.spacing_mm, pool.unet_spacing_mm) == (coarse, FINE)
+    own = tmp_path / "own"
+    harvest([layouts[0]], unet, own, candidate_threshold=0.5)  # both grids 1 mm
+    with pytest.raises(ValueError, match="different grids"):
+        Pool.load([str(own), str(dirs[0])])
+
+    _train_tiny(dirs, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["spacing_mm"], saved["unet_spacing_mm"]) == (list(coarse), list(FINE))
+    out = export_classifier(tmp_path / "run" / "best.pt", tmp_path / "c.onnx", unet_path=unet)
+    model = OnnxModel.load(out, device="cpu")
+    assert model.metadata.spacing_mm == coarse  # the cubes' grid
+    assert unet_spacing(model) == FINE  # the U-Net's
+    assert model.metadata.extra["unet"] == unet_identity(OnnxModel.load(unet, device="cpu"), FINE)
+    with pytest.raises(ValueError, match="harvest both on the same grids"):
+        _train_tiny((dirs[0], fine_harvest[1]), tmp_path / "mixed")
+
+
+def test_a_checkpoint_from_before_the_grids_were_separate_reads_one_grid() -> None:
+    assert ClassifierConfig().unet_grid() is None
+    assert ClassifierConfig(spacing_mm=list(FINE)).unet_grid() == FINE
+    both = ClassifierConfig(spacing_mm=[1.0, 1.0, 1.0], unet_spacing_mm=list(FINE))
+    assert both.unet_grid() == FINE

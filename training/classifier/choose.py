@@ -83,9 +83,9 @@ def _check_cache(cache: Path, measured: str, identity: str, *, whole: bool) -> N
 
 
 def _grid(checkpoint: Path) -> tuple[float, ...] | None:
-    """The grid a checkpoint's cubes were harvested on (None: the U-Net's own)."""
+    """The grid the U-Net ran on for a checkpoint's harvest (None: the U-Net's own)."""
     _, config, _ = load_checkpoint(checkpoint)
-    return tuple(config.spacing_mm) if config.spacing_mm is not None else None
+    return config.unet_grid()
 
 
 def score_checkpoint(

@@ -3,7 +3,8 @@
 The exported file carries the U-Net's plan (spacing and normalization: the
 classifier's patches are cut from the same prepared volume; a harvest on
 another grid, ``cmb classifier harvest --unet-spacing``, gives the file that
-spacing and ``cmb.unet_spacing_mm``, the grid the cascade runs the U-Net on), its own cube
+spacing and ``cmb.unet_spacing_mm``, the grid the cascade runs the U-Net on;
+``--cube-spacing`` gives the file the cubes' own grid as its spacing), its own cube
 size, the U-Net threshold its candidates are extracted at
 (``cmb.candidate_threshold``) and the classifier threshold chosen on the
 held-out set: the highest recall of the cascade at no more than
@@ -70,13 +71,13 @@ def _load_members(
     loaded = [load_checkpoint(c) for c in checkpoints]
     _, first, _ = loaded[0]
     for path, (_, config, _) in zip(checkpoints, loaded, strict=True):
-        plan = (config.patch, config.candidate_threshold, config.spacing_mm)
-        if plan != (first.patch, first.candidate_threshold, first.spacing_mm):
+        plan = (config.patch, config.candidate_threshold, config.spacing_mm, config.unet_grid())
+        if plan != (first.patch, first.candidate_threshold, first.spacing_mm, first.unet_grid()):
             raise InputError(
-                f"{path}: cube {config.patch}, candidates at U-Net >= "
-                f"{config.candidate_threshold} on grid {config.spacing_mm}; the first checkpoint "
-                f"has {first.patch}, {first.candidate_threshold} and {first.spacing_mm}: "
-                "an ensemble needs the same of all three"
+                f"{path}: cube {config.patch} on grid {config.spacing_mm}, candidates at U-Net "
+                f">= {config.candidate_threshold} on grid {config.unet_grid()}; the first "
+                f"checkpoint has {first.patch} on {first.spacing_mm}, {first.candidate_threshold} "
+                f"on {first.unet_grid()}: an ensemble needs the same of all four"
             )
     states = [state for _, _, state in loaded]
     if len(loaded) == 1:
@@ -94,13 +95,15 @@ def _metadata(
     tta: str | None = None,
 ) -> ModelMetadata:
     plan = unet.metadata
-    # cubes cut on another grid than the U-Net's own: the cascade runs the U-Net there too
+    # the cubes' grid, and the U-Net's when the harvest ran it on another than its own
+    # (the cascade then runs it there too)
     spacing = plan.spacing_mm
-    grid: dict[str, str] = {}
     if config.spacing_mm is not None:
         spacing = (config.spacing_mm[0], config.spacing_mm[1], config.spacing_mm[2])
-        if not np.allclose(spacing, plan.spacing_mm):
-            grid[UNET_SPACING_KEY] = json.dumps([float(v) for v in spacing])
+    unet_grid = config.unet_grid() or plan.spacing_mm
+    grid: dict[str, str] = {}
+    if not np.allclose(unet_grid, plan.spacing_mm):
+        grid[UNET_SPACING_KEY] = json.dumps([float(v) for v in unet_grid])
     return ModelMetadata(
         name=config.name,
         version=config.version,
@@ -116,7 +119,7 @@ def _metadata(
         description="3D CNN that re-scores U-Net candidates (microbleed vs mimic)",
         extra={
             CANDIDATE_THRESHOLD_KEY: repr(float(config.candidate_threshold)),
-            UNET_KEY: unet_identity(unet, spacing),
+            UNET_KEY: unet_identity(unet, unet_grid),
             **grid,
             **({TTA_KEY: tta} if tta is not None else {}),
             **{k: str(v) for k, v in provenance.items()},

@@ -9,8 +9,11 @@ are added as positives centred on the truth, so the classifier also learns
 the faint ones.  Patches are cut by ``model.candidate_classifier.extract_patches``
 on the U-Net's plan (spacing, normalization), the grid the runtime uses;
 with ``spacing_mm`` the U-Net runs, and the patches are cut, on that grid
-instead (the cascade's ``cmb.unet_spacing_mm``), which each file records
-(``spacing_mm``) so that training and export know it.
+instead (the cascade's ``cmb.unet_spacing_mm``); with ``cube_spacing_mm`` the
+patches are cut on a grid of their own (a classifier with 1 mm cubes behind
+a U-Net run on 0.7 mm, say).  Each file records both grids (``spacing_mm``:
+the cubes', ``unet_spacing_mm``: the U-Net's) so that training and export
+know them.
 
 One ``<case_id>.npz`` per case (float16 patches, labels, U-Net maxima, LPS
 centres, whether a row is a candidate or an added truth): a case already
@@ -51,11 +54,17 @@ def harvest_case(
     rule: MatchRule | None = None,
     size: int = HARVEST_SIZE,
     spacing_mm: tuple[float, float, float] | None = None,
+    cube_spacing_mm: tuple[float, float, float] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The labelled candidate patches of one case (arrays of one ``.npz``)."""
-    plan = unet.metadata.on_grid(spacing_mm)
+    """The labelled candidate patches of one case (arrays of one ``.npz``).
+
+    ``spacing_mm``: the grid the U-Net runs on (None: its own); ``cube_spacing_mm``:
+    the grid the cubes are cut on (None: the U-Net's grid).
+    """
+    unet_plan = unet.metadata.on_grid(spacing_mm)
+    cube_plan = unet_plan.on_grid(cube_spacing_mm)
     image, _ = load_volumes(ref)
-    probability = predict_probability(image, unet, overlap=overlap, spacing_mm=plan.spacing_mm)
+    probability = predict_probability(image, unet, overlap=overlap, spacing_mm=unet_plan.spacing_mm)
     _, detections = extract_candidates(probability, candidate_threshold)
     truth = parse_cmbs(ref.case_id, ref.record.get("cmbs"))
     preds = [PredCMB.from_detection(d) for d in detections]
@@ -71,7 +80,7 @@ def harvest_case(
     label += [1] * len(added)
     truth_index += added
     unet_prob += [float("nan")] * len(added)
-    prepared = prepare(image, plan)
+    prepared = prepare(image, cube_plan)
     patches = extract_patches(prepared, np.asarray(centres).reshape(-1, 3), (size,) * 3)
     return {
         "patches": patches[:, 0].astype(np.float16),
@@ -81,7 +90,8 @@ def harvest_case(
         "is_candidate": np.asarray([True] * len(detections) + [False] * len(added)),
         "center_lps_mm": np.asarray(centres, dtype=np.float64).reshape(-1, 3),
         "n_truth": np.asarray(len(truth)),
-        "spacing_mm": np.asarray(plan.spacing_mm, dtype=np.float64),
+        "spacing_mm": np.asarray(cube_plan.spacing_mm, dtype=np.float64),
+        "unet_spacing_mm": np.asarray(unet_plan.spacing_mm, dtype=np.float64),
     }
 
 
@@ -99,6 +109,7 @@ def _one(
     candidate_threshold: float,
     overlap: float,
     spacing_mm: tuple[float, float, float] | None,
+    cube_spacing_mm: tuple[float, float, float] | None,
 ) -> str:
     if _UNET is None:
         raise RuntimeError("harvest worker used before its model was loaded")
@@ -108,6 +119,7 @@ def _one(
         candidate_threshold=candidate_threshold,
         overlap=overlap,
         spacing_mm=spacing_mm,
+        cube_spacing_mm=cube_spacing_mm,
     )
     final = Path(out) / f"{ref.case_id}.npz"
     tmp = final.with_suffix(".tmp.npz")
@@ -126,12 +138,14 @@ def harvest(
     workers: int = 1,
     limit: int | None = None,
     spacing_mm: tuple[float, float, float] | None = None,
+    cube_spacing_mm: tuple[float, float, float] | None = None,
 ) -> int:
     """Harvest every case of ``data`` not yet in ``out``; returns how many were written.
 
-    ``spacing_mm``: the grid the U-Net runs and the patches are cut on (None:
-    the U-Net's own).  The cases already in ``out`` must have been harvested
-    on the same grid (:class:`training.classifier.train.Pool` refuses a mix).
+    ``spacing_mm``: the grid the U-Net runs on (None: the U-Net's own);
+    ``cube_spacing_mm``: the grid the patches are cut on (None: the U-Net's
+    grid).  The cases already in ``out`` must have been harvested on the same
+    grids (:class:`training.classifier.train.Pool` refuses a mix).
     """
     out.mkdir(parents=True, exist_ok=True)
     refs = [r for r in list_cases(data) if not (out / f"{r.case_id}.npz").is_file()]
@@ -141,7 +155,10 @@ def harvest(
         max_workers=max(1, workers), mp_context=ctx, initializer=_init, initargs=(str(unet_path), 1)
     ) as pool:
         jobs = [
-            pool.submit(_one, r, str(out), candidate_threshold, overlap, spacing_mm) for r in refs
+            pool.submit(
+                _one, r, str(out), candidate_threshold, overlap, spacing_mm, cube_spacing_mm
+            )
+            for r in refs
         ]
         for n, job in enumerate(jobs, 1):
             log.info("harvested %s (%d/%d)", job.result(), n, len(jobs))

@@ -56,9 +56,17 @@ class ClassifierConfig:
     threads: int = 1
     train: list[str] = field(default_factory=list)
     val: list[str] = field(default_factory=list)
-    # The grid (mm) the harvest ran the U-Net and cut the cubes on; set from the harvest
-    # (None: the U-Net's own spacing, or a harvest that predates the record).
+    # The grid (mm) the harvest cut the cubes on; set from the harvest (None: the U-Net's
+    # own spacing, or a harvest that predates the record).
     spacing_mm: list[float] | None = None
+    # The grid (mm) the harvest ran the U-Net on, when the cubes were cut on another
+    # (None: the cubes' grid, as every harvest before the two were separate).
+    unet_spacing_mm: list[float] | None = None
+
+    def unet_grid(self) -> tuple[float, float, float] | None:
+        """The grid the U-Net ran on for this classifier's candidates (None: its own)."""
+        grid = self.unet_spacing_mm if self.unet_spacing_mm is not None else self.spacing_mm
+        return (float(grid[0]), float(grid[1]), float(grid[2])) if grid is not None else None
 
 
 @dataclass
@@ -74,6 +82,8 @@ class Pool:
     case_ids: list[str]
     # the grid every cube was cut on (None: not recorded, harvests before it was)
     spacing_mm: tuple[float, ...] | None = None
+    # the grid the U-Net ran on (the cubes' grid when the harvest did not record its own)
+    unet_spacing_mm: tuple[float, ...] | None = None
 
     def candidate_rows(self, threshold: float) -> npt.NDArray[np.bool_]:
         """The U-Net's own candidates at ``threshold`` (not the added missed CMBs)."""
@@ -84,7 +94,7 @@ class Pool:
         parts: dict[str, list[Any]] = {k: [] for k in ("patches", "label", "unet", "cand", "case")}
         n_truth: list[int] = []
         ids: list[str] = []
-        grids: set[tuple[float, ...] | None] = set()
+        grids: set[tuple[tuple[float, ...] | None, tuple[float, ...] | None]] = set()
         for folder in folders:
             for path in sorted(Path(folder).glob("*.npz")):
                 if path.name.endswith(".tmp.npz"):
@@ -96,19 +106,17 @@ class Pool:
                     parts["cand"].append(z["is_candidate"])
                     parts["case"].append(np.full(len(z["label"]), len(ids), dtype=np.int32))
                     n_truth.append(int(z["n_truth"]))
-                    grids.add(
-                        tuple(round(float(v), 6) for v in z["spacing_mm"])
-                        if "spacing_mm" in z.files
-                        else None
-                    )
+                    cube = _grid(z, "spacing_mm")
+                    grids.add((cube, _grid(z, "unet_spacing_mm") or cube))
                 ids.append(path.stem)
         if not ids:
             raise FileNotFoundError(f"no harvested cases in {folders}")
         if len(grids) > 1:
             raise ValueError(
-                f"the harvests in {folders} were cut on different grids "
-                f"({', '.join(sorted(map(str, grids)))}): harvest them on one"
+                f"the harvests in {folders} were made on different grids ((cubes, U-Net): "
+                f"{', '.join(sorted(map(str, grids)))}): harvest them on one"
             )
+        cube_grid, unet_grid = grids.pop()
         return cls(
             patches=np.concatenate(parts["patches"]),
             label=np.concatenate(parts["label"]),
@@ -117,8 +125,14 @@ class Pool:
             case=np.concatenate(parts["case"]),
             n_truth=np.asarray(n_truth, dtype=np.int32),
             case_ids=ids,
-            spacing_mm=grids.pop(),
+            spacing_mm=cube_grid,
+            unet_spacing_mm=unet_grid,
         )
+
+
+def _grid(arrays: Any, key: str) -> tuple[float, ...] | None:
+    """A grid recorded in a harvest file (None: not recorded)."""
+    return tuple(round(float(v), 6) for v in arrays[key]) if key in arrays.files else None
 
 
 def center_crop(patches: npt.NDArray[Any], size: int, offset: npt.NDArray[np.int64]) -> Any:
@@ -169,14 +183,15 @@ def recall_at_fp(
 
 def score(net: torch.nn.Module, patches: npt.NDArray[Any], size: int) -> npt.NDArray[np.float32]:
     net.eval()
+    device = next(net.parameters()).device
     out = []
     zero = np.zeros((0, 3), dtype=np.int64)
     with torch.no_grad():
         for n in range(0, patches.shape[0], 256):
             chunk = patches[n : n + 256]
             x = center_crop(chunk, size, np.resize(zero, (chunk.shape[0], 3)))
-            logits = net(torch.from_numpy(x[:, None]))
-            out.append(torch.sigmoid(logits).reshape(-1).numpy())
+            logits = net(torch.from_numpy(x[:, None]).to(device))
+            out.append(torch.sigmoid(logits).reshape(-1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
@@ -192,16 +207,28 @@ def evaluate(net: torch.nn.Module, val: Pool, config: ClassifierConfig) -> dict[
     return {"recall": recall, "fp_per_scan": fps, "threshold": threshold, "ceiling": ceiling}
 
 
-def train(config: ClassifierConfig, out: Path) -> dict[str, Any]:
+def train(config: ClassifierConfig, out: Path, *, device: str = "cpu") -> dict[str, Any]:
+    """Train on ``config.train``, validate each epoch on ``config.val``; write ``out``.
+
+    ``device``: torch device of the network (``cuda`` on a GPU machine); the cubes
+    are augmented on the CPU either way and the checkpoints hold CPU tensors.
+    """
     out.mkdir(parents=True, exist_ok=True)
     tr = Pool.load(config.train)
     val = Pool.load(config.val)
-    if tr.spacing_mm != val.spacing_mm:
+    if (tr.spacing_mm, tr.unet_spacing_mm) != (val.spacing_mm, val.unet_spacing_mm):
         raise ValueError(
-            f"the training harvest was cut on {tr.spacing_mm}, the validation harvest on "
-            f"{val.spacing_mm}: harvest both on one grid"
+            f"the training harvest was made on {tr.spacing_mm} (cubes) and "
+            f"{tr.unet_spacing_mm} (U-Net), the validation harvest on {val.spacing_mm} and "
+            f"{val.unet_spacing_mm}: harvest both on the same grids"
         )
-    config = replace(config, spacing_mm=list(tr.spacing_mm) if tr.spacing_mm else None)
+    # unet_spacing_mm stays None where the U-Net ran on the cubes' grid
+    other_grid = tr.unet_spacing_mm is not None and tr.unet_spacing_mm != tr.spacing_mm
+    config = replace(
+        config,
+        spacing_mm=list(tr.spacing_mm) if tr.spacing_mm else None,
+        unet_spacing_mm=list(tr.unet_spacing_mm) if other_grid and tr.unet_spacing_mm else None,
+    )
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
@@ -225,7 +252,7 @@ def train(config: ClassifierConfig, out: Path) -> dict[str, Any]:
         neg.size,
         len(val.case_ids),
     )
-    net = CandidateClassifier(config.features, config.dropout)
+    net = CandidateClassifier(config.features, config.dropout).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total = config.epochs * config.steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -257,8 +284,8 @@ def train(config: ClassifierConfig, out: Path) -> dict[str, Any]:
             for _ in range(config.steps_per_epoch):
                 idx = np.concatenate([rng.choice(pos, half), rng.choice(neg, half)])
                 x = augment(tr.patches[idx], rng, config.patch, config.shift)
-                y = torch.from_numpy(tr.label[idx].astype(np.float32))
-                logits = net(torch.from_numpy(x[:, None])).reshape(-1)
+                y = torch.from_numpy(tr.label[idx].astype(np.float32)).to(device)
+                logits = net(torch.from_numpy(x[:, None]).to(device)).reshape(-1)
                 loss = loss_fn(logits, y)
                 opt.zero_grad()
                 loss.backward()
@@ -279,7 +306,7 @@ def train(config: ClassifierConfig, out: Path) -> dict[str, Any]:
             f.flush()
             log.info("epoch %d loss %.4f val %s (%.0f s)", epoch, np.mean(losses), metrics, seconds)
             state = {
-                "state_dict": net.state_dict(),
+                "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
                 "config": asdict(config),
                 "epoch": epoch,
                 "threshold": metrics["threshold"],
