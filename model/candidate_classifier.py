@@ -71,8 +71,20 @@ def unet_identity(unet: OnnxModel, spacing_mm: Sequence[float] | None = None) ->
     """
     identity = f"{unet.metadata.name} {unet.metadata.version} sha256:{unet.info.sha256}"
     if spacing_mm is not None and not np.allclose(spacing_mm, unet.metadata.spacing_mm):
-        identity += " on a " + " x ".join(f"{float(v):g}" for v in spacing_mm) + " mm grid"
+        identity += _GRID_PREFIX + " x ".join(f"{float(v):g}" for v in spacing_mm) + _GRID_SUFFIX
     return identity
+
+
+_GRID_PREFIX, _GRID_SUFFIX = " on a ", " mm grid"
+
+
+def identity_grid(identity: str) -> tuple[float, float, float] | None:
+    """The grid a :func:`unet_identity` names (None: the U-Net's own, or none named)."""
+    if not identity.endswith(_GRID_SUFFIX) or _GRID_PREFIX not in identity:
+        return None
+    spacings = identity[: -len(_GRID_SUFFIX)].rsplit(_GRID_PREFIX, 1)[1].split(" x ")
+    z, y, x = (float(v) for v in spacings)
+    return (z, y, x)
 
 
 def paired_with(classifier: OnnxModel, unet: OnnxModel) -> bool:

@@ -175,3 +175,36 @@ def test_a_checkpoint_from_before_the_grids_were_separate_reads_one_grid() -> No
     assert ClassifierConfig(spacing_mm=list(FINE)).unet_grid() == FINE
     both = ClassifierConfig(spacing_mm=[1.0, 1.0, 1.0], unet_spacing_mm=list(FINE))
     assert both.unet_grid() == FINE
+
+
+def test_a_unet_identity_names_its_grid_and_the_name_reads_back(unet: Path) -> None:
+    from model.candidate_classifier import identity_grid
+
+    unet_model = OnnxModel.load(unet, device="cpu")
+    assert identity_grid(unet_identity(unet_model, FINE)) == FINE
+    assert identity_grid(unet_identity(unet_model, (0.7, 0.65, 0.5))) == (0.7, 0.65, 0.5)
+    assert identity_grid(unet_identity(unet_model)) is None
+    assert identity_grid(unet_identity(unet_model, (1.0, 1.0, 1.0))) is None  # its own
+    assert identity_grid("") is None
+
+
+def test_replay_refuses_a_classifier_of_another_grid_than_the_cache(
+    unet: Path, fine_harvest: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from model.types import Volume
+    from training.parcellation.filter_effect import main, save_outputs
+
+    _train_tiny(fine_harvest, tmp_path / "run")
+    fine = export_classifier(tmp_path / "run" / "best.pt", tmp_path / "c.onnx", unet_path=unet)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cases.jsonl").write_text(json.dumps({"case_id": "c", "cmbs": []}) + "\n")
+    empty = Volume(np.zeros((2, 2, 2), np.float32), np.eye(4))
+    own = unet_identity(OnnxModel.load(unet, device="cpu"))
+    save_outputs(tmp_path / "cache" / "c.pkl", [], empty, empty, own, 0.5)
+    args = ["--data", str(data), "--out", str(tmp_path / "o"), "--replay", str(tmp_path / "cache")]
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--classifier", str(fine)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "runs the U-Net on a 0.8 x 0.8 x 0.8 mm grid" in err and "--unet-spacing" in err

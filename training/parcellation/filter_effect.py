@@ -48,10 +48,12 @@ from model.candidate_classifier import TASK as CLASSIFIER_TASK
 from model.candidate_classifier import (
     candidate_threshold,
     classify_candidates,
+    identity_grid,
     unet_identity,
     unet_spacing,
 )
 from model.candidates import extract_candidates
+from model.errors import InputError
 from model.infer import predict_probability
 from model.location import LocationConfig, apply_rules, locate, parcellate
 from model.location import labels as lt
@@ -505,6 +507,8 @@ def replay(
     U-Net's candidates stay; the image is read again): how a classifier, or
     its test-time augmentation, is measured behind the same U-Net.  ``out``
     is written afresh; cases without a cache file are skipped (and said).
+    InputError when the classifier runs the U-Net on another grid
+    (``cmb.unet_spacing_mm``) than the one the cached candidates come from.
     """
     out.mkdir(parents=True, exist_ok=True)
     cases_file = out / "cases.jsonl"
@@ -512,6 +516,8 @@ def replay(
     configs = configs or configurations()
     done: list[dict[str, Any]] = []
     for ref, cached in cached_cases(data, cache):
+        if classifier is not None:
+            _check_grid(cached.unet, classifier, cache / f"{ref.case_id}.pkl")
         image, _ = load_volumes(ref)
         detections = cached.detections
         if classifier is not None:
@@ -529,6 +535,23 @@ def replay(
         _append(cases_file, record)
         done.append(record)
     return _write_summary(out, done)
+
+
+def _check_grid(cached_unet: str, classifier: OnnxModel, path: Path) -> None:
+    """InputError unless the cached candidates come from the grid ``classifier`` runs the U-Net
+    on (a cache that does not name its U-Net passes)."""
+    if not cached_unet:
+        return
+    cached, wanted = identity_grid(cached_unet), unet_spacing(classifier)
+    same = cached is None and wanted is None
+    same |= cached is not None and wanted is not None and bool(np.allclose(cached, wanted))
+    if not same:
+        grid = "a " + " x ".join(f"{v:g}" for v in wanted) + " mm" if wanted else "its own"
+        raise InputError(
+            f"{path}: the cached candidates come from {cached_unet}, but classifier "
+            f"{classifier.info.name} runs the U-Net on {grid} grid: cache the candidates of "
+            "that grid (--unet-spacing)"
+        )
 
 
 def rescore(image: Volume, detections: list[Detection], classifier: OnnxModel) -> list[Detection]:
@@ -719,7 +742,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarise(read_cases(a.out / "cases.jsonl"))
     elif a.replay:
         classifier = OnnxModel.load(a.classifier, device="cpu", threads=1) if a.classifier else None
-        summary = replay(a.data, a.replay, a.out, classifier=classifier)
+        try:
+            summary = replay(a.data, a.replay, a.out, classifier=classifier)
+        except InputError as e:
+            p.error(str(e))
     else:
         summary = run(
             a.data,
