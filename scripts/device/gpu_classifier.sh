@@ -30,18 +30,8 @@ EPOCHS=${EPOCHS:-40}
 STEPS=${STEPS:-100}
 FEATURES=${FEATURES:-8 16 32}
 KEEP_EVERY=${KEEP_EVERY:-5}
-DEVICE=${DEVICE:-cuda}
-PY=${PYTHON:-python3}
-OUT=${OUT:-runs/device_out}
-mkdir -p "$OUT"
-t0=$(date +%s)
-stamp() { echo "[$(($(date +%s) - t0)) s] $*"; }
-
-# shellcheck source=scripts/device/unpack_carry.sh
-source scripts/device/unpack_carry.sh
-stamp "carry unpacked"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
-"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+# shellcheck source=scripts/device/lease_start.sh
+source scripts/device/lease_start.sh
 
 # one thread per generator and harvest process (16 SimpleITK threads each would oversubscribe)
 export ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 OMP_NUM_THREADS=1

@@ -13,18 +13,8 @@ SEED=${SEED:?set SEED}
 GEN_WORKERS=${GEN_WORKERS:-4}
 MIN_CASES=${MIN_CASES:-24}
 INIT=${INIT:-model/weights/cmb_unet.onnx}
-DEVICE=${DEVICE:-cuda}
-PY=${PYTHON:-python3}
-OUT=${OUT:-runs/device_out}
-mkdir -p "$OUT"
-t0=$(date +%s)
-stamp() { echo "[$(($(date +%s) - t0)) s] $*"; }
-
-# shellcheck source=scripts/device/unpack_carry.sh
-source scripts/device/unpack_carry.sh
-stamp "carry unpacked"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
-"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+# shellcheck source=scripts/device/lease_start.sh
+source scripts/device/lease_start.sh
 
 pool=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['data']['train'][0])" "$CONFIG")
 run=runs/gpu_$(basename "$CONFIG" .json)
