@@ -34,22 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     h.add_argument("--candidate-threshold", type=float, default=0.3)
     h.add_argument("--overlap", type=float, default=0.0, help="sliding-window overlap")
     h.add_argument("--workers", type=int, default=1)
-    h.add_argument(
-        "--unet-spacing",
-        type=float,
-        nargs=3,
-        default=None,
-        metavar=("SLICE", "ROW", "COL"),
-        help="run the U-Net and cut the cubes on this grid (mm; default: the U-Net's own)",
-    )
-    h.add_argument(
-        "--cube-spacing",
-        type=float,
-        nargs=3,
-        default=None,
-        metavar=("SLICE", "ROW", "COL"),
-        help="cut the cubes on this grid instead (mm; default: the U-Net's grid)",
-    )
+    for flag, what in (
+        ("--unet-spacing", "run the U-Net and cut the cubes on this grid (mm; default: its own)"),
+        ("--cube-spacing", "cut the cubes on this grid instead (mm; default: the U-Net's grid)"),
+    ):
+        h.add_argument(flag, type=float, nargs=3, metavar=("SLICE", "ROW", "COL"), help=what)
     h.set_defaults(func=run_harvest)
 
     t = sub.add_parser("train", help="train on harvested folders")
