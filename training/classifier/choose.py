@@ -146,7 +146,7 @@ def choose(
     _check_cache(cache, measured, unet_identity(unet), whole=False)  # before reading checkpoints
     grids = {_grid(Path(c)) for c in checkpoints}
     if len(grids) > 1:
-        raise InputError(f"the checkpoints were trained on cubes of several grids: {grids}")
+        raise InputError(f"the checkpoints were trained behind several U-Net grids: {grids}")
     identity = unet_identity(unet, grids.pop())
     _check_cache(cache, measured, identity, whole=True)
     out.mkdir(parents=True, exist_ok=True)
