@@ -83,7 +83,8 @@ rc=$?
 kill "$smi" 2>/dev/null
 tail -5 "$OUT/train.log"
 stamp "training rc=$rc"
-ls "$harvest/train" | sed -n 's/\.npz$//p' >"$run/harvested_case_ids.txt"
+# whole cases only (a case cut off at the deadline left <case>.tmp.npz)
+ls "$harvest/train" | sed -n 's/^\([^.]*\)\.npz$/\1/p' >"$run/harvested_case_ids.txt"
 tar -C "$run" -cf "$OUT/classifier_run.tar" .
 stamp done
 exit $rc
