@@ -202,9 +202,12 @@ def test_replay_refuses_a_classifier_of_another_grid_than_the_cache(
     empty = Volume(np.zeros((2, 2, 2), np.float32), np.eye(4))
     own = unet_identity(OnnxModel.load(unet, device="cpu"))
     save_outputs(tmp_path / "cache" / "c.pkl", [], empty, empty, own, 0.5)
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "cases.jsonl").write_text("an earlier result\n")
     args = ["--data", str(data), "--out", str(tmp_path / "o"), "--replay", str(tmp_path / "cache")]
     with pytest.raises(SystemExit) as exc:
         main([*args, "--classifier", str(fine)])
     assert exc.value.code == 2
+    assert (tmp_path / "o" / "cases.jsonl").read_text() == "an earlier result\n"  # kept
     err = capsys.readouterr().err
     assert "runs the U-Net on a 0.8 x 0.8 x 0.8 mm grid" in err and "--unet-spacing" in err

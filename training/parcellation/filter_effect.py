@@ -510,6 +510,9 @@ def replay(
     InputError when the classifier runs the U-Net on another grid
     (``cmb.unet_spacing_mm``) than the one the cached candidates come from.
     """
+    first = next(iter(sorted(cache.glob("*.pkl"))), None)
+    if classifier is not None and first is not None:  # before an earlier result is replaced
+        _check_grid(load_outputs(first).unet, classifier, first)
     out.mkdir(parents=True, exist_ok=True)
     cases_file = out / "cases.jsonl"
     cases_file.unlink(missing_ok=True)
