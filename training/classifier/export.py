@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from model.candidate_classifier import (
@@ -35,6 +34,7 @@ from model.candidate_classifier import (
     TTA_MODES,
     UNET_KEY,
     UNET_SPACING_KEY,
+    identity_grid,
     unet_identity,
 )
 from model.errors import InputError
@@ -101,8 +101,9 @@ def _metadata(
     if config.spacing_mm is not None:
         spacing = (config.spacing_mm[0], config.spacing_mm[1], config.spacing_mm[2])
     unet_grid = config.unet_grid() or plan.spacing_mm
+    identity = unet_identity(unet, unet_grid)  # names the grid only where it is not the U-Net's
     grid: dict[str, str] = {}
-    if not np.allclose(unet_grid, plan.spacing_mm):
+    if identity_grid(identity) is not None:
         grid[UNET_SPACING_KEY] = json.dumps([float(v) for v in unet_grid])
     return ModelMetadata(
         name=config.name,
@@ -119,7 +120,7 @@ def _metadata(
         description="3D CNN that re-scores U-Net candidates (microbleed vs mimic)",
         extra={
             CANDIDATE_THRESHOLD_KEY: repr(float(config.candidate_threshold)),
-            UNET_KEY: unet_identity(unet, unet_grid),
+            UNET_KEY: identity,
             **grid,
             **({TTA_KEY: tta} if tta is not None else {}),
             **{k: str(v) for k, v in provenance.items()},
