@@ -7,7 +7,9 @@
 #                  test folders dropped), xz-compressed: SimpleITK's wheel alone is 53 MB
 #   labels.tar.xz  the 16 training-subject label maps as int16 NIfTI, cropped to the brain plus
 #                  24 mm (the synthesiser crops to brain plus 20 mm, so it reads identical
-#                  anatomy); the held-out subjects 17-20 do not travel
+#                  anatomy); the held-out subjects 17-20 travel only with HELD_OUT=1, for a
+#                  lease that generates and measures the selection and held-out sets
+#                  (scripts/device/lease_filter_effect.sh) and trains nothing
 # Usage: CMB_SHARED_DATA=../shared/data bash scripts/device/make_carry.sh   (about 5 minutes)
 # PACKAGES (pip names) replaces that list; scripts/device/gpu_classifier.sh needs
 #   PACKAGES="simpleitk pydicom connected-components-3d"   (synthesis, harvest, classifier)
@@ -30,18 +32,19 @@ done
 for wheel in "$tmp"/wheels/*.whl; do unzip -q -o "$wheel" -d "$tmp/site"; done
 find "$tmp/site" -type d -name tests -prune -exec rm -rf {} +
 tar -C "$tmp/site" -cf - . | xz -9 -T0 >"$OUT/site.tar.xz"
-"$PY" - "$SHARED" "$tmp/labels" <<'PY'
+"$PY" - "$SHARED" "$tmp/labels" "${HELD_OUT:-0}" <<'PY'
 import sys
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from training.synth.anatomy import TRAIN_SUBJECTS, brain_box
+from training.synth.anatomy import TRAIN_SUBJECTS, VAL_SUBJECTS, brain_box
 
 MARGIN = 24  # > the synthesiser's 20 mm, so its own crop of this crop is the same box
 shared, out = Path(sys.argv[1]), Path(sys.argv[2])
-for n in TRAIN_SUBJECTS:
+subjects = TRAIN_SUBJECTS + (VAL_SUBJECTS if sys.argv[3] == "1" else ())
+for n in subjects:
     src = shared / "synthseg/data/training_label_maps" / f"training_seg_{n:02d}.nii.gz"
     image = sitk.ReadImage(str(src))
     array = sitk.GetArrayFromImage(image)  # (z, y, x)
@@ -52,5 +55,5 @@ for n in TRAIN_SUBJECTS:
     crop = sitk.RegionOfInterest(image, size, [int(i) for i in lo[::-1]])
     sitk.WriteImage(sitk.Cast(crop, sitk.sitkInt16), str(out / f"training_seg_{n:02d}.nii"))
 PY
-tar -C "$tmp/labels" -cf - . | xz -6 -T0 >"$OUT/labels.tar.xz"
+tar -C "$tmp/labels" -cf - . | xz -9e -T2 >"$OUT/labels.tar.xz"  # -9e: 2 MB less than -6
 du -ab "$OUT"

@@ -13,7 +13,8 @@ Each configuration's kept candidates are matched to the true CMBs with the
 evaluation package's default rule, at every classifier threshold.
 
 Written to ``--out``: ``cases.jsonl`` (per case: truth, and every candidate
-with its score and, per configuration, the rule that rejects it) and
+with its score, per configuration the rule that rejects it, and the numbers a
+stacked score could read, :func:`score_features`) and
 ``filter_effect.json`` (the totals, at the end).  ``cases.jsonl`` grows by
 one line per case, so a stopped run keeps what it measured and resumes after
 it; :func:`summarise` (``--summarise``) recomputes the tables from it without
@@ -21,7 +22,8 @@ running the networks again.  With ``--cache DIR`` each case's network outputs
 (the candidates with their scores, the candidate label volume and the
 parcellation) are kept too, and ``--replay DIR`` re-runs only the location and
 the rules from them (seconds per case instead of minutes): how a change to a
-rule is measured.
+rule is measured.  ``--shard K N`` measures every N-th case from the K-th, so
+that N processes share a set (``scripts/device/lease_filter_effect.sh``).
 
     nice -n 5 .venv/bin/python -m training.parcellation.filter_effect \\
         --data runs/data/val --out runs/filter_effect --overlap 0
@@ -34,6 +36,7 @@ import copy
 import csv
 import dataclasses
 import json
+import math
 import pickle
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
@@ -184,6 +187,7 @@ def apply_configurations(
                 "rejected_by": {name: reasons[n] for name, reasons in rejected.items()},
                 "region": _region_features(regions[d.id], d, frame),
                 "dark_structure": _structure_features(image, d),
+                "features": score_features(image, d),
             }
             for n, d in enumerate(detections)
             if d.id in regions
@@ -285,6 +289,33 @@ def _region_features(region: Region, det: Detection, frame: BrainFrame | None) -
         "distance_deep_nuclei_mm": round(region.distance_deep_nuclei_mm, 2),
         "wm_subclass": region.wm_subclass,
     }
+
+
+def _logit(p: float) -> float:
+    q = min(max(float(p), 1e-4), 1.0 - 1e-4)
+    return math.log(q / (1.0 - q))
+
+
+def score_features(image: Volume | None, det: Detection) -> dict[str, float] | None:
+    """What a score stacked on the classifier's could read of a candidate besides its location
+    (:mod:`training.classifier.stacking`): the classifier's and the U-Net's scores as logits,
+    the U-Net component's size and shape, the series' own voxel size (slice, in-plane mean).
+
+    None without the image, or for a candidate the classifier did not score.
+    """
+    if image is None or det.unet_probability is None:
+        return None
+    slice_mm, row_mm, col_mm = image.spacing
+    values = {
+        "classifier_logit": _logit(det.probability),
+        "unet_logit": _logit(det.unet_probability),
+        "unet_mean_logit": _logit(det.mean_probability),
+        "log_diameter_mm": math.log(max(float(det.diameter_mm), 0.1)),
+        "elongation": float(det.elongation),
+        "slice_mm": slice_mm,
+        "inplane_mm": (row_mm + col_mm) / 2.0,
+    }
+    return {k: round(v, 5) for k, v in values.items()}
 
 
 def _structure_features(image: Volume | None, det: Detection) -> dict[str, Any] | None:
@@ -453,8 +484,13 @@ def run(
     unet_path: Path | None = None,
     unet_threshold: float | None = None,
     unet_spacing_mm: tuple[float, float, float] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Measure every case of ``data`` (resuming after the cases already in ``out``).
+
+    ``shard`` ``(k, n)`` measures only every n-th case from the k-th (0-based), so
+    that n processes share a set; their ``cases.jsonl`` concatenated and
+    ``--summarise``d give the whole set's tables.
 
     ``unet_path`` is the U-Net whose candidates are measured (default: the
     shipped one); each case's record names it (and the grid it ran on, when
@@ -473,6 +509,9 @@ def run(
     done = read_cases(cases_file)
     seen = {c["case_id"] for c in done}
     refs = list_cases([data])[:limit]
+    if shard is not None:
+        k, n_shards = shard
+        refs = refs[k::n_shards]
     for n, ref in enumerate(refs):
         if ref.case_id in seen:
             continue
@@ -678,6 +717,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="first N cases only")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per network")
     p.add_argument(
+        "--shard",
+        type=int,
+        nargs=2,
+        metavar=("K", "N"),
+        help="every N-th case from the K-th (0-based) only: N processes share a set",
+    )
+    p.add_argument(
         "--threshold",
         type=float,
         help="classifier threshold of the rule table (default: the shipped classifier's)",
@@ -741,6 +787,10 @@ def main(argv: list[str] | None = None) -> int:
             "--unet, --unet-threshold and --unet-spacing make new candidates: "
             "not with --replay or --summarise"
         )
+    if a.shard and not 0 <= a.shard[0] < a.shard[1]:
+        p.error("--shard K N needs 0 <= K < N")
+    if a.shard and (a.replay or a.summarise):
+        p.error("--shard splits a run that measures the networks: not with --replay or --summarise")
     if a.summarise:
         summary = summarise(read_cases(a.out / "cases.jsonl"))
     elif a.replay:
@@ -761,6 +811,7 @@ def main(argv: list[str] | None = None) -> int:
             unet_path=a.unet,
             unet_threshold=a.unet_threshold,
             unet_spacing_mm=tuple(a.unet_spacing) if a.unet_spacing else None,
+            shard=(a.shard[0], a.shard[1]) if a.shard else None,
         )
     threshold = a.threshold
     if threshold is None:

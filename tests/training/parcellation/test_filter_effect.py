@@ -270,3 +270,72 @@ def test_candidate_rows_say_outcome_rules_and_features(tmp_path: Path) -> None:
     write_csv(rows, tmp_path / "c.csv")
     lines = (tmp_path / "c.csv").read_text().splitlines()
     assert len(lines) == 3 and "dark_structure.length_mm" in lines[0]
+
+
+def test_shards_measure_disjoint_cases_that_make_up_the_set(tmp_path: Path, monkeypatch) -> None:
+    """--shard K N: every N-th case from the K-th, so N processes share a set; their records,
+    joined, are the whole set once."""
+    from training.parcellation import filter_effect
+
+    data = tmp_path / "data"
+    data.mkdir()
+    ids = [f"c{n}" for n in range(7)]
+    (data / "cases.jsonl").write_text(
+        "".join(json.dumps({"case_id": i, "image": f"{i}.nii.gz", "cmbs": []}) + "\n" for i in ids)
+    )
+
+    def fake_measure(ref, *args, **kwargs) -> dict[str, Any]:
+        return {"case_id": ref.case_id, "truth": [], "candidates": []}
+
+    monkeypatch.setattr(filter_effect, "measure_case", fake_measure)
+    measured = []
+    for k in range(3):
+        out = tmp_path / f"shard_{k}"
+        filter_effect.run(data, out, shard=(k, 3))
+        measured.append([c["case_id"] for c in read_cases(out / "cases.jsonl")])
+    assert measured == [["c0", "c3", "c6"], ["c1", "c4"], ["c2", "c5"]]
+
+
+def test_shard_must_name_one_of_n_and_splits_only_a_measuring_run(tmp_path: Path, capsys) -> None:
+    from training.parcellation.filter_effect import main
+
+    args = ["--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    for bad in (
+        ["--shard", "3", "3"],
+        ["--shard", "-1", "2"],
+        ["--shard", "0", "2", "--summarise"],
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main([*args, *bad])
+        assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "0 <= K < N" in err and "not with --replay or --summarise" in err
+
+
+def test_score_features_read_the_scores_the_component_and_the_series_voxel_size() -> None:
+    """What a stacked score could read (training.classifier.stacking): logits of both scores,
+    the component's size and shape, the series' own slice and in-plane spacing."""
+    import math
+
+    import numpy as np
+
+    from model.types import Detection, Volume
+    from training.parcellation.filter_effect import score_features
+
+    image = Volume(np.zeros((4, 4, 4), np.float32), np.diag([5.0, 0.5, 0.7, 1.0]))
+    det = Detection(1, (0.0, 0.0, 0.0), 2.0, 4.2, 0.9, mean_probability=0.5, elongation=1.5)
+    assert score_features(image, det) is None  # the classifier did not score it
+    det.unet_probability = 0.8
+    assert score_features(None, det) is None  # no image, no voxel size
+    features = score_features(image, det)
+    assert features == {
+        "classifier_logit": round(math.log(0.9 / 0.1), 5),
+        "unet_logit": round(math.log(0.8 / 0.2), 5),
+        "unet_mean_logit": 0.0,
+        "log_diameter_mm": round(math.log(2.0), 5),
+        "elongation": 1.5,
+        "slice_mm": 5.0,
+        "inplane_mm": 0.6,
+    }
+    det.probability = 1.0  # a certain score stays finite
+    assert score_features(image, det)["classifier_logit"] == round(math.log(0.9999 / 1e-4), 5)
