@@ -39,6 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("--cube-spacing", "cut the cubes on this grid instead (mm; default: the U-Net's grid)"),
     ):
         h.add_argument(flag, type=float, nargs=3, metavar=("SLICE", "ROW", "COL"), help=what)
+    h.add_argument(
+        "--cube-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="edge of the harvested cubes in voxels (default 32: a 24-voxel input shifted by "
+        "up to 3 fits; train --patch P --shift S needs P + 2 S)",
+    )
     h.set_defaults(func=run_harvest)
 
     t = sub.add_parser("train", help="train on harvested folders")
@@ -52,6 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--features", type=int, nargs="+", default=[16, 32, 64], help="channels per block"
     )
     t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--patch", type=int, default=None, help="input cube edge (voxels; default 24)")
+    t.add_argument(
+        "--shift", type=int, default=None, help="random shift of each cube (voxels; default 3)"
+    )
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--seed", type=int, default=0)
@@ -166,7 +178,7 @@ def _training() -> None:
 def run_harvest(args: argparse.Namespace) -> int:
     _training()
     from model.onnx_model import default_model_path
-    from training.classifier.harvest import harvest
+    from training.classifier.harvest import HARVEST_SIZE, harvest
 
     n = harvest(
         args.data,
@@ -177,6 +189,7 @@ def run_harvest(args: argparse.Namespace) -> int:
         workers=args.workers,
         spacing_mm=tuple(args.unet_spacing) if args.unet_spacing else None,
         cube_spacing_mm=tuple(args.cube_spacing) if args.cube_spacing else None,
+        size=args.cube_size if args.cube_size is not None else HARVEST_SIZE,
     )
     print(f"harvested {n} case(s) into {args.out}")
     return 0
@@ -198,6 +211,7 @@ def run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         keep_every=args.keep_every,
+        **{k: v for k, v in (("patch", args.patch), ("shift", args.shift)) if v is not None},
     )
     print(json.dumps(train(config, args.out, device=args.device), indent=1))
     return 0

@@ -13,8 +13,10 @@
 # start at which the harvest stops, default 400: the cases harvested by then are the pool);
 # TRAIN_UNTIL (seconds after the start at which training stops, default 540, so that what it
 # kept by then comes back inside the tool's 10-minute limit);
-# UNET_SPACING, CUBE_SPACING (empty: the U-Net's own grid); EPOCHS (40), STEPS (100),
-# FEATURES ("8 16 32"), KEEP_EVERY (5), DEVICE (cuda), PYTHON (python3), OUT (the tool sets it).
+# UNET_SPACING, CUBE_SPACING (empty: the U-Net's own grid); CUBE_SIZE (harvested cube edge,
+# empty: 32), PATCH and SHIFT (the input and its random shift, empty: 24 and 3; PATCH + 2 SHIFT
+# must fit CUBE_SIZE); EPOCHS (40), STEPS (100), FEATURES ("8 16 32"), KEEP_EVERY (5),
+# DEVICE (cuda), PYTHON (python3), OUT (the tool sets it).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 CASES=${CASES:-240}
@@ -30,6 +32,9 @@ EPOCHS=${EPOCHS:-40}
 STEPS=${STEPS:-100}
 FEATURES=${FEATURES:-8 16 32}
 KEEP_EVERY=${KEEP_EVERY:-5}
+CUBE_SIZE=${CUBE_SIZE:-}
+PATCH=${PATCH:-}
+SHIFT=${SHIFT:-}
 # shellcheck source=scripts/device/lease_start.sh
 source scripts/device/lease_start.sh
 
@@ -38,9 +43,13 @@ export ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 OMP_NUM_THREADS=1
 data=runs/lease_data
 harvest=runs/lease_harvest
 run=runs/lease_classifier
-grids=()
-[ -n "$UNET_SPACING" ] && grids+=(--unet-spacing $UNET_SPACING)
-[ -n "$CUBE_SPACING" ] && grids+=(--cube-spacing $CUBE_SPACING)
+harvest_opts=()
+[ -n "$UNET_SPACING" ] && harvest_opts+=(--unet-spacing $UNET_SPACING)
+[ -n "$CUBE_SPACING" ] && harvest_opts+=(--cube-spacing $CUBE_SPACING)
+[ -n "$CUBE_SIZE" ] && harvest_opts+=(--cube-size "$CUBE_SIZE")
+input=()
+[ -n "$PATCH" ] && input+=(--patch "$PATCH")
+[ -n "$SHIFT" ] && input+=(--shift "$SHIFT")
 synth() {  # folder cases seed workers
     "$PY" -m cmb.cli synth "$1" --cases "$2" --seed "$3" --split train --n-cmbs 10 \
         --workers "$4" --no-progress
@@ -51,7 +60,7 @@ synth "$data/train" "$CASES" "$SEED" "$WORKERS" >>"$OUT/synth.log" 2>&1 || {
     stamp "synth (train) failed"; tail -20 "$OUT/synth.log"; exit 1; }
 stamp "synthesised $VAL_CASES + $CASES cases"
 harvest_into() {  # data_folder out_folder
-    "$PY" -m cmb.cli classifier harvest --data "$1" --out "$2" --workers "$WORKERS" "${grids[@]}"
+    "$PY" -m cmb.cli classifier harvest --data "$1" --out "$2" --workers "$WORKERS" "${harvest_opts[@]}"
 }
 harvest_into "$data/val" "$harvest/val" >"$OUT/harvest.log" 2>&1 || {
     stamp "harvest (val) failed"; tail -20 "$OUT/harvest.log"; exit 1; }
@@ -59,7 +68,7 @@ harvest_into "$data/val" "$harvest/val" >"$OUT/harvest.log" 2>&1 || {
 # group of it and its workers), stopped at the deadline: each case's file is written whole
 # or not at all, so what is there is a pool
 setsid "$PY" -m cmb.cli classifier harvest --data "$data/train" --out "$harvest/train" \
-    --workers "$WORKERS" "${grids[@]}" >>"$OUT/harvest.log" 2>&1 &
+    --workers "$WORKERS" "${harvest_opts[@]}" >>"$OUT/harvest.log" 2>&1 &
 group=$!
 while kill -0 "$group" 2>/dev/null && [ $(($(date +%s) - t0)) -lt "$HARVEST_UNTIL" ]; do sleep 2; done
 if kill -0 "$group" 2>/dev/null; then stamp "harvest stopped at the deadline"; fi
@@ -73,7 +82,7 @@ nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader -l 10 >"$OUT/gpu_ut
 smi=$!
 "$PY" -m cmb.cli classifier train --train "$harvest/train" --val "$harvest/val" --out "$run" \
     --epochs "$EPOCHS" --steps "$STEPS" --features $FEATURES --threads 4 \
-    --keep-every "$KEEP_EVERY" --device "$DEVICE" >"$OUT/train.log" 2>&1 &
+    --keep-every "$KEEP_EVERY" --device "$DEVICE" "${input[@]}" >"$OUT/train.log" 2>&1 &
 trainer=$!
 # stopped at TRAIN_UNTIL so that the checkpoints kept by then still come back
 while kill -0 "$trainer" 2>/dev/null && [ $(($(date +%s) - t0)) -lt "$TRAIN_UNTIL" ]; do sleep 2; done

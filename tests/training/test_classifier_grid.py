@@ -211,3 +211,37 @@ def test_replay_refuses_a_classifier_of_another_grid_than_the_cache(
     assert (tmp_path / "o" / "cases.jsonl").read_text() == "an earlier result\n"  # kept
     err = capsys.readouterr().err
     assert "runs the U-Net on a 0.8 x 0.8 x 0.8 mm grid" in err and "--unet-spacing" in err
+
+
+def test_cubes_of_another_size_are_harvested_and_a_larger_input_trains_on_them(
+    unet: Path, layouts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """--cube-size: larger cubes for a larger input (32 shifted by 3 needs 38); the default
+    harvest cannot feed that input, and harvests of two sizes do not mix."""
+    from cmb.cli import main
+
+    train_dir, val_dir = layouts
+    common = ["--unet", str(unet), "--candidate-threshold", "0.5"]
+    for data, name, size in ((train_dir, "big", "38"), (val_dir, "big_val", "38")):
+        args = ["classifier", "harvest", "--data", str(data), "--out", str(tmp_path / name)]
+        assert main([*args, *common, "--cube-size", size]) == 0
+    big = Pool.load([str(tmp_path / "big")])
+    assert big.cube_size == 38 and big.patches.shape[1:] == (38, 38, 38)
+    assert harvest([train_dir], unet, tmp_path / "small", candidate_threshold=0.5) == 3
+    with pytest.raises(ValueError, match="cubes of different sizes"):
+        Pool.load([str(tmp_path / "big"), str(tmp_path / "small")])
+    with pytest.raises(ValueError, match="at least 8"):
+        harvest([train_dir], unet, tmp_path / "tiny", candidate_threshold=0.5, size=4)
+
+    train_args = ["classifier", "train", "--epochs", "1", "--steps", "2"]
+    train_args += ["--candidate-threshold", "0.5", "--features", "4", "8", "16"]
+    train_args += ["--patch", "32", "--shift", "3"]
+    small = [*train_args, "--train", str(tmp_path / "small"), "--val", str(tmp_path / "big_val")]
+    with pytest.raises(ValueError, match=r"cubes of 32 voxels.*needs 38: harvest with --cube"):
+        main([*small, "--out", str(tmp_path / "refused")])
+    args = [*train_args, "--train", str(tmp_path / "big"), "--val", str(tmp_path / "big_val")]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["patch"], config["shift"]) == (32, 3)
+    exported = export_classifier(tmp_path / "run" / "best.pt", tmp_path / "c.onnx", unet_path=unet)
+    assert OnnxModel.load(exported, device="cpu").metadata.patch_size == (32, 32, 32)

@@ -41,7 +41,8 @@ from training.data import CaseRef, list_cases, load_volumes
 
 log = logging.getLogger(__name__)
 
-#: Harvested cube edge (voxels): larger than the classifier's input so training can shift it.
+#: Harvested cube edge (voxels): larger than the classifier's input so training can shift it
+#: (a 24-voxel input shifted by up to 3 voxels needs 30; ``--cube-size`` for larger inputs).
 HARVEST_SIZE = 32
 
 
@@ -110,6 +111,7 @@ def _one(
     overlap: float,
     spacing_mm: tuple[float, float, float] | None,
     cube_spacing_mm: tuple[float, float, float] | None,
+    size: int,
 ) -> str:
     if _UNET is None:
         raise RuntimeError("harvest worker used before its model was loaded")
@@ -120,6 +122,7 @@ def _one(
         overlap=overlap,
         spacing_mm=spacing_mm,
         cube_spacing_mm=cube_spacing_mm,
+        size=size,
     )
     final = Path(out) / f"{ref.case_id}.npz"
     tmp = final.with_suffix(".tmp.npz")
@@ -139,14 +142,18 @@ def harvest(
     limit: int | None = None,
     spacing_mm: tuple[float, float, float] | None = None,
     cube_spacing_mm: tuple[float, float, float] | None = None,
+    size: int = HARVEST_SIZE,
 ) -> int:
     """Harvest every case of ``data`` not yet in ``out``; returns how many were written.
 
     ``spacing_mm``: the grid the U-Net runs on (None: the U-Net's own);
     ``cube_spacing_mm``: the grid the patches are cut on (None: the U-Net's
-    grid).  The cases already in ``out`` must have been harvested on the same
-    grids (:class:`training.classifier.train.Pool` refuses a mix).
+    grid); ``size``: the cubes' edge in voxels.  The cases already in ``out``
+    must have been harvested on the same grids and size
+    (:class:`training.classifier.train.Pool` refuses a mix).
     """
+    if size < 8:
+        raise ValueError(f"the harvested cubes need an edge of at least 8 voxels, got {size}")
     out.mkdir(parents=True, exist_ok=True)
     refs = [r for r in list_cases(data) if not (out / f"{r.case_id}.npz").is_file()]
     refs = refs[:limit] if limit is not None else refs
@@ -156,7 +163,7 @@ def harvest(
     ) as pool:
         jobs = [
             pool.submit(
-                _one, r, str(out), candidate_threshold, overlap, spacing_mm, cube_spacing_mm
+                _one, r, str(out), candidate_threshold, overlap, spacing_mm, cube_spacing_mm, size
             )
             for r in refs
         ]

@@ -85,6 +85,11 @@ class Pool:
     # the grid the U-Net ran on (the cubes' grid when the harvest did not record its own)
     unet_spacing_mm: tuple[float, ...] | None = None
 
+    @property
+    def cube_size(self) -> int:
+        """The harvested cubes' edge (voxels)."""
+        return int(self.patches.shape[1])
+
     def candidate_rows(self, threshold: float) -> npt.NDArray[np.bool_]:
         """The U-Net's own candidates at ``threshold`` (not the added missed CMBs)."""
         return self.is_candidate & (self.unet_probability >= threshold)
@@ -95,12 +100,14 @@ class Pool:
         n_truth: list[int] = []
         ids: list[str] = []
         grids: set[tuple[tuple[float, ...] | None, tuple[float, ...] | None]] = set()
+        sizes: set[int] = set()
         for folder in folders:
             for path in sorted(Path(folder).glob("*.npz")):
                 if path.name.endswith(".tmp.npz"):
                     continue
                 with np.load(path) as z:
                     parts["patches"].append(z["patches"])
+                    sizes.add(int(z["patches"].shape[1]))
                     parts["label"].append(z["label"])
                     parts["unet"].append(z["unet_probability"])
                     parts["cand"].append(z["is_candidate"])
@@ -115,6 +122,12 @@ class Pool:
             raise ValueError(
                 f"the harvests in {folders} were made on different grids ((cubes, U-Net): "
                 f"{', '.join(sorted(map(str, grids)))}): harvest them on one"
+            )
+        if len(sizes) > 1:
+            raise ValueError(
+                f"the harvests in {folders} cut cubes of different sizes "
+                f"({', '.join(map(str, sorted(sizes)))} voxels): harvest them with one "
+                "--cube-size"
             )
         cube_grid, unet_grid = grids.pop()
         return cls(
@@ -207,6 +220,19 @@ def evaluate(net: torch.nn.Module, val: Pool, config: ClassifierConfig) -> dict[
     return {"recall": recall, "fp_per_scan": fps, "threshold": threshold, "ceiling": ceiling}
 
 
+def check_cube_size(harvested: int, patch: int, shift: int, role: str = "the") -> None:
+    """ValueError unless cubes of ``harvested`` voxels hold every input of ``patch`` voxels
+    shifted by up to ``shift`` (training) and centred (validation, export's scoring)."""
+    if patch < 1 or shift < 0:
+        raise ValueError(f"patch must be positive and shift not negative, got {patch}, {shift}")
+    need = patch + 2 * shift
+    if harvested < need:
+        raise ValueError(
+            f"{role} harvest cut cubes of {harvested} voxels, but an input of {patch} shifted "
+            f"by up to {shift} needs {need}: harvest with --cube-size {need} or more"
+        )
+
+
 def train(config: ClassifierConfig, out: Path, *, device: str = "cpu") -> dict[str, Any]:
     """Train on ``config.train``, validate each epoch on ``config.val``; write ``out``.
 
@@ -222,6 +248,8 @@ def train(config: ClassifierConfig, out: Path, *, device: str = "cpu") -> dict[s
             f"{tr.unet_spacing_mm} (U-Net), the validation harvest on {val.spacing_mm} and "
             f"{val.unet_spacing_mm}: harvest both on the same grids"
         )
+    for pool, role in ((tr, "training"), (val, "validation")):
+        check_cube_size(pool.cube_size, config.patch, config.shift, role)
     # unet_spacing_mm stays None where the U-Net ran on the cubes' grid
     other_grid = tr.unet_spacing_mm is not None and tr.unet_spacing_mm != tr.spacing_mm
     config = replace(
