@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,7 +23,15 @@ from service.api import web
 from service.api.auth import audit, require_key, set_cookie_if_asked
 from service.api.limits import BodyLimitMiddleware
 from service.api.upload import UploadReport, ZipLimits, split_multipart_related, store_files
-from service.db.models import AuditEntry, Delivery, DeliveryState, Job, JobState, utcnow
+from service.db.models import (
+    MAX_ROW_ID,
+    AuditEntry,
+    Delivery,
+    DeliveryState,
+    Job,
+    JobState,
+    utcnow,
+)
 from service.db.session import Database
 from service.outbox import DeliveryView, OutboxError
 from service.settings import Settings
@@ -38,6 +47,8 @@ RESULT_KINDS = {
     "probability": "application/gzip",
     "labels": "application/gzip",
 }
+#: An outbox row's id in a path: out of the database's range is a 422, never a 500.
+DeliveryId = Annotated[int, PathParam(ge=1, le=MAX_ROW_ID, description="outbox row id")]
 
 
 def job_json(job: Job, deliveries: list[Delivery] | None = None) -> dict[str, Any]:
@@ -283,7 +294,7 @@ def create_app(settings: Settings, db: Database, spool: Spool, service: Any = No
         return {"deliveries": [r.json() for r in rows]}
 
     @app.post("/deliveries/{delivery_id}/park", tags=["deliveries"])
-    def park_delivery(delivery_id: int, _: str = Depends(require_key)) -> dict[str, Any]:
+    def park_delivery(delivery_id: DeliveryId, _: str = Depends(require_key)) -> dict[str, Any]:
         """Set aside a pending result the destination keeps refusing, so the later ones go.
 
         Nothing is lost: a parked result is kept (retention too), its job stays
@@ -295,7 +306,7 @@ def create_app(settings: Settings, db: Database, spool: Spool, service: Any = No
             raise HTTPException(e.status, detail=str(e)) from e
 
     @app.post("/deliveries/{delivery_id}/requeue", tags=["deliveries"])
-    def requeue_delivery(delivery_id: int, _: str = Depends(require_key)) -> dict[str, Any]:
+    def requeue_delivery(delivery_id: DeliveryId, _: str = Depends(require_key)) -> dict[str, Any]:
         """Send a parked result again, at its old place in its destination's order."""
         try:
             return outbox.requeue(db, delivery_id).json()

@@ -128,6 +128,11 @@ class Job(Base):
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
+#: The largest row id an ``Integer`` primary key holds on every supported database
+#: (PostgreSQL's INTEGER is 32-bit; SQLite's would hold 64): what an API path may ask for.
+MAX_ROW_ID = 2**31 - 1
+
+
 class Delivery(Base):
     """The outbox: one result file to one destination, retried until it lands."""
 

@@ -240,6 +240,10 @@ def test_an_operator_parks_and_requeues_a_stuck_result(api: tuple, tmp_path: Pat
     assert requeued.status_code == 200 and requeued.json()["state"] == "pending"
     assert client.post(f"/deliveries/{did}/requeue", headers=H).status_code == 409
     assert client.post("/deliveries/999999/park", headers=H).status_code == 404
+    for beyond in (0, 2**31, 2**63):  # no such row can exist: refused, not a database error
+        for action in ("park", "requeue"):
+            r = client.post(f"/deliveries/{beyond}/{action}", headers=H)
+            assert r.status_code == 422, (beyond, action, r.text)
     with db.session() as s:  # who did it is in the audit log
         paths = [a.path for a in s.scalars(select(AuditEntry)) if a.method == "POST"]
     assert f"/deliveries/{did}/park" in paths and f"/deliveries/{did}/requeue" in paths
