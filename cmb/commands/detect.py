@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cmb.progress import StageProgress
+
+if TYPE_CHECKING:
+    from model.pipeline import PipelineOptions
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,8 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overlap",
         type=float,
-        default=0.0,
-        help="sliding-window overlap of the U-Net [0, 1) (default 0, as validated)",
+        default=None,
+        help="sliding-window overlap of the U-Net [0, 1) (default: the pipeline's, 0, as "
+        "validated)",
     )
     p.add_argument(
         "--series",
@@ -81,20 +86,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from model.dicom_in import load_studies
-    from model.errors import CmbError, InputError
-    from model.pipeline import PipelineOptions, load_model, process_study
+def pipeline_options(args: argparse.Namespace) -> PipelineOptions:
+    """The pipeline's options from ``cmb detect``'s arguments (InputError if they are bad).
+
+    An option left unset takes ``PipelineOptions``' own default, so the two cannot disagree.
+    """
+    from model.errors import InputError
+    from model.pipeline import PipelineOptions
 
     outputs = tuple(o.strip() for o in args.outputs.split(",") if o.strip())
+    unset = {"overlap": args.overlap}
     try:
-        options = PipelineOptions(
+        return PipelineOptions(
             model_path=args.model,
             device=args.device,
             threads=args.threads,
             tta=args.tta,
             threshold=args.threshold,
-            overlap=args.overlap,
             series_uid=args.series_uid,
             outputs=outputs,
             location=args.location,
@@ -102,9 +110,18 @@ def run(args: argparse.Namespace) -> int:
             classifier=args.classifier,
             classifier_model_path=args.classifier_model,
             classifier_threshold=args.classifier_threshold,
+            **{k: v for k, v in unset.items() if v is not None},
         )
     except ValueError as e:
         raise InputError(str(e)) from e
+
+
+def run(args: argparse.Namespace) -> int:
+    from model.dicom_in import load_studies
+    from model.errors import CmbError, InputError
+    from model.pipeline import load_model, process_study
+
+    options = pipeline_options(args)
     studies = load_studies(args.inputs)
     if not studies:
         raise InputError("no DICOM or NIfTI images in the inputs")

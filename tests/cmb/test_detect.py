@@ -330,8 +330,11 @@ def test_location_filter_off_is_recorded(tmp_path: Path, study_dir: Path, test_m
 def test_default_overlap_is_the_validated_one() -> None:
     """Every shipped number (docs/model-card.md) was measured at sliding-window overlap 0."""
     from cmb.cli import build_parser
+    from cmb.commands.detect import pipeline_options
     from model.pipeline import PipelineOptions
 
     assert PipelineOptions().overlap == 0.0
-    args = build_parser().parse_args(["detect", "in", "--out", "out"])
-    assert args.overlap == PipelineOptions().overlap
+    parse = build_parser().parse_args
+    assert pipeline_options(parse(["detect", "in", "--out", "out"])).overlap == 0.0
+    given = parse(["detect", "in", "--out", "out", "--overlap", "0.5"])
+    assert pipeline_options(given).overlap == 0.5
