@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # One GPU lease, one command: a candidate classifier from scratch. The lease's 16 CPU cores
-# generate training cases and, at the same time, harvest the U-Net's candidates of the cases
-# generated so far, in rounds (the U-Net runs on ONNX Runtime's CPU build, the only one the
-# image has); the GPU trains the classifier; a tar of its
+# generate training cases and harvest the U-Net's candidates (the U-Net runs on ONNX Runtime's
+# CPU build, the only one the image has); the GPU trains the classifier; a tar of its
 # checkpoints (every KEEP_EVERY epochs, best, last), log and config comes back for
 # `cmb classifier choose` on the selection set here.
 # Run on the lease machine from the repo root, with .devcarry (scripts/device/make_carry.sh with
@@ -10,11 +9,7 @@
 #   UNET_SPACING="0.7 0.7 0.7" CUBE_SPACING="1 1 1" bash scripts/device/gpu_classifier.sh
 # Environment: CASES (training cases, default 240) from SEED (3100); VAL_CASES (24) from
 # VAL_SEED (3600), training subjects too (the held-out subjects do not travel: this set only
-# picks best.pt; the choice is made here); WORKERS (15: processes in all); GEN_WORKERS (4: of
-# those, the generator's while it runs; the harvest has the others, then all: about WORKERS x
-# the share of a case's cost that is generation, ~7 of ~36 core-seconds on the 0.7 mm grid);
-# HARVEST_UNTIL
-# (seconds after the
+# picks best.pt; the choice is made here); WORKERS (15); HARVEST_UNTIL (seconds after the
 # start at which the harvest stops, default 400: the cases harvested by then are the pool);
 # TRAIN_UNTIL (seconds after the start at which training stops, default 540, so that what it
 # kept by then comes back inside the tool's 10-minute limit);
@@ -29,7 +24,6 @@ SEED=${SEED:-3100}
 VAL_CASES=${VAL_CASES:-24}
 VAL_SEED=${VAL_SEED:-3600}
 WORKERS=${WORKERS:-15}
-GEN_WORKERS=${GEN_WORKERS:-4}
 HARVEST_UNTIL=${HARVEST_UNTIL:-400}
 TRAIN_UNTIL=${TRAIN_UNTIL:-540}
 UNET_SPACING=${UNET_SPACING:-}
@@ -56,52 +50,32 @@ harvest_opts=()
 input=()
 [ -n "$PATCH" ] && input+=(--patch "$PATCH")
 [ -n "$SHIFT" ] && input+=(--shift "$SHIFT")
-generate=(--split train --n-cmbs 10 --no-progress)
-"$PY" -m cmb.cli synth "$data/val" --cases "$VAL_CASES" --seed "$VAL_SEED" --workers "$WORKERS" \
-    "${generate[@]}" >"$OUT/synth.log" 2>&1 || {
+synth() {  # folder cases seed workers
+    "$PY" -m cmb.cli synth "$1" --cases "$2" --seed "$3" --split train --n-cmbs 10 \
+        --workers "$4" --no-progress
+}
+synth "$data/val" "$VAL_CASES" "$VAL_SEED" "$WORKERS" >"$OUT/synth.log" 2>&1 || {
     stamp "synth (val) failed"; tail -20 "$OUT/synth.log"; exit 1; }
-stamp "synthesised $VAL_CASES validation cases"
-# the training cases in a session of their own (setsid execs the generator, so its pid is the
-# process group of it and its workers), each case's record appended as it is written
-mkdir -p "$data/train"
-setsid "$PY" -m cmb.cli synth "$data/train" --cases "$CASES" --seed "$SEED" \
-    --workers "$GEN_WORKERS" "${generate[@]}" >>"$OUT/synth.log" 2>&1 &
-generator=$!
-generating() { kill -0 "$generator" 2>/dev/null; }
-before_deadline() { [ $(($(date +%s) - t0)) -lt "$HARVEST_UNTIL" ]; }
-harvest_workers() { if generating; then echo $((WORKERS - GEN_WORKERS)); else echo "$WORKERS"; fi; }
-"$PY" -m cmb.cli classifier harvest --data "$data/val" --out "$harvest/val" \
-    --workers "$(harvest_workers)" "${harvest_opts[@]}" >"$OUT/harvest.log" 2>&1 || {
+synth "$data/train" "$CASES" "$SEED" "$WORKERS" >>"$OUT/synth.log" 2>&1 || {
+    stamp "synth (train) failed"; tail -20 "$OUT/synth.log"; exit 1; }
+stamp "synthesised $VAL_CASES + $CASES cases"
+harvest_into() {  # data_folder out_folder
+    "$PY" -m cmb.cli classifier harvest --data "$1" --out "$2" --workers "$WORKERS" "${harvest_opts[@]}"
+}
+harvest_into "$data/val" "$harvest/val" >"$OUT/harvest.log" 2>&1 || {
     stamp "harvest (val) failed"; tail -20 "$OUT/harvest.log"; exit 1; }
-# the training harvest in rounds over the cases generated so far (a harvest skips the cases
-# already harvested), each round in a session of its own so that the deadline stops it with
-# its workers: each case's file is written whole or not at all, so what is there is a pool
-rounds=0
-while before_deadline; do
-    last_round=1
-    generating && last_round=0  # a round begun after the generator ended sees every case
-    [ -s "$data/train/cases.jsonl" ] || { sleep 5; continue; }
-    setsid "$PY" -m cmb.cli classifier harvest --data "$data/train" --out "$harvest/train" \
-        --workers "$(harvest_workers)" "${harvest_opts[@]}" >>"$OUT/harvest.log" 2>&1 &
-    group=$!
-    while kill -0 "$group" 2>/dev/null && before_deadline; do sleep 2; done
-    if kill -0 "$group" 2>/dev/null; then
-        stamp "harvest stopped at the deadline"
-        kill -- -"$group" 2>/dev/null  # the harvest and its workers
-    fi
-    wait "$group" 2>/dev/null
-    rounds=$((rounds + 1))
-    [ "$last_round" -eq 1 ] && break
-    sleep 2
-done
-stopped=0
-if generating; then stamp "generator stopped at the deadline"; kill -- -"$generator"; stopped=1; fi
-wait "$generator" 2>/dev/null
-gen_rc=$?
-[ "$stopped" -eq 0 ] && [ "$gen_rc" -ne 0 ] && { stamp "synth (train) failed"; tail -20 "$OUT/synth.log"; }
-stamp "generated $(grep -c . "$data/train/cases.jsonl" 2>/dev/null || echo 0) training cases"
+# the training harvest in a session of its own (setsid execs it, so its pid is the process
+# group of it and its workers), stopped at the deadline: each case's file is written whole
+# or not at all, so what is there is a pool
+setsid "$PY" -m cmb.cli classifier harvest --data "$data/train" --out "$harvest/train" \
+    --workers "$WORKERS" "${harvest_opts[@]}" >>"$OUT/harvest.log" 2>&1 &
+group=$!
+while kill -0 "$group" 2>/dev/null && [ $(($(date +%s) - t0)) -lt "$HARVEST_UNTIL" ]; do sleep 2; done
+if kill -0 "$group" 2>/dev/null; then stamp "harvest stopped at the deadline"; fi
+kill -- -"$group" 2>/dev/null  # the harvest and any worker left behind
+wait "$group" 2>/dev/null
 n=$(ls "$harvest/train" | grep -c '^[^.]*\.npz$' || true)
-stamp "harvested $n training cases in $rounds rounds"
+stamp "harvested $n training cases"
 [ "$n" -gt 0 ] || { tail -20 "$OUT/harvest.log"; exit 1; }
 unset ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS OMP_NUM_THREADS
 nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader -l 10 >"$OUT/gpu_util.log" 2>&1 &
