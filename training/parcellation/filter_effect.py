@@ -710,7 +710,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--data", type=Path, required=True, help="validation folder (cases.jsonl)")
+    p.add_argument(
+        "--data", type=Path, help="validation folder (cases.jsonl); not read by --summarise"
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--overlap", type=float, default=0.0, help="sliding-window overlap")
     p.add_argument("--min-score", type=float, default=0.5, help="lowest classifier score kept")
@@ -787,6 +789,8 @@ def main(argv: list[str] | None = None) -> int:
             "--unet, --unet-threshold and --unet-spacing make new candidates: "
             "not with --replay or --summarise"
         )
+    if a.data is None and not a.summarise:
+        p.error("--data is needed to measure or replay (only --summarise reads --out alone)")
     if a.shard and not 0 <= a.shard[0] < a.shard[1]:
         p.error("--shard K N needs 0 <= K < N")
     if a.shard and (a.replay or a.summarise):

@@ -126,6 +126,19 @@ def test_summarise_needs_cases_and_reads_them_back(tmp_path: Path) -> None:
     assert read_cases(tmp_path / "missing.jsonl") == []
 
 
+def test_summarise_reads_out_alone_and_a_measuring_run_needs_data(tmp_path: Path, capsys) -> None:
+    from training.parcellation.filter_effect import main
+
+    (tmp_path / "cases.jsonl").write_text("".join(json.dumps(c) + "\n" for c in _cases()))
+    assert main(["--out", str(tmp_path), "--summarise", "--threshold", "0.97"]) == 0
+    assert "| all | 1/1 (100 %) | 0/1 |" in capsys.readouterr().out
+    for mode in ([], ["--replay", str(tmp_path)]):
+        with pytest.raises(SystemExit) as exc:
+            main(["--out", str(tmp_path / "o"), *mode])
+        assert exc.value.code == 2
+        assert "--data is needed" in capsys.readouterr().err
+
+
 def test_predictions_carry_the_configurations_rejections(tmp_path: Path) -> None:
     from evaluation.io import load_predictions
 
