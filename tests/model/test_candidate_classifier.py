@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -134,7 +135,7 @@ def test_pipeline_runs_the_classifier_when_asked(tmp_path: Path) -> None:
     classifier = make_test_model(
         tmp_path / "classifier.onnx", task="cmb_candidate_classification", patch_size=PATCH
     )
-    common = {"model_path": unet, "outputs": (), "location": "off"}
+    common: dict[str, Any] = {"model_path": unet, "outputs": (), "location": "off"}
     (plain,) = process([study], tmp_path / "plain", PipelineOptions(**common, classifier="off"))
     (cascade,) = process(
         [study],
@@ -161,7 +162,7 @@ def test_the_unet_runs_on_the_grid_the_classifier_names(tmp_path: Path) -> None:
     fine = make_test_model(tmp_path / "unet_fine.onnx", spacing_mm=(0.8, 0.8, 0.8))
     on_grid = _classifier_file(tmp_path, "grid.onnx", {"cmb.unet_spacing_mm": "[0.8, 0.8, 0.8]"})
     own = _classifier_file(tmp_path, "own.onnx")
-    common = {"outputs": (), "location": "off", "classifier": "on"}
+    common: dict[str, Any] = {"outputs": (), "location": "off", "classifier": "on"}
     (cascade,) = process(
         [study],
         tmp_path / "a",
@@ -251,7 +252,7 @@ def test_mars_rating_band_follows_the_score_that_decided(
         tmp_path / "classifier.onnx", task="cmb_candidate_classification", patch_size=PATCH
     )
     parc = make_test_model(tmp_path / "parc.onnx", task="parcellation")
-    common = {
+    common: dict[str, Any] = {
         "model_path": unet,
         "outputs": (),
         "location": "onnx",

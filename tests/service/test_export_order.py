@@ -207,7 +207,9 @@ def test_a_parked_head_lets_the_newer_results_go_and_waits_to_be_requeued(
     assert _destination_gauges(db)["cmb_destination_parked"] == {destination: 1.0}
     assert [d.id for d in outbox.list_deliveries(db, state=DeliveryState.PARKED)] == [head_id]
     with db.session() as s:  # a parked row is never tried, however due
-        s.get(Delivery, head_id).next_attempt_at = utcnow() - timedelta(hours=1)
+        parked = s.get(Delivery, head_id)
+        assert parked is not None
+        parked.next_attempt_at = utcnow() - timedelta(hours=1)
     assert exporter.run_once() == 0
     assert receiver.received == [newer_uid]
 

@@ -65,8 +65,8 @@ def test_miss_records_tell_matched_merged_and_unseen_cmbs() -> None:
 def test_dark_blobs_find_a_dark_sphere_inside_the_mask_only() -> None:
     grid = np.indices((40, 40, 48)).transpose(1, 2, 3, 0)
     image = np.ones((40, 40, 48), np.float32)
-    for centre in ((20, 20, 14), (20, 20, 36)):
-        image[np.linalg.norm(grid - np.asarray(centre), axis=-1) <= 2.0] = -2.0
+    for sphere in ((20, 20, 14), (20, 20, 36)):
+        image[np.linalg.norm(grid - np.asarray(sphere), axis=-1) <= 2.0] = -2.0
     volume = Volume(image, np.eye(4))
     mask = np.zeros(image.shape, bool)
     mask[:, :, :26] = True  # the second sphere is outside the brain

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -119,7 +120,7 @@ def test_choose_needs_a_cache_of_the_checkpoints_grid(
     for grid in (None, FINE):
         cache = tmp_path / f"cache_{grid}"
         save_outputs(cache / "c.pkl", [], empty, empty, unet_identity(unet_model, grid), 0.5)
-    common = {"data": tmp_path, "out": tmp_path / "choice", "unet_path": unet}
+    common: dict[str, Any] = {"data": tmp_path, "out": tmp_path / "choice", "unet_path": unet}
     with pytest.raises(InputError, match="several U-Net grids"):
         choose([fine, tmp_path / "own.pt"], cache=tmp_path / f"cache_{FINE}", **common)
     with pytest.raises(InputError, match=r"not from .* 0\.8 mm grid"):

@@ -96,7 +96,7 @@ def test_nifti_pairs_layouts(tmp_path: Path, layout: str) -> None:
     else:
         ip, mp = src / "case7.nii.gz", src / "case7_mask.nii.gz"
     write_nifti(Volume(img, _affine()), ip)
-    write_nifti(Volume(mask.astype(np.int16), _affine()), mp)  # type: ignore[arg-type]
+    write_nifti(Volume(mask.astype(np.int16), _affine()), mp)
     assert import_dataset("nifti-pairs", src, tmp_path / "out", split="val") == 1
     rec = _check_round_trip(tmp_path / "out", img, mask, _affine())
     assert rec["split"] == "val" and rec["source_id"] == "case7"

@@ -197,10 +197,9 @@ def test_elastic_gate_passes_undrawn_patches_through_untouched() -> None:
     """p_elastic 0: no identity-grid resampling (MONAI's own prob check still resamples)."""
     from training.augment import _WhenDrawn
 
-    none = {k: 0.0 for k in AugmentConfig.__dataclass_fields__ if k.startswith("p_")}
-    gate = next(
-        t for t in build_augmentation(AugmentConfig(**none)).transforms if isinstance(t, _WhenDrawn)
-    )
+    none: dict[str, Any] = {k: 0.0 for k in AugmentConfig.__dataclass_fields__ if k[:2] == "p_"}
+    composed: Any = build_augmentation(AugmentConfig(**none))  # MONAI's Compose
+    gate = next(t for t in composed.transforms if isinstance(t, _WhenDrawn))
     sample = _patch_sample(2)
     assert gate(sample) is sample
     gate.p = 1.0
@@ -210,10 +209,10 @@ def test_elastic_gate_passes_undrawn_patches_through_untouched() -> None:
 
 
 def test_augmentation_is_fixed_by_its_seed_elastic_included() -> None:
-    always = {k: 1.0 for k in AugmentConfig.__dataclass_fields__ if k.startswith("p_")}
+    always: dict[str, Any] = {k: 1.0 for k in AugmentConfig.__dataclass_fields__ if k[:2] == "p_"}
     outs = []
     for seed in (7, 7, 8):
-        aug = build_augmentation(AugmentConfig(**always))
+        aug: Any = build_augmentation(AugmentConfig(**always))  # MONAI's Compose
         aug.set_random_state(seed=seed)
         np.random.seed(seed)  # TorchIO's transforms draw from the global generators
         torch.manual_seed(seed)

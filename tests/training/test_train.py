@@ -44,7 +44,7 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     )
 
 
-def tiny_config(train_dir: Path, val_dir: Path, **optim: int) -> TrainConfig:
+def tiny_config(train_dir: Path, val_dir: Path, **optim: float) -> TrainConfig:
     return config_from_dict(
         {
             "patch_size": [32, 32, 32],

@@ -351,4 +351,6 @@ def test_score_features_read_the_scores_the_component_and_the_series_voxel_size(
         "inplane_mm": 0.6,
     }
     det.probability = 1.0  # a certain score stays finite
-    assert score_features(image, det)["classifier_logit"] == round(math.log(0.9999 / 1e-4), 5)
+    certain = score_features(image, det)
+    assert certain is not None
+    assert certain["classifier_logit"] == round(math.log(0.9999 / 1e-4), 5)
