@@ -42,12 +42,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from evaluation.cases import PredCMB, parse_cmbs
-from evaluation.matching import match_case
 from model.errors import InputError
 from training.parcellation.filter_effect import (
     MAX_FP_PER_SCAN,
     THRESHOLDS,
+    candidate_rows,
     operating_point,
     read_cases,
     summarise,
@@ -72,8 +71,9 @@ REGION_FEATURES = (
     "distance_ventricle_mm",
     "distance_deep_nuclei_mm",
 )
-#: The dark structure through a candidate (model.location.vessel), numbers only.
-STRUCTURE_FEATURES = ("elongation", "length_mm", "width_mm", "contrast", "volume_mm3")
+#: The dark structure through a candidate (model.location.vessel), read as they are; its
+#: volume (as log1p) and whether it touches the border follow them.
+STRUCTURE_FEATURES = ("elongation", "length_mm", "width_mm", "contrast")
 #: Thresholds of the choice: the tables' grid and every hundredth from 0.05 (a stacked
 #: probability is calibrated to the share of true candidates, far below the classifier's).
 CHOICE_THRESHOLDS = tuple(sorted({*THRESHOLDS, *(round(0.05 + 0.01 * n, 2) for n in range(95))}))
@@ -100,24 +100,17 @@ def candidate_vector(candidate: dict[str, Any], with_location: bool) -> list[flo
         region = candidate.get("region") or {}
         structure = candidate.get("dark_structure") or {}
         out += [_finite(region.get(k), _FAR_MM) for k in REGION_FEATURES]
-        out += [_finite(structure.get(k), 1e6) for k in STRUCTURE_FEATURES[:-1]]
+        out += [_finite(structure.get(k), 1e6) for k in STRUCTURE_FEATURES]
         out += [math.log1p(_finite(structure.get("volume_mm3"), 1e6))]
         out += [float(bool(structure.get("touches_border")))]
     return out
 
 
 def labels(cases: Sequence[dict[str, Any]]) -> npt.NDArray[np.int64]:
-    """1 for each recorded candidate matched to a true CMB, else 0 (cases in order)."""
-    out: list[int] = []
-    for case in cases:
-        preds = [
-            PredCMB.from_json(c["detection"], f"{case['case_id']} candidate {i}")
-            for i, c in enumerate(case["candidates"])
-        ]
-        truth = parse_cmbs(case["case_id"], case["truth"])
-        hits = {p.pred_index for p in match_case(truth, preds, case_id=case["case_id"]).pairs}
-        out += [int(n in hits) for n in range(len(preds))]
-    return np.asarray(out, dtype=np.int64)
+    """1 for each recorded candidate matched to a true CMB, else 0 (cases in order): the
+    outcome column of :func:`~training.parcellation.filter_effect.candidate_rows`."""
+    rows = candidate_rows(cases, threshold=0.0)
+    return np.asarray([int(r["outcome"] == "TP") for r in rows], dtype=np.int64)
 
 
 def _logistic() -> Any:

@@ -220,9 +220,10 @@ def evaluate(net: torch.nn.Module, val: Pool, config: ClassifierConfig) -> dict[
     return {"recall": recall, "fp_per_scan": fps, "threshold": threshold, "ceiling": ceiling}
 
 
-def check_cube_size(harvested: int, patch: int, shift: int, role: str = "the") -> None:
+def check_cube_size(harvested: int, patch: int, shift: int, role: str) -> None:
     """ValueError unless cubes of ``harvested`` voxels hold every input of ``patch`` voxels
-    shifted by up to ``shift`` (training) and centred (validation, export's scoring)."""
+    shifted by up to ``shift`` (training) and centred (validation, export's scoring);
+    ``role`` names the harvest in the message ("training", "validation")."""
     if patch < 1 or shift < 0:
         raise ValueError(f"patch must be positive and shift not negative, got {patch}, {shift}")
     need = patch + 2 * shift
