@@ -10,7 +10,7 @@
 #                  anatomy); the held-out subjects 17-20 travel only with HELD_OUT=1, for a
 #                  lease that generates and measures the selection and held-out sets
 #                  (scripts/device/lease_filter_effect.sh) and trains nothing
-# Usage: CMB_SHARED_DATA=../shared/data bash scripts/device/make_carry.sh   (about 5 minutes)
+# Usage: CMB_SHARED_DATA=../shared/data bash scripts/device/make_carry.sh   (about 6 minutes with the small PACKAGES list, most of it the labels' xz -9e)
 # PACKAGES (pip names) replaces that list; scripts/device/gpu_classifier.sh needs
 #   PACKAGES="simpleitk pydicom connected-components-3d"   (synthesis, harvest, classifier)
 # On the machine, scripts/device/gpu_train.sh unpacks it.
