@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.helpers.dcmtk import send
 from tests.service.conftest import API_KEY, REPO, Proc, _listening, free_port, wait_for
 from tests.service.study_factory import PhantomStudy, write_model, write_phantom_study
 
@@ -101,20 +101,8 @@ def start_orthanc(procs: Callable[..., Proc], tmp: Path, cmb_port: int) -> Ortha
 
 
 def storescu(folder: Path, port: int, calling: str, called: str = "ORTHANC") -> None:
-    cmd = [
-        "storescu",
-        "-aet",
-        calling,
-        "-aec",
-        called,
-        "+sd",
-        "+r",
-        "127.0.0.1",
-        str(port),
-        str(folder),
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
+    """Send a folder to Orthanc as the scanner ``calling`` would (must succeed)."""
+    send(folder, port, calling=calling, called=called)
 
 
 def start_serve(

@@ -29,9 +29,18 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from service.logs import JsonFormatter
-from service.runtime import Service
-from service.settings import Settings, load_settings
-from tests.service.conftest import API_KEY, KEY, REPO, Proc, _listening, free_port, wait_for
+from service.settings import Settings
+from tests.service.conftest import (
+    API_KEY,
+    KEY,
+    REPO,
+    Proc,
+    _listening,
+    free_port,
+    quick_settings,
+    services,
+    wait_for,
+)
 from tests.service.dicom_factory import mr_dataset
 
 __all__ = [
@@ -42,6 +51,7 @@ __all__ = [
     "Proc",
     "free_port",
     "listening",
+    "services",  # the fixture, shared with tests/service
     "wait_for",
 ]
 
@@ -145,43 +155,10 @@ def fast_dir() -> Iterator[Path]:
 @pytest.fixture
 def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     def make(**kw: Any) -> Settings:
-        base: dict[str, Any] = {
-            "data_dir": tmp_path / "data",
-            "dicom_host": "127.0.0.1",
-            "dicom_port": free_port(),
-            "api_port": 0,
-            "stable_after": 0.5,
-            "poll_interval_s": 0.1,
-            "disk_reserve_mb": 0,
-            "pipeline": RELIABILITY_PIPELINE,
-            "api_keys": [API_KEY],
-            "log_format": "json",
-            "export_backoff_s": 0.2,
-            "export_max_backoff_s": 1.0,
-            "job_retry_backoff_s": 0.1,
-            "dimse_timeout_s": 10,
-            "allow_ae": ["PACS"],
-        }
-        base.update(kw)
-        return load_settings(**base)
+        ours = {"pipeline": RELIABILITY_PIPELINE, "log_format": "json", "allow_ae": ["PACS"]}
+        return quick_settings(tmp_path, **{**ours, **kw})
 
     return make
-
-
-@pytest.fixture
-def services() -> Iterator[Callable[[Settings], Service]]:
-    """Start in-process services (`cmb serve` as an object); all are stopped at teardown."""
-    started: list[Service] = []
-
-    def start(settings: Settings) -> Service:
-        svc = Service(settings)
-        started.append(svc)
-        svc.start()
-        return svc
-
-    yield start
-    for svc in reversed(started):
-        svc.stop()
 
 
 @pytest.fixture

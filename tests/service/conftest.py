@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -14,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, text
 
+from service.db.models import Job, JobState, utcnow
 from service.db.session import Database
+from service.runtime import Service
 from service.settings import Settings, load_settings
 from service.store import Spool
+from tests.service.dicom_factory import mr_dataset
 
 FAKE_PIPELINE = "tests.service.fake_pipeline:process"
 API_KEY = "tester:0123456789abcdef0123"
@@ -45,28 +50,46 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: flo
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path) -> Callable[..., Settings]:
-    def make(**kw: Any) -> Settings:
-        base: dict[str, Any] = {
-            "data_dir": tmp_path / "data",
-            "dicom_host": "127.0.0.1",
-            "dicom_port": free_port(),
-            "api_port": 0,
-            "stable_after": 0.5,
-            "poll_interval_s": 0.1,
-            "disk_reserve_mb": 0,
-            "pipeline": FAKE_PIPELINE,
-            "api_keys": [API_KEY],
-            "log_format": "text",
-            "export_backoff_s": 0.2,
-            "export_max_backoff_s": 1.0,
-            "job_retry_backoff_s": 0.1,
-            "dimse_timeout_s": 10,
-        }
-        base.update(kw)
-        return load_settings(**base)
+def services() -> Iterator[Callable[[Settings], Service]]:
+    """Start in-process services (`cmb serve` as an object); all are stopped at teardown."""
+    started: list[Service] = []
 
-    return make
+    def start(settings: Settings) -> Service:
+        svc = Service(settings)
+        started.append(svc)
+        svc.start()
+        return svc
+
+    yield start
+    for svc in reversed(started):
+        svc.stop()
+
+
+def quick_settings(tmp_path: Path, **kw: Any) -> Settings:
+    """Settings for a service under test: data below ``tmp_path``, a free DICOM port, the fake
+    pipeline, and short waits and back-offs so that tests do not sit idle (``kw`` wins)."""
+    base: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "dicom_host": "127.0.0.1",
+        "dicom_port": free_port(),
+        "api_port": 0,
+        "stable_after": 0.5,
+        "poll_interval_s": 0.1,
+        "disk_reserve_mb": 0,
+        "pipeline": FAKE_PIPELINE,
+        "api_keys": [API_KEY],
+        "log_format": "text",
+        "export_backoff_s": 0.2,
+        "export_max_backoff_s": 1.0,
+        "job_retry_backoff_s": 0.1,
+        "dimse_timeout_s": 10,
+    }
+    return load_settings(**{**base, **kw})
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    return functools.partial(quick_settings, tmp_path)
 
 
 @pytest.fixture
@@ -74,6 +97,32 @@ def db(tmp_path: Path) -> Iterator[Database]:
     database = Database(f"sqlite:///{tmp_path / 'test.db'}")
     yield database
     database.dispose()
+
+
+def add_succeeded_job(db: Database, folder: Path, **fields: Any) -> tuple[str, str]:
+    """A succeeded job whose one result (an SR, in fact an MR image) waits to be sent:
+    returns (job id, the result's SOP Instance UID); ``fields`` set more Job columns."""
+    ds = mr_dataset(generate_uid(), generate_uid(), 0)
+    path = folder / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    now = utcnow()
+    job_id = uuid.uuid4().hex
+    with db.session() as s:
+        s.add(
+            Job(
+                id=job_id,
+                study_instance_uid=ds.StudyInstanceUID,
+                content_key="k",
+                n_instances=1,
+                state=JobState.SUCCEEDED,
+                attempts=1,
+                created_at=now,
+                updated_at=now,
+                outputs={"sr": str(path)},
+                **fields,
+            )
+        )
+    return job_id, str(ds.SOPInstanceUID)
 
 
 @pytest.fixture

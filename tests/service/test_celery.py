@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.helpers.dcmtk import storescu
 from tests.service.conftest import FAKE_PIPELINE, Proc, wait_for
 from tests.service.dicom_factory import write_study
 from tests.service.study_factory import write_model, write_phantom_study
-from tests.service.test_serve_cli import check_results, serve_env, start_serve, storescu
+from tests.service.test_serve_cli import check_results, serve_env, start_serve
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 

@@ -7,14 +7,12 @@ instances listed in ``refuse`` (status 0xA700) and records the others.
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.uid import generate_uid
 from pynetdicom import AE, StoragePresentationContexts, evt
 from sqlalchemy import select
 
@@ -24,8 +22,7 @@ from service.db.session import Database
 from service.export import Exporter
 from service.metrics import DatabaseCollector
 from service.settings import Settings, load_settings
-from tests.service.conftest import free_port
-from tests.service.dicom_factory import mr_dataset
+from tests.service.conftest import add_succeeded_job, free_port
 
 
 class Receiver:
@@ -84,28 +81,8 @@ def _settings(tmp_path: Path, port: int) -> Settings:
 
 def _job(db: Database, tmp_path: Path, finished_s_ago: float, **kw: Any) -> tuple[str, str]:
     """A succeeded job with one SR result file; returns (job id, SOP Instance UID)."""
-    ds = mr_dataset(generate_uid(), generate_uid(), 0)
-    path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    now = utcnow()
-    job_id = uuid.uuid4().hex
-    with db.session() as s:
-        s.add(
-            Job(
-                id=job_id,
-                study_instance_uid=ds.StudyInstanceUID,
-                content_key="k",
-                n_instances=1,
-                state=JobState.SUCCEEDED,
-                attempts=1,
-                created_at=now,
-                updated_at=now,
-                finished_at=now - timedelta(seconds=finished_s_ago),
-                outputs={"sr": str(path)},
-                **kw,
-            )
-        )
-    return job_id, str(ds.SOPInstanceUID)
+    finished = utcnow() - timedelta(seconds=finished_s_ago)
+    return add_succeeded_job(db, tmp_path, finished_at=finished, **kw)
 
 
 def _rows(db: Database) -> dict[str, Delivery]:

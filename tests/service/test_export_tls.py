@@ -18,16 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.uid import generate_uid
 from pynetdicom import AE, StoragePresentationContexts, evt
 from sqlalchemy import select
 
-from service.db.models import Delivery, DeliveryState, Job, JobState, utcnow
+from service.db.models import Delivery, DeliveryState, Job, JobState
 from service.db.session import Database
 from service.export import Exporter
 from service.settings import Settings, SettingsError, load_settings
-from tests.service.conftest import free_port
-from tests.service.dicom_factory import mr_dataset
+from tests.service.conftest import add_succeeded_job, free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 
@@ -134,26 +132,7 @@ def receiver(pki: Pki) -> Iterator[TlsReceiver]:
 def _outbox(tmp_path: Path, settings: Settings) -> tuple[Database, str, str]:
     """A database with one succeeded job whose SR output waits in the outbox."""
     db = Database(f"sqlite:///{tmp_path / f'{uuid.uuid4().hex}.db'}")
-    ds = mr_dataset(generate_uid(), generate_uid(), 0)
-    path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    now = utcnow()
-    job_id = uuid.uuid4().hex
-    with db.session() as s:
-        s.add(
-            Job(
-                id=job_id,
-                study_instance_uid=ds.StudyInstanceUID,
-                content_key="k",
-                n_instances=1,
-                state=JobState.SUCCEEDED,
-                attempts=1,
-                created_at=now,
-                updated_at=now,
-                outputs={"sr": str(path)},
-            )
-        )
-    return db, job_id, str(ds.SOPInstanceUID)
+    return (db, *add_succeeded_job(db, tmp_path))
 
 
 def _settings(tmp_path: Path, port: int, **kw: Any) -> Settings:

@@ -22,6 +22,7 @@ from sqlalchemy import create_engine, text
 
 from service.runtime import Service
 from service.settings import Settings, SettingsError, load_settings
+from tests.helpers.dcmtk import storescu
 from tests.service.conftest import FAKE_PIPELINE, KEY, Proc, free_port, wait_for
 from tests.service.dicom_factory import write_study
 from tests.service.test_celery import (  # noqa: F401 - fixtures
@@ -29,7 +30,6 @@ from tests.service.test_celery import (  # noqa: F401 - fixtures
     queue,
     start_worker,
 )
-from tests.service.test_serve_cli import storescu
 
 H = {"X-API-Key": KEY}
 

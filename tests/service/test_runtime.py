@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ from sqlalchemy import select
 from service.db.models import Delivery, DeliveryState, Job, JobState
 from service.runtime import Service
 from service.settings import Settings
+from tests.helpers.dcmtk import send
 from tests.service.conftest import wait_for
 from tests.service.dicom_factory import write_study
 
@@ -23,38 +24,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def service_factory() -> Iterator[Callable[[Settings], Service]]:
-    started: list[Service] = []
-
-    def start(settings: Settings) -> Service:
-        svc = Service(settings)
-        started.append(svc)
-        svc.start()
-        return svc
-
-    yield start
-    for svc in started:
-        svc.stop()
-
-
-def _send(folder: Path, port: int, calling: str = "PACS") -> None:
-    cmd = [
-        "storescu",
-        "-aet",
-        calling,
-        "-aec",
-        "CMB_AI",
-        "+sd",
-        "+r",
-        "127.0.0.1",
-        str(port),
-        str(folder),
-    ]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    assert run.returncode == 0, run.stdout + run.stderr
-
-
 def _jobs(svc: Service, study: str) -> list[Job]:
     assert svc.db is not None
     with svc.db.session() as s:
@@ -62,15 +31,15 @@ def _jobs(svc: Service, study: str) -> list[Job]:
 
 
 def test_study_flows_to_destination(
-    service_factory: Callable[[Settings], Service],
+    services: Callable[[Settings], Service],
     make_settings: Callable[..., Settings],
     storescp: tuple[str, Path],
     tmp_path: Path,
 ) -> None:
     dest, dest_dir = storescp
-    svc = service_factory(make_settings(destinations=[dest]))
+    svc = services(make_settings(destinations=[dest]))
     study, _files = write_study(tmp_path / "in", n=3, descriptions=("SWI", "PHASE"))
-    _send(tmp_path / "in", svc.settings.dicom_port)
+    send(tmp_path / "in", svc.settings.dicom_port)
 
     job = wait_for(
         lambda: next((j for j in _jobs(svc, study) if j.state == JobState.DELIVERED), None),
@@ -84,13 +53,13 @@ def test_study_flows_to_destination(
     assert received[0].StudyInstanceUID == study
 
     # The same study again (duplicates): no new job.
-    _send(tmp_path / "in", svc.settings.dicom_port)
+    send(tmp_path / "in", svc.settings.dicom_port)
     svc.monitor.run_once()  # type: ignore[union-attr]
     assert len(_jobs(svc, study)) == 1
 
     # More of the study arrives: a new job, the old one's results stay.
     write_study(tmp_path / "more", n=2, study_uid=study, descriptions=("T1",))
-    _send(tmp_path / "more", svc.settings.dicom_port)
+    send(tmp_path / "more", svc.settings.dicom_port)
     jobs = wait_for(
         lambda: (
             [j for j in _jobs(svc, study) if j.state == JobState.DELIVERED]
@@ -106,7 +75,7 @@ def test_study_flows_to_destination(
 
 
 def test_destination_down_then_up_delivers(
-    service_factory: Callable[[Settings], Service],
+    services: Callable[[Settings], Service],
     make_settings: Callable[..., Settings],
     tmp_path: Path,
     procs: Callable[..., object],
@@ -114,9 +83,9 @@ def test_destination_down_then_up_delivers(
     from tests.service.conftest import _listening, free_port
 
     port = free_port()
-    svc = service_factory(make_settings(destinations=[f"LATE@127.0.0.1:{port}"]))
+    svc = services(make_settings(destinations=[f"LATE@127.0.0.1:{port}"]))
     study, _ = write_study(tmp_path / "in", n=2)
-    _send(tmp_path / "in", svc.settings.dicom_port)
+    send(tmp_path / "in", svc.settings.dicom_port)
     assert svc.db is not None
 
     def failed_attempts() -> int:
@@ -146,15 +115,15 @@ def test_destination_down_then_up_delivers(
 
 
 def test_unusable_study_fails_with_reason_and_transient_fault_retries(
-    service_factory: Callable[[Settings], Service],
+    services: Callable[[Settings], Service],
     make_settings: Callable[..., Settings],
     tmp_path: Path,
 ) -> None:
-    svc = service_factory(make_settings(job_max_retries=2))
+    svc = services(make_settings(job_max_retries=2))
     bad, _ = write_study(tmp_path / "bad", n=1, descriptions=("FAIL_CMB",))
     flaky, _ = write_study(tmp_path / "flaky", n=1, descriptions=("FAIL_TRANSIENT",))
-    _send(tmp_path / "bad", svc.settings.dicom_port)
-    _send(tmp_path / "flaky", svc.settings.dicom_port)
+    send(tmp_path / "bad", svc.settings.dicom_port)
+    send(tmp_path / "flaky", svc.settings.dicom_port)
     job = wait_for(
         lambda: next((j for j in _jobs(svc, bad) if j.state == JobState.FAILED), None),
         60,
@@ -172,7 +141,7 @@ def test_unusable_study_fails_with_reason_and_transient_fault_retries(
 
 
 def test_restart_resumes_a_job_left_running(
-    service_factory: Callable[[Settings], Service],
+    services: Callable[[Settings], Service],
     make_settings: Callable[..., Settings],
     tmp_path: Path,
 ) -> None:
@@ -197,7 +166,7 @@ def test_restart_resumes_a_job_left_running(
         job.attempts = 1
     db.dispose()
 
-    svc = service_factory(settings)
+    svc = services(settings)
     job = wait_for(
         lambda: next((j for j in _jobs(svc, study) if j.state == JobState.SUCCEEDED), None),
         60,
@@ -211,7 +180,6 @@ def test_port_in_use_fails_at_start_with_a_clear_message(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     import socket
-    import subprocess
     import sys
 
     from tests.service.conftest import REPO
@@ -246,7 +214,6 @@ def test_port_in_use_fails_at_start_with_a_clear_message(
 
 def test_cli_refuses_bad_settings_with_what_to_fix(tmp_path: Path) -> None:
     import os
-    import subprocess
     import sys
 
     from tests.service.conftest import REPO

@@ -20,6 +20,7 @@ from service.db.session import Database
 from service.scp import StorageSCP
 from service.settings import Settings
 from service.store import Spool
+from tests.helpers.dcmtk import storescu
 from tests.service.dicom_factory import CT_IMAGE_STORAGE, mr_dataset, write_study
 
 pytestmark = pytest.mark.network
@@ -128,19 +129,9 @@ def test_handler_fault_is_a_status_and_the_association_lives(
 def test_dcmtk_storescu_sends_a_study(scp: tuple, tmp_path: Path) -> None:
     _listener, settings, db, _spool = scp
     study, files = write_study(tmp_path / "study", n=4, descriptions=("SWI", "PHASE"))
-    cmd = [
-        "storescu",
-        "-aet",
-        "STORESCU",
-        "-aec",
-        settings.ae_title,
-        "+sd",
-        "+r",
-        "127.0.0.1",
-        str(settings.dicom_port),
-        str(tmp_path / "study"),
-    ]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    run = storescu(
+        tmp_path / "study", settings.dicom_port, calling="STORESCU", called=settings.ae_title
+    )
     assert run.returncode == 0, run.stderr
     with db.session() as s:
         n = len(s.scalars(select(Instance).where(Instance.study_instance_uid == study)).all())
@@ -151,19 +142,9 @@ def test_dcmtk_storescu_sends_a_study(scp: tuple, tmp_path: Path) -> None:
 def test_dcmtk_storescu_unknown_ae_fails(scp: tuple, tmp_path: Path) -> None:
     _listener, settings, _db, _spool = scp
     write_study(tmp_path / "study", n=1)
-    cmd = [
-        "storescu",
-        "-aet",
-        "NOBODY",
-        "-aec",
-        settings.ae_title,
-        "+sd",
-        "+r",
-        "127.0.0.1",
-        str(settings.dicom_port),
-        str(tmp_path / "study"),
-    ]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    run = storescu(
+        tmp_path / "study", settings.dicom_port, calling="NOBODY", called=settings.ae_title
+    )
     assert run.returncode != 0
     assert "Calling AE Title Not Recognized" in run.stdout + run.stderr
 
@@ -175,18 +156,7 @@ def test_compressed_instance_is_stored_as_received(scp: tuple, tmp_path: Path) -
     rle = tmp_path / "rle" / "a.dcm"
     rle.parent.mkdir()
     subprocess.run(["dcmcrle", str(files[0]), str(rle)], check=True, timeout=60)
-    cmd = [
-        "storescu",
-        "-xr",
-        "-aet",
-        "PACS",
-        "-aec",
-        settings.ae_title,
-        "127.0.0.1",
-        str(settings.dicom_port),
-        str(rle),
-    ]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    run = storescu(rle, settings.dicom_port, called=settings.ae_title, options=("-xr",))
     assert run.returncode == 0, run.stdout + run.stderr
     sent = dcmread(rle)
     with db.session() as s:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ import httpx
 import pytest
 from pydicom import dcmread
 
+from tests.helpers.dcmtk import storescu
 from tests.service.conftest import API_KEY, KEY, REPO, Proc, _listening, free_port, wait_for
 from tests.service.study_factory import sr_cmb_count, write_model, write_phantom_study
 
@@ -107,22 +107,6 @@ def start_serve(
 
     wait_for(up, 60, "cmb serve to listen", every=0.25)
     return served
-
-
-def storescu(folder: Path, port: int, calling: str = "PACS") -> subprocess.CompletedProcess[str]:
-    cmd = [
-        "storescu",
-        "-aet",
-        calling,
-        "-aec",
-        "CMB_AI",
-        "+sd",
-        "+r",
-        "127.0.0.1",
-        str(port),
-        str(folder),
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
 
 
 def check_results(dest_dir: Path, study: Any) -> None:
