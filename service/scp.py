@@ -160,12 +160,6 @@ class StorageSCP:
 
     def _store(self, event: evt.Event, calling_ae: str) -> int:
         request = cast(C_STORE, event.request)
-        try:
-            self.spool.check_space()
-        except OutOfResourcesError as e:
-            log.error("refusing instance: %s", e)
-            metrics.INSTANCES_RECEIVED.labels("dimse", "out_of_resources").inc()
-            return STATUS_OUT_OF_RESOURCES
         # The bytes as received, with a file meta: what the spool writes, and the one
         # decode this handler does (identifiers only, not the pixel data).
         raw = bytes(event.encoded_dataset(include_meta=True))

@@ -31,7 +31,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from sqlalchemy import Integer, String, Table, bindparam, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from service.db.models import Instance, Series, Study, UTCDateTime, utcnow
 from service.db.session import Database, relax_commit
@@ -70,6 +70,12 @@ _TOUCH_SERIES = (
         last_received_at=bindparam("b_now", type_=UTCDateTime()),
         n_instances=_SERIES.c.n_instances + bindparam("b_added", type_=Integer()),
     )
+)
+# A refused instance restarts its study's quiet time (stability.py): its sender is not done.
+_HOLD_STUDY = (
+    update(_STUDIES)
+    .where(_STUDIES.c.study_instance_uid == bindparam("b_study"))
+    .values(last_received_at=bindparam("b_now", type_=UTCDateTime()))
 )
 _INSERT_STUDY = insert(_STUDIES)
 _INSERT_SERIES = insert(_SERIES)
@@ -248,9 +254,23 @@ class Spool:
         # no resend, and the duplicate check is left to the record's transaction.
         if path.exists() and self._recorded_digest(ids.sop_instance_uid) == digest:
             return StoreResult(ids, "duplicate")
-        self.check_space(len(raw))
+        try:
+            self.check_space(len(raw))
+        except OutOfResourcesError:
+            self._hold(ids.study_instance_uid)
+            raise
         self._write(path, raw)
         return self._record_retrying(ids, path, digest, len(raw), source)
+
+    def _hold(self, study_instance_uid: str) -> None:
+        """An instance of this study was refused for lack of space: restart the study's quiet
+        time, so that the part that did land is not taken for the whole study while its
+        sender is still sending (the refusal stands if this write fails too)."""
+        try:
+            with self.db.engine.begin() as conn:
+                conn.execute(_HOLD_STUDY, {"b_study": study_instance_uid, "b_now": utcnow()})
+        except SQLAlchemyError as e:
+            log.warning("could not hold study after a refusal: %s", type(e).__name__)
 
     def _recorded_digest(self, sop_instance_uid: str) -> str | None:
         with self.db.engine.connect() as conn:

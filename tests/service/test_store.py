@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+from datetime import timedelta
 
 import pytest
 from pydicom.uid import generate_uid
@@ -11,6 +12,7 @@ from sqlalchemy import select, update
 
 from service.db.models import Instance, Study
 from service.db.session import Database
+from service.stability import stable_studies
 from service.store import NotStorableError, OutOfResourcesError, Spool, parse_part10
 from tests.service.dicom_factory import CT_IMAGE_STORAGE, mr_dataset
 
@@ -53,3 +55,33 @@ def test_refusals(spool: Spool) -> None:
     raw = _raw(mr_dataset(generate_uid(), generate_uid(), 0))
     with pytest.raises(OutOfResourcesError, match="below the reserve"):
         spool.store(raw, parse_part10(raw), "rest:test")
+
+
+def test_a_refused_instance_holds_its_study(spool: Spool, db: Database) -> None:
+    """What landed of a study is not taken for the whole study while its sender is still
+    being refused: each refusal restarts the study's quiet time (disk full, reliability.md)."""
+    study, series = generate_uid(), generate_uid()
+    first = _raw(mr_dataset(study, series, 0))
+    spool.store(first, parse_part10(first), "dimse:PACS")
+    with db.session() as s:
+        landed_at = s.get(Study, study).last_received_at  # type: ignore[union-attr]
+    assert stable_studies(db, 0.2, now=landed_at + timedelta(seconds=1)) == [study]
+    spool.reserve_bytes = shutil.disk_usage(spool.root).total + 1
+    second = _raw(mr_dataset(study, series, 1))
+    with pytest.raises(OutOfResourcesError):
+        spool.store(second, parse_part10(second), "dimse:PACS")
+    with db.session() as s:
+        row = s.get(Study, study)
+        assert row is not None
+        held_at = row.last_received_at
+        assert held_at > landed_at
+        assert row.dirty
+        assert len(s.scalars(select(Instance)).all()) == 1  # the refused one is not recorded
+    assert stable_studies(db, 0.2, now=held_at + timedelta(seconds=0.1)) == []
+    assert stable_studies(db, 0.2, now=held_at + timedelta(seconds=1)) == [study]
+    # An unknown study's refusal leaves nothing behind.
+    other = _raw(mr_dataset(generate_uid(), generate_uid(), 0))
+    with pytest.raises(OutOfResourcesError):
+        spool.store(other, parse_part10(other), "dimse:PACS")
+    with db.session() as s:
+        assert len(s.scalars(select(Study)).all()) == 1
