@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from service.db.models import Job, JobState
 from service.runtime import Service
+from service.scu import associate
 from service.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def send_folder(folder: Path, port: int, called_ae: str, calling_ae: str = SENDE
         (str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID)) for d in datasets
     }:
         ae.add_requested_context(sop_class, [ts])
-    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+    assoc = associate(ae, "127.0.0.1", port, ae_title=called_ae)
     if not assoc.is_established:
         raise ConnectionError(f"association with {called_ae} on port {port} failed")
     stored = 0

@@ -29,6 +29,7 @@ from service import metrics
 from service.db.models import Delivery, DeliveryState, Job, JobState, utcnow
 from service.db.session import Database
 from service.polling import PollingLoop
+from service.scu import associate
 from service.settings import Destination, Settings
 
 log = logging.getLogger(__name__)
@@ -164,8 +165,8 @@ class Exporter(PollingLoop):
             # The host name is checked against the certificate when verifying, else only sent (SNI).
             tls_args = None if self.tls is None else (self.tls, dest.host)
             try:
-                assoc = ae.associate(
-                    dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args
+                assoc = associate(
+                    ae, dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args
                 )
             except (OSError, RuntimeError) as e:
                 assoc = None

@@ -29,6 +29,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from service.logs import JsonFormatter
+from service.scu import associate
 from service.settings import Settings
 from tests.service.conftest import (
     API_KEY,
@@ -247,7 +248,7 @@ def send(
     port: int, datasets: list[Dataset], calling: str = "PACS", abort_after: int | None = None
 ) -> list[int | None]:
     """C-STORE each dataset on one association; the status of each (None: no answer)."""
-    assoc = scu_ae(calling).associate("127.0.0.1", port, ae_title="CMB_AI")
+    assoc = associate(scu_ae(calling), "127.0.0.1", port, ae_title="CMB_AI")
     if not assoc.is_established:
         raise ConnectionError(f"association to port {port} not established")
     statuses: list[int | None] = []

@@ -8,6 +8,7 @@ import time
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
+from service.scu import associate
 from tests.service.dicom_factory import mr_dataset
 
 
@@ -20,7 +21,7 @@ def send_for(port: int, seconds: float, index: int) -> dict[str, object]:
     ae = AE(ae_title="PACS")
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
-    assoc = ae.associate("127.0.0.1", port, ae_title="CMB_AI")
+    assoc = associate(ae, "127.0.0.1", port, ae_title="CMB_AI")
     if not assoc.is_established:
         return {"index": index, "error": "association refused", "latencies": [], "acked": []}
     sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)

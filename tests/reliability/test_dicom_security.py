@@ -17,6 +17,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from service.runtime import Service
+from service.scu import associate
 from service.settings import Settings
 from tests.reliability.conftest import FIGURES, MR, scu_ae, send, study_datasets
 
@@ -31,7 +32,7 @@ def test_unknown_calling_ae_and_wrong_called_ae_are_refused(
     port = svc.dicom_port or 0
     refused = 0
     for calling, called in (("STRANGER", "CMB_AI"), ("PACS2", "CMB_AI"), ("PACS", "OTHER_AI")):
-        assoc = scu_ae(calling).associate("127.0.0.1", port, ae_title=called)
+        assoc = associate(scu_ae(calling), "127.0.0.1", port, ae_title=called)
         assert not assoc.is_established, (calling, called)
         assert assoc.is_rejected
         refused += 1
@@ -47,7 +48,7 @@ def test_foreign_sop_class_and_transfer_syntax_are_not_accepted(
     ae.add_requested_context(CT)
     ae.add_requested_context(MR, ["1.2.3.4.5"])  # no such transfer syntax
     ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", svc.dicom_port or 0, ae_title="CMB_AI")
+    assoc = associate(ae, "127.0.0.1", svc.dicom_port or 0, ae_title="CMB_AI")
     assert assoc.is_established
     accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
     rejected = {cx.abstract_syntax for cx in assoc.rejected_contexts}
@@ -127,7 +128,7 @@ def _tls_echo(port: int, pki: dict[str, Path], *, tls: bool, client_cert: bool) 
         if client_cert:
             ctx.load_cert_chain(str(pki["cli.pem"]), str(pki["cli.key"]))
         tls_args = (ctx, "localhost")
-    assoc = ae.associate("127.0.0.1", port, ae_title="CMB_AI", tls_args=tls_args)
+    assoc = associate(ae, "127.0.0.1", port, ae_title="CMB_AI", tls_args=tls_args)
     if not assoc.is_established:
         return False
     status = assoc.send_c_echo()

@@ -30,6 +30,7 @@ from service.api.app import create_app
 from service.db.models import Instance, Job, JobState
 from service.db.session import Database
 from service.runtime import Service
+from service.scu import associate
 from service.settings import Settings
 from service.store import Spool
 from tests.reliability.conftest import FIGURES, KEY, scu_ae
@@ -52,7 +53,7 @@ def rss_mb() -> float:
 
 def connect(ae: AE, port: int) -> Association:
     """Associate with TCP_NODELAY on our side (no 40 ms delayed-ACK stall per C-STORE)."""
-    assoc = ae.associate("127.0.0.1", port, ae_title="CMB_AI")
+    assoc = associate(ae, "127.0.0.1", port, ae_title="CMB_AI")
     sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from service.db.models import Instance, Job, JobState
 from service.db.session import Database
+from service.scu import associate
 from tests.reliability.conftest import (
     API_KEY,
     FIGURES,
@@ -130,7 +131,7 @@ def test_serve_killed_mid_association_and_mid_upload(
     errors: list[str] = []
 
     def sender() -> None:
-        assoc = scu_ae().associate("127.0.0.1", svc.dicom_port, ae_title="CMB_AI")
+        assoc = associate(scu_ae(), "127.0.0.1", svc.dicom_port, ae_title="CMB_AI")
         try:
             for ds in datasets:
                 st = assoc.send_c_store(ds)
@@ -158,7 +159,7 @@ def test_serve_killed_mid_association_and_mid_upload(
     lost = [uid for uid in acked if not on_disk.get(uid)]
     assert not lost, f"{len(lost)} acknowledged instances lost"
     # The PACS sends the whole study again.
-    assoc = scu_ae().associate("127.0.0.1", svc.dicom_port, ae_title="CMB_AI")
+    assoc = associate(scu_ae(), "127.0.0.1", svc.dicom_port, ae_title="CMB_AI")
     statuses = [assoc.send_c_store(ds).Status for ds in datasets]
     assoc.release()
     assert statuses == [0] * len(datasets)

@@ -15,6 +15,7 @@ import pytest
 from pynetdicom import _config
 
 from service.runtime import Service
+from service.scu import associate
 from service.settings import Settings
 from tests.reliability.conftest import scan_logs, scu_ae
 from tests.reliability.fuzz import elements, encode, meta_end
@@ -40,7 +41,7 @@ def test_no_patient_data_in_any_log_line(
     path = tmp_path / "stretched.dcm"
     path.write_bytes(bytes(raw))
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
-    assoc = scu_ae().associate("127.0.0.1", svc.dicom_port or 0, ae_title="CMB_AI")
+    assoc = associate(scu_ae(), "127.0.0.1", svc.dicom_port or 0, ae_title="CMB_AI")
     assert assoc.is_established
     status = assoc.send_c_store(path)
     assoc.release()

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from service.db.models import Instance, Series, Study
 from service.db.session import Database
 from service.scp import StorageSCP
+from service.scu import associate
 from service.settings import Settings
 from service.store import Spool
 from tests.helpers.dcmtk import storescu
@@ -45,7 +46,7 @@ def _assoc(settings: Settings, calling: str = "PACS", contexts: tuple[str, ...] 
     ae.add_requested_context(Verification)
     for uid in contexts or (MRImageStorage,):
         ae.add_requested_context(uid, ExplicitVRLittleEndian)
-    return ae.associate("127.0.0.1", settings.dicom_port, ae_title=settings.ae_title)
+    return associate(ae, "127.0.0.1", settings.dicom_port, ae_title=settings.ae_title)
 
 
 def test_echo_and_store_are_durable_and_recorded(scp: tuple) -> None:
@@ -203,7 +204,8 @@ def test_tls_listener(make_settings: Callable[..., Settings], tmp_path: Path) ->
         ctx.check_hostname = False
         ae = AE(ae_title="PACS")
         ae.add_requested_context(Verification)
-        assoc = ae.associate(
+        assoc = associate(
+            ae,
             "127.0.0.1",
             settings.dicom_port,
             ae_title=settings.ae_title,
@@ -212,7 +214,7 @@ def test_tls_listener(make_settings: Callable[..., Settings], tmp_path: Path) ->
         assert assoc.is_established
         assert assoc.send_c_echo().Status == 0
         assoc.release()
-        plain = ae.associate("127.0.0.1", settings.dicom_port, ae_title=settings.ae_title)
+        plain = associate(ae, "127.0.0.1", settings.dicom_port, ae_title=settings.ae_title)
         assert not plain.is_established
     finally:
         listener.stop()
