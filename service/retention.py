@@ -23,6 +23,7 @@ from service.db.models import (
     Instance,
     Job,
     JobState,
+    Refusal,
     Series,
     Study,
     utcnow,
@@ -75,6 +76,7 @@ def _purge(db: Database, study_uid: str) -> None:
             job.result_dir = None
         s.execute(delete(Instance).where(Instance.study_instance_uid == study_uid))
         s.execute(delete(Series).where(Series.study_instance_uid == study_uid))
+        s.execute(delete(Refusal).where(Refusal.study_instance_uid == study_uid))
         s.execute(delete(Study).where(Study.study_instance_uid == study_uid))
     for f in files:
         f.unlink(missing_ok=True)

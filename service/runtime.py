@@ -93,7 +93,9 @@ class Monitor(PollingLoop):
             self._timings.run_once()
             return []
         created = []
-        for study_uid in stable_studies(self.db, self.settings.stable_after):
+        for study_uid in stable_studies(
+            self.db, self.settings.stable_after, refusal_hold_s=self.settings.refusal_hold_s
+        ):
             job_id = create_job(self.db, study_uid)
             if job_id:
                 created.append(job_id)

@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     stable_after: float = Field(
         60.0, gt=0, description="seconds without a new instance before a study is processed"
     )
+    refusal_hold_s: float = Field(
+        1800.0,
+        ge=0,
+        description="a study with an instance refused for lack of space waits this long for it",
+    )
     poll_interval_s: float = Field(1.0, gt=0, description="how often stability/outbox are checked")
     broker_url: str | None = Field(
         None, description="Celery broker (redis://...); empty: embedded worker thread"

@@ -17,10 +17,10 @@ import logging
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from service.db.models import Instance, Job, JobState, Study, utcnow
+from service.db.models import Instance, Job, JobState, Refusal, Study, utcnow
 from service.db.session import Database
 
 log = logging.getLogger(__name__)
@@ -40,14 +40,28 @@ def content_key(db: Database, study_instance_uid: str) -> tuple[str, int]:
     return h.hexdigest(), len(rows)
 
 
-def stable_studies(db: Database, stable_after: float, now: datetime | None = None) -> list[str]:
-    """Studies with new content whose last instance arrived at least ``stable_after`` s ago."""
-    cutoff = (now or utcnow()) - timedelta(seconds=stable_after)
+def stable_studies(
+    db: Database, stable_after: float, now: datetime | None = None, *, refusal_hold_s: float
+) -> list[str]:
+    """Studies with new content whose last instance arrived at least ``stable_after`` s ago.
+
+    A study with an instance refused for lack of space (store.py) less than
+    ``refusal_hold_s`` ago is not among them while that instance has not been stored:
+    its sender retries later (a PACS's retry interval is often minutes), and what
+    landed meanwhile is part of a series, not the study to report on.
+    """
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=stable_after)
+    waiting = select(Refusal.study_instance_uid).where(
+        Refusal.refused_at > now - timedelta(seconds=refusal_hold_s)
+    )
     with db.session() as s:
         return list(
             s.scalars(
                 select(Study.study_instance_uid).where(
-                    Study.dirty.is_(True), Study.last_received_at <= cutoff
+                    Study.dirty.is_(True),
+                    Study.last_received_at <= cutoff,
+                    Study.study_instance_uid.not_in(waiting),
                 )
             ).all()
         )
@@ -65,6 +79,11 @@ def create_job(db: Database, study_instance_uid: str) -> str | None:
         if study is None:
             return None
         seen_at = study.last_received_at
+        refused = s.scalar(
+            select(func.count())
+            .select_from(Refusal)
+            .where(Refusal.study_instance_uid == study_instance_uid)
+        )
     key, n = content_key(db, study_instance_uid)
     try:
         job_id = _insert_job(db, study_instance_uid, key, n, seen_at)
@@ -75,6 +94,13 @@ def create_job(db: Database, study_instance_uid: str) -> str | None:
             "job queued",
             extra={"job_id": job_id, "study_instance_uid": study_instance_uid, "n_instances": n},
         )
+        if refused:
+            log.warning(
+                "study processed without %d instance(s) refused for lack of space and not "
+                "sent again within the refusal hold",
+                refused,
+                extra={"job_id": job_id, "study_instance_uid": study_instance_uid},
+            )
     return job_id
 
 

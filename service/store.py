@@ -30,10 +30,10 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
-from sqlalchemy import Integer, String, Table, bindparam, func, insert, select, update
+from sqlalchemy import Integer, String, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from service.db.models import Instance, Series, Study, UTCDateTime, utcnow
+from service.db.models import Instance, Refusal, Series, Study, UTCDateTime, utcnow
 from service.db.session import Database, relax_commit
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ SUPPORTED_SOP_CLASSES: dict[str, str] = {
 _STUDIES: Table = Study.__table__  # type: ignore[assignment]
 _SERIES: Table = Series.__table__  # type: ignore[assignment]
 _INSTANCES: Table = Instance.__table__  # type: ignore[assignment]
+_REFUSALS: Table = Refusal.__table__  # type: ignore[assignment]
 
 # The record's statements, built once: building a Core statement per C-STORE cost
 # more CPU than executing it (docs/benchmarks.md, section 3).
@@ -77,6 +78,9 @@ _HOLD_STUDY = (
     .where(_STUDIES.c.study_instance_uid == bindparam("b_study"))
     .values(last_received_at=bindparam("b_now", type_=UTCDateTime()))
 )
+# ... and the refused instance is remembered, so that its study waits for it (stability.py).
+_FORGET_REFUSAL = delete(_REFUSALS).where(_REFUSALS.c.sop_instance_uid == bindparam("b_uid"))
+_INSERT_REFUSAL = insert(_REFUSALS)
 _INSERT_STUDY = insert(_STUDIES)
 _INSERT_SERIES = insert(_SERIES)
 _INSERT_INSTANCE = insert(_INSTANCES)
@@ -257,18 +261,32 @@ class Spool:
         try:
             self.check_space(len(raw))
         except OutOfResourcesError:
-            self._hold(ids.study_instance_uid)
+            self._hold(ids)
             raise
         self._write(path, raw)
         return self._record_retrying(ids, path, digest, len(raw), source)
 
-    def _hold(self, study_instance_uid: str) -> None:
-        """An instance of this study was refused for lack of space: restart the study's quiet
-        time, so that the part that did land is not taken for the whole study while its
-        sender is still sending (the refusal stands if this write fails too)."""
+    def _hold(self, ids: InstanceIds) -> None:
+        """An instance of a known study was refused for lack of space: restart the study's
+        quiet time and remember the instance, so that the part that did land is not taken
+        for the whole study while its sender is still sending, nor before it sends the
+        instance again (up to ``refusal_hold_s``, stability.py).  A study the spool has
+        never stored leaves nothing behind.  The refusal stands if this write fails too."""
+        now = utcnow()
+        uid = ids.sop_instance_uid
         try:
             with self.db.engine.begin() as conn:
-                conn.execute(_HOLD_STUDY, {"b_study": study_instance_uid, "b_now": utcnow()})
+                held = conn.execute(_HOLD_STUDY, {"b_study": ids.study_instance_uid, "b_now": now})
+                if held.rowcount:
+                    conn.execute(_FORGET_REFUSAL, {"b_uid": uid})
+                    conn.execute(
+                        _INSERT_REFUSAL,
+                        {
+                            "sop_instance_uid": uid,
+                            "study_instance_uid": ids.study_instance_uid,
+                            "refused_at": now,
+                        },
+                    )
         except SQLAlchemyError as e:
             log.warning("could not hold study after a refusal: %s", type(e).__name__)
 
@@ -378,6 +396,7 @@ class Spool:
                 "source": source[:32],
                 "received_at": now,
             }
+            conn.execute(_FORGET_REFUSAL, {"b_uid": uid})
             if prior is None:
                 conn.execute(_INSERT_INSTANCE, {"sop_instance_uid": uid, **values})
             else:

@@ -160,3 +160,16 @@ class AuditEntry(Base):
     method: Mapped[str] = mapped_column(String(8))
     path: Mapped[str] = mapped_column(Text)
     status: Mapped[int] = mapped_column(Integer)
+
+
+class Refusal(Base):
+    """An instance of a known study that was refused for lack of space, not stored since.
+
+    While a study has a refusal younger than ``refusal_hold_s`` it is not taken for
+    complete (stability.py): its sender is expected to send the instance again.
+    """
+
+    __tablename__ = "refusals"
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    refused_at: Mapped[datetime] = mapped_column(UTCDateTime())

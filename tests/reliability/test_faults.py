@@ -259,6 +259,10 @@ def test_disk_full_on_the_spool(
     assert set(acked) <= set(on_disk)
     assert not [p for p in small_fs.rglob("*.tmp")]
     assert not jobs_of(svc)  # nothing ran on a half study
+    # The sender retries only after the study's quiet time: still nothing runs on the half
+    # that landed, the refused instances hold it (CMB_REFUSAL_HOLD_S, 30 min by default).
+    time.sleep(svc.settings.stable_after + 3 * svc.settings.poll_interval_s)
+    assert not jobs_of(svc)
     # Space returns: the sender retries what was refused; all of it lands, one job.
     ballast.unlink()
     freed_at = time.monotonic()

@@ -9,7 +9,16 @@ from pathlib import Path
 from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 
-from service.db.models import Delivery, DeliveryState, Instance, Job, JobState, Study, utcnow
+from service.db.models import (
+    Delivery,
+    DeliveryState,
+    Instance,
+    Job,
+    JobState,
+    Refusal,
+    Study,
+    utcnow,
+)
 from service.db.session import Database
 from service.retention import purge_expired
 from service.stability import create_job
@@ -60,10 +69,17 @@ def test_purge_expired(spool: Spool, db: Database, tmp_path: Path) -> None:
                     next_attempt_at=utcnow(),
                 )
             )
+        for study in (done, running):  # an instance of each refused once (disk full)
+            s.add(
+                Refusal(
+                    sop_instance_uid=generate_uid(), study_instance_uid=study, refused_at=utcnow()
+                )
+            )
     assert purge_expired(db, retention_days=60) == []
     assert purge_expired(db, retention_days=30) == [done]
     with db.session() as s:
         assert s.get(Study, done) is None
+        assert [r.study_instance_uid for r in s.scalars(select(Refusal))] == [running]
         left = {i.study_instance_uid for i in s.scalars(select(Instance))}
         job = s.scalars(select(Job).where(Job.study_instance_uid == done)).one()
         assert (job.state, job.outputs) == (JobState.DELIVERED, None)

@@ -26,17 +26,17 @@ def test_stable_after_quiet_period_and_content_keys(spool: Spool, db: Database) 
     study, series = generate_uid(), generate_uid()
     for i in range(3):
         _put(spool, study, series, i)
-    assert stable_studies(db, 60) == []
+    assert stable_studies(db, 60, refusal_hold_s=0) == []
     later = utcnow() + timedelta(seconds=61)
-    assert stable_studies(db, 60, now=later) == [study]
+    assert stable_studies(db, 60, now=later, refusal_hold_s=0) == [study]
 
     first = create_job(db, study)
     assert first is not None
-    assert stable_studies(db, 60, now=later) == []  # no longer dirty
+    assert stable_studies(db, 60, now=later, refusal_hold_s=0) == []  # no longer dirty
     assert create_job(db, study) is None  # same content: no second job
 
     _put(spool, study, generate_uid(), 0)  # a new series arrives
-    assert stable_studies(db, 60, now=utcnow() + timedelta(seconds=61)) == [study]
+    assert stable_studies(db, 60, now=utcnow() + timedelta(seconds=61), refusal_hold_s=0) == [study]
     second = create_job(db, study)
     assert second is not None and second != first
     with db.session() as s:

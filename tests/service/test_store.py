@@ -10,7 +10,7 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 
-from service.db.models import Instance, Study
+from service.db.models import Instance, Refusal, Study
 from service.db.session import Database
 from service.stability import stable_studies
 from service.store import NotStorableError, OutOfResourcesError, Spool, parse_part10
@@ -59,17 +59,22 @@ def test_refusals(spool: Spool) -> None:
 
 def test_a_refused_instance_holds_its_study(spool: Spool, db: Database) -> None:
     """What landed of a study is not taken for the whole study while its sender is still
-    being refused: each refusal restarts the study's quiet time (disk full, reliability.md)."""
+    being refused (each refusal restarts the study's quiet time), nor before the refused
+    instance is sent again, up to the refusal hold (disk full, reliability.md bugs 9, 11)."""
     study, series = generate_uid(), generate_uid()
     first = _raw(mr_dataset(study, series, 0))
     spool.store(first, parse_part10(first), "dimse:PACS")
     with db.session() as s:
         landed_at = s.get(Study, study).last_received_at  # type: ignore[union-attr]
-    assert stable_studies(db, 0.2, now=landed_at + timedelta(seconds=1)) == [study]
+    assert stable_studies(db, 0.2, now=landed_at + timedelta(seconds=1), refusal_hold_s=60) == [
+        study
+    ]
     spool.reserve_bytes = shutil.disk_usage(spool.root).total + 1
     second = _raw(mr_dataset(study, series, 1))
-    with pytest.raises(OutOfResourcesError):
-        spool.store(second, parse_part10(second), "dimse:PACS")
+    second_ids = parse_part10(second)
+    for _ in range(2):  # the sender is refused twice: one refusal remembered
+        with pytest.raises(OutOfResourcesError):
+            spool.store(second, second_ids, "dimse:PACS")
     with db.session() as s:
         row = s.get(Study, study)
         assert row is not None
@@ -77,11 +82,33 @@ def test_a_refused_instance_holds_its_study(spool: Spool, db: Database) -> None:
         assert held_at > landed_at
         assert row.dirty
         assert len(s.scalars(select(Instance)).all()) == 1  # the refused one is not recorded
-    assert stable_studies(db, 0.2, now=held_at + timedelta(seconds=0.1)) == []
-    assert stable_studies(db, 0.2, now=held_at + timedelta(seconds=1)) == [study]
+        refusals = s.scalars(select(Refusal)).all()
+        assert [(r.sop_instance_uid, r.study_instance_uid) for r in refusals] == [
+            (second_ids.sop_instance_uid, study)
+        ]
+        assert refusals[0].refused_at == held_at
+
+    def stable(after_s: float) -> list[str]:
+        return stable_studies(db, 0.2, now=held_at + timedelta(seconds=after_s), refusal_hold_s=60)
+
+    assert stable(0.1) == []  # quiet time restarted
+    assert stable(1) == []  # quiet, but the refused instance has not come back
+    assert stable(61) == [study]  # the hold is over: what landed is processed
+    assert stable_studies(db, 0.2, now=held_at + timedelta(seconds=1), refusal_hold_s=0) == [study]
+    # Space again: the sender sends it again, the refusal is forgotten, the study is whole.
+    spool.reserve_bytes = 0
+    spool.store(second, second_ids, "dimse:PACS")
+    with db.session() as s:
+        assert s.scalars(select(Refusal)).all() == []
+        stored_at = s.get(Study, study).last_received_at  # type: ignore[union-attr]
+    assert stable_studies(db, 0.2, now=stored_at + timedelta(seconds=1), refusal_hold_s=60) == [
+        study
+    ]
     # An unknown study's refusal leaves nothing behind.
+    spool.reserve_bytes = shutil.disk_usage(spool.root).total + 1
     other = _raw(mr_dataset(generate_uid(), generate_uid(), 0))
     with pytest.raises(OutOfResourcesError):
         spool.store(other, parse_part10(other), "dimse:PACS")
     with db.session() as s:
         assert len(s.scalars(select(Study)).all()) == 1
+        assert s.scalars(select(Refusal)).all() == []
