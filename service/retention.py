@@ -36,9 +36,14 @@ _BUSY = (JobState.QUEUED, JobState.RUNNING)
 
 
 def purge_expired(db: Database, retention_days: float, limit: int = 50) -> list[str]:
-    """Remove up to ``limit`` expired studies; returns their Study Instance UIDs."""
+    """Remove up to ``limit`` expired studies; returns their Study Instance UIDs.
+
+    Refusals older than the retention period go too, also those of studies of which
+    nothing was ever stored (store.py remembers every refusal).
+    """
     cutoff = utcnow() - timedelta(days=retention_days)
     with db.session() as s:
+        s.execute(delete(Refusal).where(Refusal.refused_at < cutoff))
         busy_job = select(Job.id).where(
             Job.study_instance_uid == Study.study_instance_uid, Job.state.in_(_BUSY)
         )

@@ -267,26 +267,26 @@ class Spool:
         return self._record_retrying(ids, path, digest, len(raw), source)
 
     def _hold(self, ids: InstanceIds) -> None:
-        """An instance of a known study was refused for lack of space: restart the study's
-        quiet time and remember the instance, so that the part that did land is not taken
-        for the whole study while its sender is still sending, nor before it sends the
-        instance again (up to ``refusal_hold_s``, stability.py).  A study the spool has
-        never stored leaves nothing behind.  The refusal stands if this write fails too."""
+        """An instance was refused for lack of space: restart its study's quiet time and
+        remember the instance, so that the part of the study that did land is not taken for
+        the whole study while its sender is still sending, nor before it sends the instance
+        again (up to ``refusal_hold_s``, stability.py).  The refusal of a study of which
+        nothing landed yet is remembered too (space may return between two instances);
+        retention forgets old refusals.  The refusal stands if this write fails too."""
         now = utcnow()
         uid = ids.sop_instance_uid
         try:
             with self.db.engine.begin() as conn:
-                held = conn.execute(_HOLD_STUDY, {"b_study": ids.study_instance_uid, "b_now": now})
-                if held.rowcount:
-                    conn.execute(_FORGET_REFUSAL, {"b_uid": uid})
-                    conn.execute(
-                        _INSERT_REFUSAL,
-                        {
-                            "sop_instance_uid": uid,
-                            "study_instance_uid": ids.study_instance_uid,
-                            "refused_at": now,
-                        },
-                    )
+                conn.execute(_HOLD_STUDY, {"b_study": ids.study_instance_uid, "b_now": now})
+                conn.execute(_FORGET_REFUSAL, {"b_uid": uid})
+                conn.execute(
+                    _INSERT_REFUSAL,
+                    {
+                        "sop_instance_uid": uid,
+                        "study_instance_uid": ids.study_instance_uid,
+                        "refused_at": now,
+                    },
+                )
         except SQLAlchemyError as e:
             log.warning("could not hold study after a refusal: %s", type(e).__name__)
 

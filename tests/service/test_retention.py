@@ -75,7 +75,17 @@ def test_purge_expired(spool: Spool, db: Database, tmp_path: Path) -> None:
                     sop_instance_uid=generate_uid(), study_instance_uid=study, refused_at=utcnow()
                 )
             )
+        # and one of a study of which nothing landed, long ago
+        s.add(
+            Refusal(
+                sop_instance_uid=generate_uid(),
+                study_instance_uid=generate_uid(),
+                refused_at=utcnow() - timedelta(days=61),
+            )
+        )
     assert purge_expired(db, retention_days=60) == []
+    with db.session() as s:
+        assert len(s.scalars(select(Refusal)).all()) == 2  # the old one is gone
     assert purge_expired(db, retention_days=30) == [done]
     with db.session() as s:
         assert s.get(Study, done) is None

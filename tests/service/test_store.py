@@ -104,11 +104,21 @@ def test_a_refused_instance_holds_its_study(spool: Spool, db: Database) -> None:
     assert stable_studies(db, 0.2, now=stored_at + timedelta(seconds=1), refusal_hold_s=60) == [
         study
     ]
-    # An unknown study's refusal leaves nothing behind.
+    # A study of which nothing landed yet: no study row, but its refusal holds what lands
+    # next (space came back between two instances).
     spool.reserve_bytes = shutil.disk_usage(spool.root).total + 1
-    other = _raw(mr_dataset(generate_uid(), generate_uid(), 0))
+    other_study, other_series = generate_uid(), generate_uid()
+    refused = _raw(mr_dataset(other_study, other_series, 0))
     with pytest.raises(OutOfResourcesError):
-        spool.store(other, parse_part10(other), "dimse:PACS")
+        spool.store(refused, parse_part10(refused), "dimse:PACS")
     with db.session() as s:
-        assert len(s.scalars(select(Study)).all()) == 1
-        assert s.scalars(select(Refusal)).all() == []
+        assert s.get(Study, other_study) is None
+        assert [r.study_instance_uid for r in s.scalars(select(Refusal))] == [other_study]
+    spool.reserve_bytes = 0
+    landed = _raw(mr_dataset(other_study, other_series, 1))
+    spool.store(landed, parse_part10(landed), "dimse:PACS")
+    with db.session() as s:
+        landed_at = s.get(Study, other_study).last_received_at  # type: ignore[union-attr]
+    assert other_study not in stable_studies(
+        db, 0.2, now=landed_at + timedelta(seconds=1), refusal_hold_s=60
+    )
