@@ -91,8 +91,8 @@ class JobTimingsFollower:
 
 
 class DatabaseCollector(Collector):
-    """Jobs by state, queue depth and pending deliveries (in all and per destination), read
-    from the DB at scrape time."""
+    """Jobs by state, queue depth, studies held by refused instances and pending deliveries
+    (in all and per destination), read from the DB at scrape time."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -100,10 +100,24 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         from sqlalchemy import func, select
 
-        from service.db.models import Delivery, DeliveryState, Job, JobState, utcnow
+        from service.db.models import (
+            Delivery,
+            DeliveryState,
+            Job,
+            JobState,
+            Refusal,
+            Study,
+            utcnow,
+        )
 
         with self.db.session() as s:
             rows = s.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+            # studies not processed yet that wait for instances refused for lack of space
+            held = s.scalar(
+                select(func.count(func.distinct(Refusal.study_instance_uid)))
+                .join(Study, Study.study_instance_uid == Refusal.study_instance_uid)
+                .where(Study.dirty.is_(True))
+            )
             # per destination and unsent state: files, and when the oldest of their results
             # was ready (its job's finish), so that an alert can fire on a refused head-of-line
             # result; one grouped query, every outbox gauge below is read off it
@@ -124,6 +138,12 @@ class DatabaseCollector(Collector):
         yield jobs
         yield GaugeMetricFamily(
             "cmb_queue_depth", "Jobs waiting to run", value=counts.get(JobState.QUEUED.value, 0)
+        )
+        yield GaugeMetricFamily(
+            "cmb_studies_waiting_for_refused",
+            "Studies not processed yet whose instances refused for lack of space were not sent"
+            " again (each waits up to CMB_REFUSAL_HOLD_S)",
+            value=int(held or 0),
         )
         yield GaugeMetricFamily(
             "cmb_deliveries_pending",

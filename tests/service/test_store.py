@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 
 from service.db.models import Instance, Refusal, Study
 from service.db.session import Database
+from service.metrics import DatabaseCollector
 from service.stability import stable_studies
 from service.store import NotStorableError, OutOfResourcesError, Spool, parse_part10
 from tests.service.dicom_factory import CT_IMAGE_STORAGE, mr_dataset
@@ -57,6 +58,13 @@ def test_refusals(spool: Spool) -> None:
         spool.store(raw, parse_part10(raw), "rest:test")
 
 
+def _waiting_for_refused(db: Database) -> float:
+    metric = next(
+        m for m in DatabaseCollector(db).collect() if m.name == "cmb_studies_waiting_for_refused"
+    )
+    return metric.samples[0].value
+
+
 def test_a_refused_instance_holds_its_study(spool: Spool, db: Database) -> None:
     """What landed of a study is not taken for the whole study while its sender is still
     being refused (each refusal restarts the study's quiet time), nor before the refused
@@ -88,6 +96,8 @@ def test_a_refused_instance_holds_its_study(spool: Spool, db: Database) -> None:
         ]
         assert refusals[0].refused_at == held_at
 
+    assert _waiting_for_refused(db) == 1  # the gauge an alert watches
+
     def stable(after_s: float) -> list[str]:
         return stable_studies(db, 0.2, now=held_at + timedelta(seconds=after_s), refusal_hold_s=60)
 
@@ -98,6 +108,7 @@ def test_a_refused_instance_holds_its_study(spool: Spool, db: Database) -> None:
     # Space again: the sender sends it again, the refusal is forgotten, the study is whole.
     spool.reserve_bytes = 0
     spool.store(second, second_ids, "dimse:PACS")
+    assert _waiting_for_refused(db) == 0
     with db.session() as s:
         assert s.scalars(select(Refusal)).all() == []
         stored_at = s.get(Study, study).last_received_at  # type: ignore[union-attr]
