@@ -46,7 +46,7 @@ from model.infer import predict_probability
 from model.onnx_model import OnnxModel, default_model_path
 from model.preprocess import prepare, resample_like
 from model.types import Detection, Volume
-from training.data import load_volumes
+from training.data import list_cases, load_volumes
 from training.parcellation.filter_effect import cached_cases
 
 #: Scale-space of the blob detector, in voxels of the 1 mm grid (a 3D blob of
@@ -57,6 +57,46 @@ PRESCREEN = 0.3
 #: Classifier thresholds of the blob table.
 BLOB_THRESHOLDS = (0.5, 0.8, 0.86, 0.9, 0.95, 0.98)
 SIZE_BINS = ((0.0, 2.0), (2.0, 3.0), (3.0, 5.0), (5.0, float("inf")))
+#: Apparent diameter from which a CMB counts as large (the evaluation's >= 3 mm stratum).
+LARGE_MM = 3.0
+#: What the large CMBs' ceiling is broken down by (keys of a synthetic case's
+#: ``acquisition``; a real dataset's cases may carry some of them).
+ACQUISITION_KEYS = (
+    "contrast_mode",
+    "sequence",
+    "acquisition_type",
+    "field_strength_t",
+    "manufacturer",
+    "slice_thickness_mm",
+)
+
+
+def _acquisition_value(key: str, value: Any) -> str:
+    if key == "slice_thickness_mm" and isinstance(value, int | float):
+        return "< 2" if value < 2 else ("2-4" if value < 4 else ">= 4")
+    return str(value)
+
+
+def by_acquisition(
+    cases: Sequence[dict[str, Any]], acquisitions: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, dict[str, int]]]:
+    """The large CMBs (>= ``LARGE_MM``) and how many are among the candidates, per value
+    of each acquisition parameter (slice thickness in three bins): where the ceiling is lost."""
+    table: dict[str, dict[str, dict[str, int]]] = {}
+    for case in cases:
+        acq = acquisitions.get(case["case_id"]) or {}
+        for c in case["cmbs"]:
+            if float(c["diameter_apparent_mm"] or 0.0) < LARGE_MM:
+                continue
+            for key in ACQUISITION_KEYS:
+                if key not in acq:
+                    continue
+                cell = table.setdefault(key, {}).setdefault(
+                    _acquisition_value(key, acq[key]), {"n": 0, "among_candidates": 0}
+                )
+                cell["n"] += 1
+                cell["among_candidates"] += int(bool(c["matched"]))
+    return {key: dict(sorted(values.items())) for key, values in table.items()}
 
 
 def _ball(volume: Volume, centre: Sequence[float], radius_mm: float) -> tuple[Any, Any]:
@@ -227,8 +267,12 @@ def blob_record(
     }
 
 
-def summarise(cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Totals per apparent-size bin, and the blob table when blobs were scored."""
+def summarise(
+    cases: Sequence[dict[str, Any]], acquisitions: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Totals per apparent-size bin, the large CMBs per acquisition parameter when
+    ``acquisitions`` (case id -> the case's ``acquisition``) is given, and the blob table
+    when blobs were scored."""
     cmbs = [c for case in cases for c in case["cmbs"]]
     bins = []
     for lo, hi in SIZE_BINS:
@@ -247,6 +291,8 @@ def summarise(cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
             }
         )
     summary: dict[str, Any] = {"n_scans": len(cases), "n_cmbs": len(cmbs), "by_size": bins}
+    if acquisitions:
+        summary["large_by_acquisition"] = by_acquisition(cases, acquisitions)
     scored = [case for case in cases if "blobs" in case]
     if scored:
         rows = []
@@ -299,6 +345,7 @@ def run(
     radius = MatchRule().radius_mm
     out.parent.mkdir(parents=True, exist_ok=True)
     cases = []
+    acquisitions: dict[str, dict[str, Any]] = {}
     with out.open("w") as f:
         for ref, cached in cached_cases(data, cache):
             if cached.unet and cached.unet != unet_identity(unet, unet_spacing_mm):
@@ -311,6 +358,7 @@ def run(
                 image, unet, overlap=overlap, spacing_mm=unet_spacing_mm
             )
             truth = ref.record.get("cmbs") or []
+            acquisitions[ref.case_id] = ref.record.get("acquisition") or {}
             record: dict[str, Any] = {
                 "case_id": ref.case_id,
                 "n_candidates": len(cached.detections),
@@ -334,13 +382,20 @@ def run(
             cases.append(record)
             missed = sum(not c["matched"] for c in record["cmbs"])
             print(f"{ref.case_id}: {len(truth)} CMBs, {missed} not among the candidates")
-    return summarise(cases)
+    return summarise(cases, acquisitions)
+
+
+def summarise_file(data: Path, out: Path) -> dict[str, Any]:
+    """:func:`summarise` of a finished ``out`` (no network runs), with ``data``'s acquisitions."""
+    cases = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    acquisitions = {ref.case_id: ref.record.get("acquisition") or {} for ref in list_cases([data])}
+    return summarise(cases, acquisitions)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.candidate_misses", description=__doc__)
     p.add_argument("--data", type=Path, required=True, help="validation folder (cases.jsonl)")
-    p.add_argument("--cache", type=Path, required=True, help="a filter_effect --cache folder")
+    p.add_argument("--cache", type=Path, help="a filter_effect --cache folder")
     p.add_argument("--out", type=Path, required=True, help="per-case records (jsonl)")
     p.add_argument("--unet", type=Path, help="the U-Net the cache was made with (default: shipped)")
     p.add_argument("--overlap", type=float, default=0.0, help="sliding-window overlap")
@@ -353,7 +408,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--blob-threshold", type=float, help="also try dark-blob candidates above this")
     p.add_argument("--blob-dedupe-mm", type=float, default=4.0)
+    p.add_argument(
+        "--summarise",
+        action="store_true",
+        help="recompute the summary of a finished --out without running the networks",
+    )
     a = p.parse_args(argv)
+    if a.summarise:
+        summary = summarise_file(a.data, a.out)
+        a.out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(json.dumps(summary, indent=2))
+        return 0
+    if a.cache is None:
+        p.error("--cache is required (unless --summarise)")
     summary = run(
         a.data,
         a.cache,

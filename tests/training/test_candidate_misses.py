@@ -197,3 +197,49 @@ def test_a_cache_of_another_grid_is_read_with_that_grid_only(tmp_path: Path) -> 
     assert main([*args, "--unet-spacing", "0.7", "0.7", "0.7"]) == 0
     (case,) = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert case["n_candidates"] == 0 and case["cmbs"] == []
+
+
+def test_large_cmbs_are_broken_down_by_acquisition_and_summarise_reads_a_finished_run(
+    tmp_path: Path,
+) -> None:
+    def cmb(size: float, matched: bool) -> dict[str, object]:
+        return {"diameter_apparent_mm": size, "matched": matched, "peak": 0.0, "component": 0}
+
+    cases = [
+        {"case_id": "a", "cmbs": [cmb(4.0, True), cmb(6.0, False), cmb(1.0, False)]},
+        {"case_id": "b", "cmbs": [cmb(3.0, False)]},
+        {"case_id": "c", "cmbs": [cmb(5.0, True)]},  # no acquisition recorded: not counted
+    ]
+    acquisitions = {
+        "a": {"contrast_mode": "prior", "slice_thickness_mm": 1.5, "field_strength_t": 3.0},
+        "b": {"contrast_mode": "random", "slice_thickness_mm": 5.0},
+    }
+    table = summarise(cases, acquisitions)["large_by_acquisition"]
+    assert table["contrast_mode"] == {
+        "prior": {"n": 2, "among_candidates": 1},  # the 1 mm CMB is not large
+        "random": {"n": 1, "among_candidates": 0},
+    }
+    assert table["slice_thickness_mm"] == {
+        "< 2": {"n": 2, "among_candidates": 1},
+        ">= 4": {"n": 1, "among_candidates": 0},
+    }
+    assert table["field_strength_t"] == {"3.0": {"n": 2, "among_candidates": 1}}
+    assert "large_by_acquisition" not in summarise(cases)
+    # --summarise: a finished run's jsonl and the data folder's acquisitions, no networks.
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cases.jsonl").write_text(
+        "".join(
+            json.dumps({"case_id": k, "image": f"images/{k}.nii.gz", "acquisition": v}) + "\n"
+            for k, v in acquisitions.items()
+        )
+    )
+    out = tmp_path / "misses.jsonl"
+    out.write_text("".join(json.dumps(c) + "\n" for c in cases[:2]))
+    assert main(["--data", str(data), "--out", str(out), "--summarise"]) == 0
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    assert summary["n_cmbs"] == 4
+    assert summary["large_by_acquisition"]["contrast_mode"]["random"] == {
+        "n": 1,
+        "among_candidates": 0,
+    }
