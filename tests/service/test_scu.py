@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -39,29 +39,25 @@ class _Hold:
             self.release.wait(10)
 
 
-class HeldEvent(threading.Event):
-    """pynetdicom's own checkpoint (a plain Event), with the hold."""
+def _plain_event(reactor: threading.Thread) -> threading.Event:
+    """pynetdicom's own checkpoint: a plain Event, set."""
+    event = threading.Event()
+    event.set()
+    return event
 
-    def __init__(self, reactor: threading.Thread) -> None:
-        super().__init__()
-        self.set()
-        self.hold = _Hold(reactor)
 
-    def wait(self, timeout: float | None = None) -> bool:
-        result = super().wait(timeout)
-        self.hold.after_wait()
+def _held(checkpoint: Any, reactor: threading.Thread) -> _Hold:
+    """Make ``checkpoint``'s ``wait`` hold ``reactor`` once (see `_Hold`); returns the hold."""
+    hold = _Hold(reactor)
+    inner = checkpoint.wait
+
+    def wait(timeout: float | None = None) -> bool:
+        result = bool(inner(timeout))
+        hold.after_wait()
         return result
 
-
-class HeldParkingCheckpoint(ParkingCheckpoint):
-    def __init__(self, reactor: threading.Thread) -> None:
-        super().__init__(reactor)
-        self.hold = _Hold(reactor)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        result = super().wait(timeout)
-        self.hold.after_wait()
-        return result
+    checkpoint.wait = wait
+    return hold
 
 
 @pytest.fixture
@@ -101,7 +97,7 @@ def _reactor_looks_first(assoc: Association, hold: _Hold) -> None:
 
 
 def _echo_through_a_held_reactor(
-    port: int, checkpoint: type[HeldEvent] | type[HeldParkingCheckpoint]
+    port: int, checkpoint: Callable[[threading.Thread], Any]
 ) -> tuple[Association, int | None]:
     ae = AE(ae_title="SCU")
     ae.add_requested_context(Verification)
@@ -109,10 +105,11 @@ def _echo_through_a_held_reactor(
     assoc = ae.associate("127.0.0.1", port, ae_title="ECHO_SCP")
     assert assoc.is_established
     cp = checkpoint(assoc)
-    assoc._reactor_checkpoint = cp  # type: ignore[assignment]
-    assert cp.hold.held.wait(5)  # the reactor sits between wait() and _is_paused = False
-    _reactor_looks_first(assoc, cp.hold)
-    timer = threading.Timer(HOLD_S, cp.hold.release.set)
+    hold = _held(cp, assoc)
+    assoc._reactor_checkpoint = cp
+    assert hold.held.wait(5)  # the reactor sits between wait() and _is_paused = False
+    _reactor_looks_first(assoc, hold)
+    timer = threading.Timer(HOLD_S, hold.release.set)
     timer.start()
     try:
         status = getattr(assoc.send_c_echo(), "Status", None)
@@ -123,13 +120,13 @@ def _echo_through_a_held_reactor(
 
 def test_pynetdicom_loses_the_response_to_its_own_reactor(echo_port: int) -> None:
     """The bug this module exists for (if pynetdicom fixes it, this fails: drop the fix)."""
-    assoc, status = _echo_through_a_held_reactor(echo_port, HeldEvent)
+    assoc, status = _echo_through_a_held_reactor(echo_port, _plain_event)
     assert status is None  # no response: taken and dropped by the reactor
     assert not assoc.is_established  # and the association aborted after the DIMSE timeout
 
 
 def test_the_parking_checkpoint_keeps_the_response(echo_port: int) -> None:
-    assoc, status = _echo_through_a_held_reactor(echo_port, HeldParkingCheckpoint)
+    assoc, status = _echo_through_a_held_reactor(echo_port, ParkingCheckpoint)
     assert status == 0x0000
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0x0000  # the reactor runs on between sends
