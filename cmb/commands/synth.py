@@ -72,6 +72,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="VENDOR",
         help="also write each case as a DICOM series: " + ", ".join(sorted(DICOM_FLAVOURS)),
     )
+    p.add_argument(
+        "--random-contrast",
+        type=float,
+        default=None,
+        metavar="P",
+        help="share of cases with random tissue contrast instead of the sequence's priors "
+        "(default 0.2); no other parameter of a case changes with it",
+    )
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -80,10 +88,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from model.errors import CmbError
     from training.synth.anatomy import check_subject
+    from training.synth.params import RANDOM_CONTRAST_SHARE
     from training.synth.writer import synthesize
 
     if args.cases < 1:
         raise CmbError("--cases must be >= 1")
+    share = RANDOM_CONTRAST_SHARE if args.random_contrast is None else args.random_contrast
+    if not 0.0 <= share <= 1.0:
+        raise CmbError(f"--random-contrast must be within 0 and 1, got {share}")
     try:
         for s in args.subjects or []:
             check_subject(s, args.split)
@@ -102,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         negative_every=args.negative_every,
         draw_subject=args.draw_subject,
+        random_contrast=share,
     )
     print(f"wrote {n} cases to {args.out}")
     return 0

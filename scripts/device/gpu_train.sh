@@ -4,7 +4,8 @@
 # Run on the lease machine from the repo root, with .devcarry (scripts/device/make_carry.sh):
 #   CONFIG=training/configs/gpu_finetune_0.6.json SEED=30000 bash scripts/device/gpu_train.sh
 # Environment: CONFIG, SEED (first synth seed), GEN_WORKERS (default 4), MIN_CASES (cases the
-# pool holds before training starts, default 24), INIT (default the shipped U-Net),
+# pool holds before training starts, default 24), SYNTH_OPTS (more `cmb synth` options for the
+# pool, e.g. "--random-contrast 0.5"), INIT (default the shipped U-Net),
 # DEVICE (default cuda), PYTHON (default python3), OUT (where results go; the tool sets it).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -12,6 +13,7 @@ CONFIG=${CONFIG:?set CONFIG}
 SEED=${SEED:?set SEED}
 GEN_WORKERS=${GEN_WORKERS:-4}
 MIN_CASES=${MIN_CASES:-24}
+SYNTH_OPTS=${SYNTH_OPTS:-}
 INIT=${INIT:-model/weights/cmb_unet.onnx}
 # shellcheck source=scripts/device/lease_start.sh
 source scripts/device/lease_start.sh
@@ -19,7 +21,7 @@ source scripts/device/lease_start.sh
 pool=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['data']['train'][0])" "$CONFIG")
 run=runs/gpu_$(basename "$CONFIG" .json)
 "$PY" -m cmb.cli synth "$pool" --cases 5000 --seed "$SEED" --split train --n-cmbs 10 \
-    --workers "$GEN_WORKERS" --no-progress >"$OUT/synth.log" 2>&1 &
+    --workers "$GEN_WORKERS" --no-progress $SYNTH_OPTS >"$OUT/synth.log" 2>&1 &
 gen=$!
 count() { [ -f "$pool/cases.jsonl" ] && wc -l <"$pool/cases.jsonl" || echo 0; }
 until [ "$(count)" -ge "$MIN_CASES" ]; do

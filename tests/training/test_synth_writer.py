@@ -109,3 +109,49 @@ def test_negative_every_and_drawn_subjects_reproduce_the_validation_recipe(
     for seed, rec in recs.items():
         assert rec["subject"] == drawn_subject(seed, "val")
     assert {drawn_subject(s, "val") for s in range(100000, 100060)} == {17, 18, 19, 20}
+
+
+def test_random_contrast_share_changes_only_the_contrast_mode() -> None:
+    from dataclasses import asdict
+
+    from training.synth.params import RANDOM_CONTRAST_SHARE, sample_params
+
+    def draw(seed: int, share: float) -> dict[str, object]:
+        rng = np.random.default_rng(seed)
+        kwargs = {"seed": seed, "subject": 1, "split": "train", "sequence": "mixed"}
+        return asdict(sample_params(rng, **kwargs, random_contrast=share))
+
+    seeds = range(200)
+    default = [draw(s, RANDOM_CONTRAST_SHARE) for s in seeds]
+    assert default == [
+        asdict(
+            sample_params(
+                np.random.default_rng(s), seed=s, subject=1, split="train", sequence="mixed"
+            )
+        )
+        for s in seeds
+    ]
+    half = [draw(s, 0.5) for s in seeds]
+    for a, b in zip(default, half, strict=True):
+        assert {k for k in a if a[k] != b[k]} <= {"contrast_mode"}
+        if a["contrast_mode"] == "random":  # random at 0.2 stays random at 0.5
+            assert b["contrast_mode"] == "random"
+    share = {
+        p: sum(d["contrast_mode"] == "random" for d in ds) / 200
+        for p, ds in ((0.2, default), (0.5, half))
+    }
+    assert 0.1 < share[0.2] < 0.3 and 0.4 < share[0.5] < 0.6  # 200 draws: ~3 sd
+    assert {draw(s, 0.0)["contrast_mode"] for s in seeds} == {"prior"}
+    assert {draw(s, 1.0)["contrast_mode"] for s in seeds} == {"random"}
+    with pytest.raises(ValueError, match="random_contrast"):
+        draw(1, 1.5)
+
+
+def test_cli_refuses_a_share_outside_zero_to_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cmb.cli import main
+
+    assert main(["synth", str(tmp_path), "--cases", "1", "--random-contrast", "1.5"]) == 1
+    assert "--random-contrast" in capsys.readouterr().err
+    assert not (tmp_path / "cases.jsonl").exists()

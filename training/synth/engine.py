@@ -28,7 +28,7 @@ from training.synth.deform import deform_subject, head_pose_matrix, rotation_mat
 from training.synth.dipole import SusceptibilityObject, object_factor, visible_factor
 from training.synth.iron import render_iron_nuclei
 from training.synth.mimics import MimicObject, make_mimics
-from training.synth.params import SynthParams, sample_params
+from training.synth.params import RANDOM_CONTRAST_SHARE, SynthParams, sample_params
 from training.synth.placement import Anatomy, Site, place_microbleeds
 from training.synth.vessels import cortical_veins, deep_veins, medullary_veins, render_veins
 
@@ -134,6 +134,7 @@ def generate_case(
     split: str = "train",
     n_cmbs: int | None = None,
     params_override: dict[str, Any] | None = None,
+    random_contrast: float = RANDOM_CONTRAST_SHARE,
 ) -> SynthCase:
     """Generate one case (deterministic in all arguments)."""
     if split not in ("train", "val"):
@@ -151,6 +152,7 @@ def generate_case(
         sequence=sequence,
         n_cmbs=n_cmbs,
         override=params_override,
+        random_contrast=random_contrast,
     )
     subj = load_subject(subject)
     labels, mars = deform_subject(

@@ -121,6 +121,10 @@ def _sample_mimics(rng: np.random.Generator) -> tuple[str, ...]:
     return tuple(k for k, p in probs.items() if rng.random() < p)
 
 
+#: Default share of cases with random tissue contrast (``contrast_mode`` "random").
+RANDOM_CONTRAST_SHARE = 0.2
+
+
 def sample_params(
     rng: np.random.Generator,
     *,
@@ -130,8 +134,17 @@ def sample_params(
     sequence: str,
     n_cmbs: int | None = None,
     override: dict[str, Any] | None = None,
+    random_contrast: float = RANDOM_CONTRAST_SHARE,
 ) -> SynthParams:
-    """Draw one case's parameters; ``sequence`` may be "swi", "t2star" or "mixed"."""
+    """Draw one case's parameters; ``sequence`` may be "swi", "t2star" or "mixed".
+
+    ``random_contrast`` is the probability of SynthSeg-style random tissue means
+    instead of the sequence's priors.  It changes no other draw: a case keeps
+    every other parameter whatever the share, and the cases that are random at
+    a smaller share stay random at a larger one.
+    """
+    if not 0.0 <= random_contrast <= 1.0:
+        raise ValueError(f"random_contrast must be within [0, 1], got {random_contrast}")
     if sequence == "mixed":
         sequence = str(rng.choice(SEQUENCES))
     if sequence not in SEQUENCES:
@@ -142,7 +155,7 @@ def sample_params(
     p.head_rotation_deg = tuple(_u(rng, -8, 8) for _ in range(3))  # type: ignore[assignment]
     p.head_scale = tuple(_u(rng, 0.92, 1.08) for _ in range(3))  # type: ignore[assignment]
     p.head_shear = tuple(_u(rng, -0.03, 0.03) for _ in range(3))  # type: ignore[assignment]
-    p.contrast_mode = "random" if rng.random() < 0.2 else "prior"
+    p.contrast_mode = "random" if rng.random() < random_contrast else "prior"
     p.texture_amplitude = _u(rng, 0.0, 0.06)
     p.field_strength_t, p.echo_time_ms = _sample_field_te(rng, sequence)
     if sequence == "swi":

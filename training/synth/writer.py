@@ -9,6 +9,7 @@ from typing import Any
 from training.datasets.layout import append_record, finalize, write_images
 from training.synth.anatomy import TRAIN_SUBJECTS, VAL_SUBJECTS, check_subject
 from training.synth.engine import generate_case
+from training.synth.params import RANDOM_CONTRAST_SHARE
 
 
 def _one(
@@ -20,6 +21,7 @@ def _one(
     n_cmbs: int | None,
     flavours: dict[str, str] | None,
     override: dict[str, Any] | None = None,
+    random_contrast: float = RANDOM_CONTRAST_SHARE,
 ) -> dict[str, Any]:
     case = generate_case(
         seed,
@@ -28,6 +30,7 @@ def _one(
         split=split,
         n_cmbs=n_cmbs,
         params_override=override,
+        random_contrast=random_contrast,
     )
     write_images(out, case)
     record = case.record
@@ -71,6 +74,7 @@ def synthesize(
     params_override: dict[str, Any] | None = None,
     negative_every: int = 0,
     draw_subject: bool = False,
+    random_contrast: float = RANDOM_CONTRAST_SHARE,
 ) -> int:
     """Generate ``cases`` cases with seeds ``seed .. seed+cases-1``; returns the case count.
 
@@ -78,6 +82,8 @@ def synthesize(
     split's subjects by the case's own seed when ``draw_subject`` (how the
     held-out validation set of docs/model-card.md was made).  With
     ``negative_every=K`` every case whose seed is divisible by K has no CMB.
+    ``random_contrast`` is the share of random tissue contrast
+    (:func:`training.synth.params.sample_params`).
     The output does not depend on ``workers`` (cases.jsonl is sorted by case id
     at the end).
     """
@@ -96,6 +102,7 @@ def synthesize(
             0 if negative_every > 0 and (seed + i) % negative_every == 0 else n_cmbs,
             dicom_flavours,
             params_override,
+            random_contrast,
         )
         for i in range(cases)
     ]
