@@ -11,7 +11,10 @@
 #       scripts/device/gpu_classifier.sh
 # CMB_BLOCK (comma separated) replaces the default list, which suits the small carry
 # (PACKAGES="simpleitk pydicom connected-components-3d"); for scripts/device/gpu_train.sh,
-# whose carry holds MONAI, TorchIO and nibabel, leave those three out of it.
+# whose carry holds MONAI, TorchIO and nibabel, leave those three out of it. A package this
+# venv has and neither the image nor the carry holds passes here unless it is listed: when
+# training imports a new one, add it to make_carry.sh's PACKAGES (cc3d was found so, on a
+# lease, 2026-11-28).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ $# -ge 1 ] || { echo "usage: bash scripts/device/dry_run.sh SCRIPT" >&2; exit 2; }

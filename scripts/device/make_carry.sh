@@ -3,7 +3,8 @@
 # `cmb synth` and `cmb train` from this checkout, inside the device tool's 64 MiB limit
 # (repository and carry together).
 #   site.tar.xz    the training dependencies the lease image lacks (SimpleITK, MONAI, pydicom,
-#                  TorchIO with nibabel and Deprecated; cp312 wheels unpacked as pip would, their
+#                  TorchIO with nibabel and Deprecated, connected-components-3d, which the loss
+#                  imports; cp312 wheels unpacked as pip would, their
 #                  test folders dropped), xz-compressed: SimpleITK's wheel alone is 53 MB
 #   labels.tar.xz  the 16 training-subject label maps as int16 NIfTI, cropped to the brain plus
 #                  24 mm (the synthesiser crops to brain plus 20 mm, so it reads identical
@@ -23,7 +24,7 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir "$tmp/wheels" "$tmp/site" "$tmp/labels"
-for pkg in ${PACKAGES:-simpleitk monai pydicom torchio nibabel deprecated}; do
+for pkg in ${PACKAGES:-simpleitk monai pydicom torchio nibabel deprecated connected-components-3d}; do
     version=$("$PY" -c "import importlib.metadata as m; print(m.version('$pkg'))")
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
