@@ -90,7 +90,7 @@ class ValConfig:
     select_by: str = "recall_at_fp"
     #: also measure, at each validation, the recall on this many training cases (the
     #: first by case id) at the lowest threshold: whether the network fits the data it
-    #: trains on (the shipped U-Net 0.5.0 did not: docs/model-card.md); 0 = off
+    #: trains on (U-Net 0.5.0 did not: docs/model-card.md); 0 = off
     fit_cases: int = 0
 
     def __post_init__(self) -> None:
