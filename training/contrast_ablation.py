@@ -7,8 +7,11 @@ true CMBs").  This tool answers which tissue means make it so: the case
 ``--draw-subject`` does) is generated again with its own tissue means, then
 once per tissue class with that one class set back to the sequence's prior
 mean, and once with every class at its prior.  Nothing else of the case
-changes (the engine's ``params_override`` replaces the drawn means only): the
-same anatomy, CMBs, noise and acquisition.  Each variant's U-Net probability
+changes: every variant, the drawn means too, is generated with the means
+given (the engine's ``params_override``), so all share the same anatomy,
+CMBs, noise, acquisition and tissue texture (the texture draws after the
+means, so the case as ``cmb synth`` wrote it differs from the ``drawn``
+variant in that texture only, ±0–6 %).  Each variant's U-Net probability
 is read at every true CMB (the highest value within its apparent radius plus
 ``margin_mm``, :func:`training.candidate_misses.peak_near`), and a CMB counts
 as seen when that peak reaches ``seen_at`` (the candidate classifier's
@@ -18,8 +21,9 @@ candidate threshold, 0.3).
         --out runs/ablation/500045.json
 
 Generating a case and running the U-Net take about 15 s per variant on 2
-cores: 18 variants (16 tissues besides white matter, the case itself, all
-priors) in about 5 minutes.
+cores: 18 variants (16 tissues besides white matter, the drawn means, all
+priors) and the first generation, which reads the drawn means, in about 6
+minutes.
 """
 
 from __future__ import annotations
@@ -105,12 +109,8 @@ def ablate(
     sequence = drawn.params.sequence
     rows = []
     for name, means in variants(drawn.params.tissue_means, sequence, tissues).items():
-        case = (
-            drawn
-            if name == "drawn"
-            else generate_case(
-                seed, split=split, params_override={**base_override, "tissue_means": means}
-            )
+        case = generate_case(
+            seed, split=split, params_override={**base_override, "tissue_means": means}
         )
         peaks = cmb_peaks(case, unet)
         rows.append(

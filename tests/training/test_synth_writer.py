@@ -117,9 +117,15 @@ def test_random_contrast_share_changes_only_the_contrast_mode() -> None:
     from training.synth.params import RANDOM_CONTRAST_SHARE, sample_params
 
     def draw(seed: int, share: float) -> dict[str, object]:
-        rng = np.random.default_rng(seed)
-        kwargs = {"seed": seed, "subject": 1, "split": "train", "sequence": "mixed"}
-        return asdict(sample_params(rng, **kwargs, random_contrast=share))
+        params = sample_params(
+            np.random.default_rng(seed),
+            seed=seed,
+            subject=1,
+            split="train",
+            sequence="mixed",
+            random_contrast=share,
+        )
+        return asdict(params)
 
     seeds = range(200)
     default = [draw(s, RANDOM_CONTRAST_SHARE) for s in seeds]
