@@ -503,9 +503,13 @@ def _describe_data(train: list[CaseRef], val: list[CaseRef]) -> str:
         return ",".join(str(i) for i in ids) or "unknown"
 
     sources = sorted({str(r.record.get("source", "unknown")) for r in train})
-    return (
-        f"{len(train)} {'/'.join(sources)} training cases (subjects {subjects(train)}); "
+    held_out = (
         f"validated on {len(val)} held-out cases (subjects {subjects(val)})"
+        if val
+        else "no validation during training (cmb export --val-data validates the file)"
+    )
+    return (
+        f"{len(train)} {'/'.join(sources)} training cases (subjects {subjects(train)}); {held_out}"
     )
 
 

@@ -363,3 +363,18 @@ def test_every_committed_training_config_loads(path: Path) -> None:
     config = load_config(path)
     assert config.data.train
     assert config_from_dict(config.to_dict()) == config  # what a run saves, it reloads
+
+
+def test_trained_on_text_says_whether_the_run_validated() -> None:
+    def ref(n: int, subject: int) -> CaseRef:
+        return CaseRef(Path("."), f"c{n}", {"subject": subject, "source": "synthetic"})
+
+    train_refs = [ref(0, 3), ref(1, 1)]
+    text = training.train._describe_data(train_refs, [ref(2, 17), ref(3, 19)])
+    assert text == (
+        "2 synthetic training cases (subjects 1,3); validated on 2 held-out cases (subjects 17,19)"
+    )
+    # a run without validation (a GPU lease) must not claim "validated on 0 held-out cases"
+    alone = training.train._describe_data(train_refs, [])
+    assert alone.startswith("2 synthetic training cases (subjects 1,3); no validation")
+    assert "held-out" not in alone
