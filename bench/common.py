@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -185,21 +185,30 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def untrained_model(path: Path, *, seed: int = 0, threshold: float = 0.5) -> Path:
+def untrained_model(
+    path: Path,
+    *,
+    seed: int = 0,
+    threshold: float = 0.5,
+    features: tuple[int, ...] | None = None,
+) -> Path:
     """Export an UNTRAINED network of the shipped architecture (timing only, no accuracy).
 
     Same ``training.network`` U-Net, same export path and metadata as the
     trained model (``TrainConfig()`` defaults: 1 mm, 48^3 patches); its name
     says ``untrained`` so no number measured with it is mistaken for accuracy.
+    ``features`` replaces the channel widths (a wider network's cost).
     """
     import torch
 
     from training.config import TrainConfig
     from training.export import build_metadata, export_onnx
-    from training.network import build_network
+    from training.network import NetworkConfig, build_network
 
     torch.manual_seed(seed)
     config = TrainConfig(name="cmb_unet_UNTRAINED_timing_only")
+    if features is not None:
+        config = replace(config, network=NetworkConfig(features=tuple(features)))
     net = build_network(config.network).eval()
     metadata = build_metadata(config, threshold=threshold)
     return export_onnx(net, metadata, path)
