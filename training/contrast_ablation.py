@@ -23,7 +23,10 @@ candidate threshold, 0.3).
 Generating a case and running the U-Net take about 15 s per variant on 2
 cores: 18 variants (16 tissues besides white matter, the drawn means, all
 priors) and the first generation, which reads the drawn means, in about 6
-minutes.
+minutes.  ``--tissues A B ... --together`` adds one variant, ``together``, with
+all of those tissues at their priors at once: whether setting the brain's
+tissues alone (what an inference-time remapping on the parcellation could
+reach) gives back what ``all_prior`` does.
 """
 
 from __future__ import annotations
@@ -46,12 +49,22 @@ from training.synth.engine import SynthCase, generate_case
 SEEN_AT = 0.3
 #: White matter is the reference (1.0) in both modes: never a variant.
 REFERENCE = "white_matter"
+#: Variants that set no single tissue.
+MULTI = ("drawn", "together", "all_prior")
 
 
 def variants(
-    means: Mapping[str, float], sequence: str, tissues: Sequence[str] | None = None
+    means: Mapping[str, float],
+    sequence: str,
+    tissues: Sequence[str] | None = None,
+    *,
+    together: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """Tissue means per variant: ``drawn``, one per tissue set to its prior, ``all_prior``."""
+    """Tissue means per variant: ``drawn``, one per tissue set to its prior, ``all_prior``.
+
+    ``together`` adds ``together`` (before ``all_prior``): every chosen tissue
+    at its prior at once.
+    """
     priors = {t: PRIORS[sequence][t][0] for t in means}
     chosen = [t for t in means if t != REFERENCE] if tissues is None else list(tissues)
     unknown = sorted(set(chosen) - set(means) | ({REFERENCE} & set(chosen)))
@@ -59,6 +72,8 @@ def variants(
         raise ValueError(f"not a tissue that can be set to its prior: {unknown}")
     out = {"drawn": dict(means)}
     out.update({t: {**means, t: priors[t]} for t in chosen})
+    if together:
+        out["together"] = {**means, **{t: priors[t] for t in chosen}}
     out["all_prior"] = priors
     return out
 
@@ -100,6 +115,7 @@ def ablate(
     unet: OnnxModel,
     *,
     tissues: Sequence[str] | None = None,
+    together: bool = False,
     override: Mapping[str, Any] | None = None,
     seen_at: float = SEEN_AT,
 ) -> dict[str, Any]:
@@ -108,7 +124,9 @@ def ablate(
     drawn = generate_case(seed, split=split, params_override=base_override or None)
     sequence = drawn.params.sequence
     rows = []
-    for name, means in variants(drawn.params.tissue_means, sequence, tissues).items():
+    for name, means in variants(
+        drawn.params.tissue_means, sequence, tissues, together=together
+    ).items():
         case = generate_case(
             seed, split=split, params_override={**base_override, "tissue_means": means}
         )
@@ -116,7 +134,7 @@ def ablate(
         rows.append(
             {
                 "variant": name,
-                "tissue_mean": None if name in ("drawn", "all_prior") else means[name],
+                "tissue_mean": None if name in MULTI else means[name],
                 "drawn_mean": drawn.params.tissue_means.get(name),
                 "peaks": peaks,
                 **summary(peaks, case.record["cmbs"], seen_at),
@@ -128,6 +146,7 @@ def ablate(
         "contrast_mode": drawn.params.contrast_mode,
         "tissue_means": {k: round(v, 4) for k, v in drawn.params.tissue_means.items()},
         "unet": f"{unet.info.name} {unet.info.version}",
+        "together": list(tissues) if together and tissues else None,
         "seen_at": seen_at,
         "variants": rows,
     }
@@ -143,9 +162,12 @@ def table(result: Mapping[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for r in result["variants"]:
-        change = (
-            "" if r["tissue_mean"] is None else f"{r['drawn_mean']:.2f} -> {r['tissue_mean']:.2f}"
-        )
+        if r["variant"] == "together":
+            change = ", ".join(result["together"] or ()) + " -> priors"
+        elif r["tissue_mean"] is None:
+            change = ""
+        else:
+            change = f"{r['drawn_mean']:.2f} -> {r['tissue_mean']:.2f}"
         lines.append(
             f"| {r['variant']} | {change} | {r['seen']} of {r['n']} | "
             f"{r['seen_large']} of {r['n_large']} | {r['mean_peak_large']} |"
@@ -158,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, required=True, help="the case's seed (cmb synth)")
     p.add_argument("--split", choices=("train", "val"), default="val")
     p.add_argument("--tissues", nargs="+", help="only these tissues (default: all but WM)")
+    p.add_argument(
+        "--together", action="store_true", help="also all of --tissues at their priors at once"
+    )
     p.add_argument("--unet", type=Path, help="U-Net ONNX file (default: the shipped one)")
     p.add_argument("--seen-at", type=float, default=SEEN_AT)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
@@ -166,7 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     unet = OnnxModel.load(
         args.unet or default_model_path("cmb_segmentation"), device="cpu", threads=args.threads
     )
-    result = ablate(args.seed, args.split, unet, tissues=args.tissues, seen_at=args.seen_at)
+    result = ablate(
+        args.seed,
+        args.split,
+        unet,
+        tissues=args.tissues,
+        together=args.together,
+        seen_at=args.seen_at,
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -22,6 +22,13 @@ def test_variants_set_one_tissue_at_a_time_to_its_prior() -> None:
     assert out["cortex"] == {**MEANS, "cortex": PRIORS["swi"]["cortex"][0]}
     assert out["all_prior"] == {t: PRIORS["swi"][t][0] for t in MEANS}
     assert list(variants(MEANS, "t2star", ["csf"])) == ["drawn", "csf", "all_prior"]
+    both = variants(MEANS, "swi", ["cortex", "csf"], together=True)
+    assert list(both) == ["drawn", "cortex", "csf", "together", "all_prior"]
+    assert both["together"] == {
+        **MEANS,
+        "cortex": PRIORS["swi"]["cortex"][0],
+        "csf": PRIORS["swi"]["csf"][0],
+    }  # the pallidum keeps its drawn mean
     with pytest.raises(ValueError, match="white_matter"):
         variants(MEANS, "swi", ["white_matter"])  # the reference, 1.0 in both modes
     with pytest.raises(ValueError, match="bogus"):
@@ -69,6 +76,8 @@ def test_ablation_regenerates_the_case_with_only_the_tissue_means_changed(
                 "train",
                 "--tissues",
                 "csf",
+                "cortex",
+                "--together",
                 "--unet",
                 str(unet_path),
                 "--out",
@@ -79,6 +88,16 @@ def test_ablation_regenerates_the_case_with_only_the_tissue_means_changed(
     )
     printed = capsys.readouterr().out
     assert "| drawn |" in printed and "| csf |" in printed and "| all_prior |" in printed
+    assert "| together | csf, cortex -> priors |" in printed
     saved = json.loads(out.read_text())
     assert saved["case_id"] == "synth-train-00000007"
-    assert [r["variant"] for r in saved["variants"]] == ["drawn", "csf", "all_prior"]
+    assert [r["variant"] for r in saved["variants"]] == [
+        "drawn",
+        "csf",
+        "cortex",
+        "together",
+        "all_prior",
+    ]
+    assert saved["together"] == ["csf", "cortex"]
+    # the same CMBs in every variant, all read
+    assert len({r["n"] for r in saved["variants"]}) == 1
