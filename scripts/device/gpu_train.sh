@@ -5,7 +5,8 @@
 #   CONFIG=training/configs/gpu_finetune_0.6.json SEED=30000 bash scripts/device/gpu_train.sh
 # Environment: CONFIG, SEED (first synth seed), GEN_WORKERS (default 4), MIN_CASES (cases the
 # pool holds before training starts, default 24), SYNTH_OPTS (more `cmb synth` options for the
-# pool, e.g. "--random-contrast 0.5"), INIT (default the shipped U-Net),
+# pool, e.g. "--random-contrast 0.5"), INIT (default the shipped U-Net; "none" trains from
+# scratch, as a network of other widths must, e.g. training/configs/gpu_wide_1.0.json),
 # DEVICE (default cuda), PYTHON (default python3), OUT (where results go; the tool sets it).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -20,6 +21,8 @@ source scripts/device/lease_start.sh
 
 pool=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['data']['train'][0])" "$CONFIG")
 run=runs/gpu_$(basename "$CONFIG" .json)
+init=(--init "$INIT")
+[ "$INIT" = none ] && init=()
 "$PY" -m cmb.cli synth "$pool" --cases 5000 --seed "$SEED" --split train --n-cmbs 10 \
     --workers "$GEN_WORKERS" --no-progress $SYNTH_OPTS >"$OUT/synth.log" 2>&1 &
 gen=$!
@@ -29,7 +32,7 @@ until [ "$(count)" -ge "$MIN_CASES" ]; do
     sleep 2
 done
 stamp "pool holds $(count) cases; training"
-"$PY" -m cmb.cli train --config "$CONFIG" --init "$INIT" --out "$run" --device "$DEVICE" \
+"$PY" -m cmb.cli train --config "$CONFIG" "${init[@]}" --out "$run" --device "$DEVICE" \
     --no-progress 2>&1 | tee "$OUT/train.log"
 rc=${PIPESTATUS[0]}
 kill $gen 2>/dev/null
