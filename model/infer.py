@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from model.errors import ModelError
 from model.onnx_model import OnnxModel
-from model.preprocess import prepare, resample_like
+from model.preprocess import IntensityMap, prepare, resample_like
 from model.types import Volume
 
 Progress = Callable[[int, int], None]
@@ -142,6 +142,7 @@ def predict_probability(
     batch_size: int = 1,
     spacing_mm: tuple[float, float, float] | None = None,
     progress: Progress | None = None,
+    fixed_map: IntensityMap | None = None,
 ) -> Volume:
     """CMB probability map of ``volume`` on its own (source) grid, float32 in [0, 1].
 
@@ -149,12 +150,14 @@ def predict_probability(
     one-channel sigmoid model, channel 1 of a background/CMB softmax model).
     ``spacing_mm`` runs the network on another grid than its own
     ``cmb.spacing_mm`` (a cascade's setting: ``model.candidate_classifier.unet_spacing``).
+    ``fixed_map`` normalizes with that map instead of this volume's own
+    (a diagnostic: :class:`model.preprocess.IntensityMap`).
     """
     if model.metadata.task != "cmb_segmentation":
         raise ModelError(
             f"model {model.info.name} is a {model.metadata.task} model, not cmb_segmentation"
         )
-    prepared = prepare(volume, model.metadata.on_grid(spacing_mm))
+    prepared = prepare(volume, model.metadata.on_grid(spacing_mm), fixed_map=fixed_map)
     probs = sliding_window(
         prepared.array,
         model,

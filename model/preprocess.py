@@ -15,6 +15,7 @@ maps every LPS point onto itself.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -160,44 +161,74 @@ def foreground_mask(array: npt.NDArray[Any], kind: str) -> npt.NDArray[np.bool_]
     return mask
 
 
-def _percentiles(
+@dataclass(frozen=True)
+class IntensityMap:
+    """What a normalization does to one volume: clip to [lower, upper], then (x - shift) / scale.
+
+    Every method of :data:`NORMALIZATIONS` is such a map, its four numbers
+    computed from the volume itself (:func:`intensity_map`).  Kept apart so a
+    caller can apply another volume's map: ``training.contrast_ablation`` runs
+    a random-contrast case with the map of the same head at prior contrast, to
+    tell what the network cannot read from what the normalization shifted.
+    """
+
+    lower: float = -np.inf
+    upper: float = np.inf
+    shift: float = 0.0
+    scale: float = 1.0
+
+    def apply(self, array: npt.NDArray[Any]) -> FloatArray:
+        values: npt.NDArray[Any] = np.asarray(array, dtype=np.float32)
+        if np.isfinite(self.lower) or np.isfinite(self.upper):
+            # float64 bounds, so float64 arithmetic from here: the numbers the
+            # percentile methods have always produced, to the last bit
+            values = np.clip(values, np.float64(self.lower), np.float64(self.upper))
+        if self.scale == 0.0:  # a constant image under min-max: all zeros
+            return np.zeros(values.shape, dtype=np.float32)
+        return ((values - self.shift) / self.scale).astype(np.float32)
+
+
+def _percentile_bounds(
     array: FloatArray, spec: Mapping[str, Any], mask: npt.NDArray[np.bool_]
-) -> FloatArray:
+) -> tuple[float, float]:
     lo, hi = np.percentile(array[mask], [float(spec["lower"]), float(spec["upper"])])
-    return np.clip(array, lo, hi)
+    return np.float64(lo), np.float64(hi)
 
 
-def _zscore_of(array: FloatArray, mask: npt.NDArray[np.bool_]) -> FloatArray:
-    values = array[mask].astype(np.float64)
-    mean = float(values.mean())
-    std = float(values.std())
+def _zscore_map(
+    values: FloatArray, mask: npt.NDArray[np.bool_], lower: float, upper: float
+) -> IntensityMap:
+    """Centre and scale by the mean and std of ``values[mask]`` (already clipped)."""
+    inside = values[mask].astype(np.float64)
+    mean = float(inside.mean())
+    std = float(inside.std())
     if std < 1e-8 * max(1.0, abs(mean)):
         std = 1.0  # constant image: centre only
-    return ((array - mean) / std).astype(np.float32)
+    return IntensityMap(lower, upper, mean, std)
 
 
-def _zscore(array: FloatArray, spec: Mapping[str, Any]) -> FloatArray:
+def _zscore(array: FloatArray, spec: Mapping[str, Any]) -> IntensityMap:
     mask = foreground_mask(array, spec.get("mask", "all"))
-    return _zscore_of(array, mask)
+    return _zscore_map(array, mask, -np.inf, np.inf)
 
 
-def _percentile_zscore(array: FloatArray, spec: Mapping[str, Any]) -> FloatArray:
+def _percentile_zscore(array: FloatArray, spec: Mapping[str, Any]) -> IntensityMap:
     mask = foreground_mask(array, spec.get("mask", "all"))
-    return _zscore_of(_percentiles(array, spec, mask), mask)
+    lo, hi = _percentile_bounds(array, spec, mask)
+    return _zscore_map(np.clip(array, lo, hi), mask, lo, hi)
 
 
-def _percentile_minmax(array: FloatArray, spec: Mapping[str, Any]) -> FloatArray:
+def _percentile_minmax(array: FloatArray, spec: Mapping[str, Any]) -> IntensityMap:
     mask = foreground_mask(array, spec.get("mask", "all"))
-    clipped = _percentiles(array, spec, mask)
-    lo, hi = float(clipped.min()), float(clipped.max())
-    if hi - lo <= 0:
-        return np.zeros_like(array, dtype=np.float32)
-    return ((clipped - lo) / (hi - lo)).astype(np.float32)
+    lo, hi = _percentile_bounds(array, spec, mask)
+    clipped = np.clip(array, lo, hi)
+    low, high = float(clipped.min()), float(clipped.max())
+    return IntensityMap(lo, hi, low, max(high - low, 0.0))
 
 
-# name -> (function, required keys, optional keys)
+# name -> (function computing the map, required keys, optional keys)
 NORMALIZATIONS: dict[
-    str, tuple[Callable[[FloatArray, Mapping[str, Any]], FloatArray], set[str], set[str]]
+    str, tuple[Callable[[FloatArray, Mapping[str, Any]], IntensityMap], set[str], set[str]]
 ] = {
     "zscore": (_zscore, set(), {"mask"}),
     "percentile_zscore": (_percentile_zscore, {"lower", "upper"}, {"mask"}),
@@ -233,12 +264,25 @@ def normalize(array: npt.NDArray[Any], spec: Mapping[str, Any]) -> FloatArray:
     Statistics (percentiles, mean, std) come from the voxels of the spec's
     ``mask``; clipping and scaling apply to the whole array.
     """
+    return intensity_map(array, spec).apply(array)
+
+
+def intensity_map(array: npt.NDArray[Any], spec: Mapping[str, Any]) -> IntensityMap:
+    """The map :func:`normalize` applies to ``array`` under ``spec``."""
     validate_normalization(spec)
     fn = NORMALIZATIONS[spec["method"]][0]
     return fn(np.asarray(array, dtype=np.float32), spec)
 
 
-def prepare(volume: Volume, metadata: ModelMetadata) -> Volume:
-    """Resample to the model spacing and normalize: what the network sees, in training too."""
+def prepare(
+    volume: Volume, metadata: ModelMetadata, *, fixed_map: IntensityMap | None = None
+) -> Volume:
+    """Resample to the model spacing and normalize: what the network sees, in training too.
+
+    ``fixed_map`` applies that map instead of the one the model's
+    normalization computes from this volume (a diagnostic, see :class:`IntensityMap`).
+    """
     resampled = resample_to_spacing(volume, metadata.spacing_mm, order=1)
+    if fixed_map is not None:
+        return resampled.with_array(fixed_map.apply(resampled.array))
     return resampled.with_array(normalize(resampled.array, metadata.normalization))

@@ -41,6 +41,8 @@ import numpy as np
 
 from model.infer import predict_probability
 from model.onnx_model import OnnxModel, default_model_path
+from model.preprocess import IntensityMap, intensity_map, resample_to_spacing
+from model.types import Volume
 from training.candidate_misses import LARGE_MM, peak_near
 from training.synth.contrast import PRIORS
 from training.synth.engine import SynthCase, generate_case
@@ -78,9 +80,18 @@ def variants(
     return out
 
 
-def cmb_peaks(case: SynthCase, unet: OnnxModel, margin_mm: float = 1.5) -> list[float]:
-    """The U-Net's peak probability at each true CMB of ``case``, in record order."""
-    probability = predict_probability(case.image, unet, overlap=0.0)
+def cmb_peaks(
+    case: SynthCase,
+    unet: OnnxModel,
+    margin_mm: float = 1.5,
+    *,
+    fixed_map: IntensityMap | None = None,
+) -> list[float]:
+    """The U-Net's peak probability at each true CMB of ``case``, in record order.
+
+    ``fixed_map``: normalize with that map instead of the case's own.
+    """
+    probability = predict_probability(case.image, unet, overlap=0.0, fixed_map=fixed_map)
     return [
         round(
             peak_near(
@@ -116,30 +127,48 @@ def ablate(
     *,
     tissues: Sequence[str] | None = None,
     together: bool = False,
+    prior_normalization: bool = False,
     override: Mapping[str, Any] | None = None,
     seen_at: float = SEEN_AT,
 ) -> dict[str, Any]:
-    """Every variant of case ``seed`` with its tissue means and what the U-Net sees."""
+    """Every variant of case ``seed`` with its tissue means and what the U-Net sees.
+
+    ``prior_normalization``: each variant is also run normalized with the map
+    of the ``all_prior`` variant (``prior_map_*`` keys; every variant has the
+    same head, scale and CMBs, so that map is the one this head would get at
+    prior contrast): whether a variant's blindness is the contrast the network
+    reads or the shift its own normalization statistics make.
+    """
     base_override = dict(override or {})
     drawn = generate_case(seed, split=split, params_override=base_override or None)
     sequence = drawn.params.sequence
-    rows = []
-    for name, means in variants(
-        drawn.params.tissue_means, sequence, tissues, together=together
-    ).items():
-        case = generate_case(
+    cases = {
+        name: generate_case(
             seed, split=split, params_override={**base_override, "tissue_means": means}
         )
+        for name, means in variants(
+            drawn.params.tissue_means, sequence, tissues, together=together
+        ).items()
+    }
+    prior_map = prior_intensity_map(cases["all_prior"].image, unet) if prior_normalization else None
+    rows = []
+    for name, case in cases.items():
+        means = case.params.tissue_means
         peaks = cmb_peaks(case, unet)
-        rows.append(
-            {
-                "variant": name,
-                "tissue_mean": None if name in MULTI else means[name],
-                "drawn_mean": drawn.params.tissue_means.get(name),
-                "peaks": peaks,
-                **summary(peaks, case.record["cmbs"], seen_at),
+        row = {
+            "variant": name,
+            "tissue_mean": None if name in MULTI else means[name],
+            "drawn_mean": drawn.params.tissue_means.get(name),
+            "peaks": peaks,
+            **summary(peaks, case.record["cmbs"], seen_at),
+        }
+        if prior_map is not None:
+            fixed = cmb_peaks(case, unet, fixed_map=prior_map)
+            row["prior_map_peaks"] = fixed
+            row |= {
+                f"prior_map_{k}": v for k, v in summary(fixed, case.record["cmbs"], seen_at).items()
             }
-        )
+        rows.append(row)
     return {
         "case_id": drawn.case_id,
         "sequence": sequence,
@@ -152,6 +181,12 @@ def ablate(
     }
 
 
+def prior_intensity_map(image: Volume, unet: OnnxModel) -> IntensityMap:
+    """The map the U-Net's own normalization computes for ``image`` on its grid."""
+    grid = resample_to_spacing(image, unet.metadata.spacing_mm, order=1)
+    return intensity_map(grid.array, unet.metadata.normalization)
+
+
 def table(result: Mapping[str, Any]) -> str:
     """A markdown table of :func:`ablate`'s variants."""
     lines = [
@@ -161,6 +196,10 @@ def table(result: Mapping[str, Any]) -> str:
         "| variant | drawn mean -> set to | CMBs seen | >= 3 mm seen | mean peak >= 3 mm |",
         "|---|---|---|---|---|",
     ]
+    fixed = any("prior_map_seen" in r for r in result["variants"])
+    if fixed:
+        lines[-2] += " with all_prior's normalization: seen | >= 3 mm seen |"
+        lines[-1] += "---|---|"
     for r in result["variants"]:
         if r["variant"] == "together":
             change = ", ".join(result["together"] or ()) + " -> priors"
@@ -168,10 +207,16 @@ def table(result: Mapping[str, Any]) -> str:
             change = ""
         else:
             change = f"{r['drawn_mean']:.2f} -> {r['tissue_mean']:.2f}"
-        lines.append(
+        line = (
             f"| {r['variant']} | {change} | {r['seen']} of {r['n']} | "
             f"{r['seen_large']} of {r['n_large']} | {r['mean_peak_large']} |"
         )
+        if fixed:
+            line += (
+                f" {r['prior_map_seen']} of {r['n']} |"
+                f" {r['prior_map_seen_large']} of {r['n_large']} |"
+            )
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -182,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tissues", nargs="+", help="only these tissues (default: all but WM)")
     p.add_argument(
         "--together", action="store_true", help="also all of --tissues at their priors at once"
+    )
+    p.add_argument(
+        "--prior-normalization",
+        action="store_true",
+        help="also run every variant normalized as the all-prior variant is",
     )
     p.add_argument("--unet", type=Path, help="U-Net ONNX file (default: the shipped one)")
     p.add_argument("--seen-at", type=float, default=SEEN_AT)
@@ -197,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         unet,
         tissues=args.tissues,
         together=args.together,
+        prior_normalization=args.prior_normalization,
         seen_at=args.seen_at,
     )
     if args.out:

@@ -11,7 +11,9 @@ import pytest
 
 from model.onnx_model import OnnxModel
 from model.preprocess import (
+    IntensityMap,
     foreground_mask,
+    intensity_map,
     normalize,
     prepare,
     resample_like,
@@ -189,6 +191,45 @@ def test_prepare_uses_the_model_plan(tmp_path: Path) -> None:
     assert out.array.max() == pytest.approx(1.0)
     expected = normalize(resample_to_spacing(source, (1.5, 1.0, 1.0)).array, spec)
     np.testing.assert_array_equal(out.array, expected)
+
+
+SPECS = (
+    {"method": "zscore", "mask": "otsu"},
+    {"method": "percentile_zscore", "lower": 0.5, "upper": 99.5, "mask": "otsu"},
+    {"method": "percentile_minmax", "lower": 2.0, "upper": 98.0, "mask": "all"},
+)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s["method"])
+def test_a_volumes_intensity_map_is_what_normalize_applies(spec: dict[str, object]) -> None:
+    rng = np.random.default_rng(4)
+    array = rng.gamma(2.0, 100.0, (20, 24, 16)).astype(np.float32)
+    found = intensity_map(array, spec)
+    np.testing.assert_array_equal(found.apply(array), normalize(array, spec))  # to the bit
+    if spec["method"] != "zscore":
+        lo, hi = np.percentile(
+            array[foreground_mask(array, str(spec["mask"]))],
+            [
+                spec["lower"],
+                spec["upper"],
+            ],
+        )
+        assert (found.lower, found.upper) == (lo, hi)
+    # another volume's map is not this one's: the point of applying a fixed map
+    brighter = intensity_map(array * 2.0 + 50.0, spec)
+    assert not np.allclose(brighter.apply(array), found.apply(array))
+
+
+def test_a_fixed_map_replaces_the_volumes_own_in_prepare(tmp_path: Path) -> None:
+    spec = {"method": "percentile_zscore", "lower": 0.5, "upper": 99.5, "mask": "otsu"}
+    model = OnnxModel.load(make_test_model(tmp_path / "m.onnx", normalization=spec))
+    source = ramp_volume((8, 20, 20), oblique_affine((1.0, 1.0, 1.0)))
+    fixed = IntensityMap(lower=-1.0, upper=5.0, shift=2.0, scale=4.0)
+    out = prepare(source, model.metadata, fixed_map=fixed)
+    grid = resample_to_spacing(source, model.metadata.spacing_mm).array
+    np.testing.assert_allclose(out.array, (np.clip(grid, -1.0, 5.0) - 2.0) / 4.0, atol=1e-6)
+    own = prepare(source, model.metadata)
+    np.testing.assert_array_equal(own.array, normalize(grid, spec))
 
 
 def test_resample_sheared_grid_gantry_tilt() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from model.onnx_model import OnnxModel
 from tests.helpers.onnx_factory import make_test_model
-from training.contrast_ablation import ablate, main, summary, variants
+from training.contrast_ablation import ablate, main, summary, table, variants
 from training.synth.contrast import PRIORS
 
 MEANS = {"white_matter": 1.0, "cortex": 1.9, "csf": 0.2, "pallidum": 1.5}
@@ -56,7 +56,7 @@ def test_ablation_regenerates_the_case_with_only_the_tissue_means_changed(
         "cmb_diameter_range_mm": (3.0, 6.0),
     }
     unet = OnnxModel.load(unet_path, device="cpu")
-    result = ablate(7, "train", unet, tissues=["cortex"], override=small)
+    result = ablate(7, "train", unet, tissues=["cortex"], prior_normalization=True, override=small)
     rows = {r["variant"]: r for r in result["variants"]}
     assert list(rows) == ["drawn", "cortex", "all_prior"]
     drawn, cortex = rows["drawn"], rows["cortex"]
@@ -65,6 +65,12 @@ def test_ablation_regenerates_the_case_with_only_the_tissue_means_changed(
     assert cortex["drawn_mean"] == pytest.approx(result["tissue_means"]["cortex"], abs=1e-4)
     assert all(0.0 <= p <= 1.0 for r in rows.values() for p in r["peaks"])
     assert drawn["seen"] > 0  # the dark-blob test U-Net sees 3-6 mm CMBs on the drawn contrast
+    # all_prior's own map is the fixed one: the same peaks both ways; every row has both
+    assert rows["all_prior"]["prior_map_peaks"] == rows["all_prior"]["peaks"]
+    assert all(len(r["prior_map_peaks"]) == r["n"] for r in rows.values())
+    printed_rows = [line for line in table(result).splitlines() if line.startswith("| ")][1:]
+    assert "with all_prior's normalization" in table(result)
+    assert [line.count(" of ") for line in printed_rows] == [4] * len(rows)  # both runs, each row
 
     out = tmp_path / "ablation.json"
     assert (
