@@ -224,7 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seed", type=int, required=True, help="the case's seed (cmb synth)")
     p.add_argument("--split", choices=("train", "val"), default="val")
-    p.add_argument("--tissues", nargs="+", help="only these tissues (default: all but WM)")
+    p.add_argument(
+        "--tissues",
+        nargs="*",
+        help="only these tissues (default: all but WM; none: only drawn and all_prior)",
+    )
     p.add_argument(
         "--together", action="store_true", help="also all of --tissues at their priors at once"
     )

@@ -22,6 +22,7 @@ def test_variants_set_one_tissue_at_a_time_to_its_prior() -> None:
     assert out["cortex"] == {**MEANS, "cortex": PRIORS["swi"]["cortex"][0]}
     assert out["all_prior"] == {t: PRIORS["swi"][t][0] for t in MEANS}
     assert list(variants(MEANS, "t2star", ["csf"])) == ["drawn", "csf", "all_prior"]
+    assert list(variants(MEANS, "swi", [])) == ["drawn", "all_prior"]  # `--tissues` with none
     both = variants(MEANS, "swi", ["cortex", "csf"], together=True)
     assert list(both) == ["drawn", "cortex", "csf", "together", "all_prior"]
     assert both["together"] == {
