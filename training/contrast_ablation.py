@@ -11,7 +11,8 @@ changes: every variant, the drawn means too, is generated with the means
 given (the engine's ``params_override``), so all share the same anatomy,
 CMBs, noise, acquisition and tissue texture (the texture draws after the
 means, so the case as ``cmb synth`` wrote it differs from the ``drawn``
-variant in that texture only, ±0–6 %).  Each variant's U-Net probability
+variant in that texture only, ±0–6 %; and a seed that ``--negative-every``
+made negative is generated here with its drawn CMBs).  Each variant's U-Net probability
 is read at every true CMB (the highest value within its apparent radius plus
 ``margin_mm``, :func:`training.candidate_misses.peak_near`), and a CMB counts
 as seen when that peak reaches ``seen_at`` (the candidate classifier's
@@ -26,7 +27,11 @@ priors) and the first generation, which reads the drawn means, in about 6
 minutes.  ``--tissues A B ... --together`` adds one variant, ``together``, with
 all of those tissues at their priors at once: whether setting the brain's
 tissues alone (what an inference-time remapping on the parcellation could
-reach) gives back what ``all_prior`` does.
+reach) gives back what ``all_prior`` does.  ``--prior-normalization`` runs
+every variant a second time, normalized with the intensity map of the
+``all_prior`` variant (the same head at prior contrast): what the network
+cannot read, apart from what the variant's own normalization statistics
+moved.  ``--tissues`` with no names runs only ``drawn`` and ``all_prior``.
 """
 
 from __future__ import annotations
