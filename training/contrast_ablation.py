@@ -147,18 +147,18 @@ def ablate(
     base_override = dict(override or {})
     drawn = generate_case(seed, split=split, params_override=base_override or None)
     sequence = drawn.params.sequence
-    cases = {
-        name: generate_case(
-            seed, split=split, params_override={**base_override, "tissue_means": means}
-        )
-        for name, means in variants(
-            drawn.params.tissue_means, sequence, tissues, together=together
-        ).items()
-    }
-    prior_map = prior_intensity_map(cases["all_prior"].image, unet) if prior_normalization else None
+    means_of = variants(drawn.params.tissue_means, sequence, tissues, together=together)
+
+    def generate(name: str) -> SynthCase:
+        override = {**base_override, "tissue_means": means_of[name]}
+        return generate_case(seed, split=split, params_override=override)
+
+    # one whole head at a time in memory; only the all-prior one is made ahead, for its map
+    all_prior = generate("all_prior") if prior_normalization else None
+    prior_map = prior_intensity_map(all_prior.image, unet) if all_prior is not None else None
     rows = []
-    for name, case in cases.items():
-        means = case.params.tissue_means
+    for name, means in means_of.items():
+        case = all_prior if name == "all_prior" and all_prior is not None else generate(name)
         peaks = cmb_peaks(case, unet)
         row = {
             "variant": name,

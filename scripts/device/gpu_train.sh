@@ -6,7 +6,7 @@
 # Environment: CONFIG, SEED (first synth seed), GEN_WORKERS (default 4), MIN_CASES (cases the
 # pool holds before training starts, default 24), SYNTH_OPTS (more `cmb synth` options for the
 # pool, e.g. "--random-contrast 0.5"), INIT (default the shipped U-Net; "none" trains from
-# scratch, as a network of other widths must, e.g. training/configs/gpu_wide_1.0.json),
+# scratch, as a network of other widths must, e.g. training/configs/gpu_wide_0.10.json),
 # DEVICE (default cuda), PYTHON (default python3), OUT (where results go; the tool sets it).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
