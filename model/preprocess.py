@@ -28,9 +28,12 @@ if TYPE_CHECKING:
     from model.onnx_model import ModelMetadata
 
 _INTERPOLATORS = {0: sitk.sitkNearestNeighbor, 1: sitk.sitkLinear, 3: sitk.sitkBSpline}
-MASKS = ("all", "nonzero", "otsu")
+#: Otsu thresholds of each thresholding mask: the mask is above the lowest of them.
+OTSU_LEVELS = {"otsu": 1, "head": 3}
+MASKS = ("all", "nonzero", *OTSU_LEVELS)
 
 FloatArray = npt.NDArray[np.float32]
+Mask = npt.NDArray[np.bool_]
 
 
 # --------------------------------------------------------------------------- geometry
@@ -140,25 +143,41 @@ def foreground_mask(array: npt.NDArray[Any], kind: str) -> npt.NDArray[np.bool_]
     """Voxels that the normalization statistics are computed over.
 
     ``all``: every voxel; ``nonzero``: voxels != 0 (skull-stripped or masked
-    input); ``otsu``: above the Otsu threshold (body vs air).  An empty mask
-    falls back to every voxel.
+    input); ``otsu``: above the Otsu threshold (body vs air); ``head``: above
+    the lowest of three Otsu thresholds (four intensity classes), every
+    tissue but the darkest.  An empty mask falls back to every voxel.
+
+    Why ``head``: when most of the head is brighter than white matter (a
+    random tissue contrast; some SWI protocols), the single Otsu threshold
+    falls between white matter and the bright tissues, so the ``otsu`` mask
+    leaves white matter out and a percentile's lower clip lands above it,
+    flattening white matter and every dark CMB in it to one value
+    (docs/model-card.md, "The lower clip that hid CMBs").  The lowest of
+    three thresholds separates air and bone from all tissue.
     """
-    if kind == "all":
+    if kind not in MASKS:
+        raise ValueError(f"unknown mask {kind!r}; expected one of {MASKS}")
+    if kind == "all" or (kind in OTSU_LEVELS and float(array.max()) == float(array.min())):
         mask = np.ones(array.shape, dtype=bool)
     elif kind == "nonzero":
         mask = array != 0
-    elif kind == "otsu":
-        if float(array.max()) == float(array.min()):
-            mask = np.ones(array.shape, dtype=bool)
-        else:
-            image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
-            # OtsuThreshold(image, insideValue, outsideValue): above threshold -> outside.
-            mask = sitk.GetArrayFromImage(sitk.OtsuThreshold(image, 0, 1, 256)).astype(bool)
     else:
-        raise ValueError(f"unknown mask {kind!r}; expected one of {MASKS}")
+        mask = _above_lowest_otsu(array, OTSU_LEVELS[kind])
     if not mask.any():
         mask = np.ones(array.shape, dtype=bool)
     return mask
+
+
+def _above_lowest_otsu(array: npt.NDArray[Any], thresholds: int) -> npt.NDArray[np.bool_]:
+    """Voxels above the lowest of ``thresholds`` Otsu thresholds (256-bin histogram)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
+    if thresholds == 1:
+        # OtsuThreshold(image, insideValue, outsideValue): above threshold -> outside.
+        return sitk.GetArrayFromImage(sitk.OtsuThreshold(image, 0, 1, 256)).astype(bool)
+    otsu = sitk.OtsuMultipleThresholdsImageFilter()
+    otsu.SetNumberOfThresholds(thresholds)
+    otsu.SetNumberOfHistogramBins(256)
+    return sitk.GetArrayFromImage(otsu.Execute(image)) > 0
 
 
 @dataclass(frozen=True)
@@ -207,19 +226,16 @@ def _zscore_map(
     return IntensityMap(lower, upper, mean, std)
 
 
-def _zscore(array: FloatArray, spec: Mapping[str, Any]) -> IntensityMap:
-    mask = foreground_mask(array, spec.get("mask", "all"))
+def _zscore(array: FloatArray, spec: Mapping[str, Any], mask: Mask) -> IntensityMap:
     return _zscore_map(array, mask, -np.inf, np.inf)
 
 
-def _percentile_zscore(array: FloatArray, spec: Mapping[str, Any]) -> IntensityMap:
-    mask = foreground_mask(array, spec.get("mask", "all"))
+def _percentile_zscore(array: FloatArray, spec: Mapping[str, Any], mask: Mask) -> IntensityMap:
     lo, hi = _percentile_bounds(array, spec, mask)
     return _zscore_map(np.clip(array, lo, hi), mask, lo, hi)
 
 
-def _percentile_minmax(array: FloatArray, spec: Mapping[str, Any]) -> IntensityMap:
-    mask = foreground_mask(array, spec.get("mask", "all"))
+def _percentile_minmax(array: FloatArray, spec: Mapping[str, Any], mask: Mask) -> IntensityMap:
     lo, hi = _percentile_bounds(array, spec, mask)
     clipped = np.clip(array, lo, hi)
     low, high = float(clipped.min()), float(clipped.max())
@@ -228,7 +244,12 @@ def _percentile_minmax(array: FloatArray, spec: Mapping[str, Any]) -> IntensityM
 
 # name -> (function computing the map, required keys, optional keys)
 NORMALIZATIONS: dict[
-    str, tuple[Callable[[FloatArray, Mapping[str, Any]], IntensityMap], set[str], set[str]]
+    str,
+    tuple[
+        Callable[[FloatArray, Mapping[str, Any], Mask], IntensityMap],
+        set[str],
+        set[str],
+    ],
 ] = {
     "zscore": (_zscore, set(), {"mask"}),
     "percentile_zscore": (_percentile_zscore, {"lower", "upper"}, {"mask"}),
@@ -267,11 +288,26 @@ def normalize(array: npt.NDArray[Any], spec: Mapping[str, Any]) -> FloatArray:
     return intensity_map(array, spec).apply(array)
 
 
-def intensity_map(array: npt.NDArray[Any], spec: Mapping[str, Any]) -> IntensityMap:
-    """The map :func:`normalize` applies to ``array`` under ``spec``."""
+def intensity_map(
+    array: npt.NDArray[Any],
+    spec: Mapping[str, Any],
+    *,
+    mask: Mask | None = None,
+) -> IntensityMap:
+    """The map :func:`normalize` applies to ``array`` under ``spec``.
+
+    ``mask`` computes the statistics over those voxels instead of the spec's
+    mask (a diagnostic: ``training.normalization_shift`` compares a mask with
+    the true brain's).
+    """
     validate_normalization(spec)
     fn = NORMALIZATIONS[spec["method"]][0]
-    return fn(np.asarray(array, dtype=np.float32), spec)
+    values = np.asarray(array, dtype=np.float32)
+    if mask is None:
+        mask = foreground_mask(values, spec.get("mask", "all"))
+    elif mask.shape != values.shape or not mask.any():
+        raise ValueError(f"a mask of shape {values.shape} with a voxel in it is needed")
+    return fn(values, spec, mask)
 
 
 def prepare(

@@ -147,10 +147,76 @@ def test_otsu_mask_separates_body_from_air() -> None:
     np.testing.assert_array_equal(mask, expected)
 
 
+def _head_brighter_than_white_matter() -> npt.NDArray[np.float32]:
+    """Air, a dark skull, and inside it a white-matter core in tissue twice as bright."""
+    rng = np.random.default_rng(5)
+    array = rng.normal(5, 2, (24, 24, 24)).astype(np.float32)  # air
+    array[1:23, 1:23, 1:23] = rng.normal(80, 10, (22, 22, 22))  # skull
+    array[2:22, 2:22, 2:22] = rng.normal(400, 10, (20, 20, 20))  # bright tissue
+    array[8:16, 8:16, 8:16] = rng.normal(200, 10, (8, 8, 8))  # white matter
+    array[11:13, 11:13, 11:13] = 60.0  # a CMB, darker than white matter
+    return array
+
+
+def test_otsu_leaves_dark_white_matter_out_and_its_clip_hides_a_cmb() -> None:
+    """Why the ``head`` mask exists: the failure it mends, on a volume built to show it."""
+    array = _head_brighter_than_white_matter()
+    spec = {"method": "percentile_zscore", "lower": 0.5, "upper": 99.5, "mask": "otsu"}
+    assert not foreground_mask(array, "otsu")[12, 12, 12]  # white matter is not "body"
+    out = normalize(array, spec)
+    assert out[12, 12, 12] == pytest.approx(out[9, 9, 9])  # CMB and white matter: one value
+
+
+def test_head_mask_keeps_every_tissue_and_the_cmb_stays_darker() -> None:
+    array = _head_brighter_than_white_matter()
+    mask = foreground_mask(array, "head")
+    expected = np.zeros_like(mask)
+    expected[1:23, 1:23, 1:23] = True
+    # every tissue voxel is in (the CMB's may not be); of the air only the noise's top tail may be
+    expected[11:13, 11:13, 11:13] = False
+    assert mask[expected].all()
+    expected[11:13, 11:13, 11:13] = True
+    assert mask[~expected].mean() < 0.02
+    spec = {"method": "percentile_zscore", "lower": 0.5, "upper": 99.5, "mask": "head"}
+    out = normalize(array, spec)
+    white_matter = float(np.median(out[8:16, 8:16, 8:16]))
+    assert out[12, 12, 12] < white_matter - 0.8  # the CMB is darker than white matter
+    assert white_matter < out[4, 4, 4]  # and white matter darker than the bright tissue
+
+
+def test_head_mask_of_prior_contrast_is_the_head_without_air() -> None:
+    rng = np.random.default_rng(3)
+    array = rng.normal(5, 2, (24, 24, 24)).astype(np.float32)  # air
+    tissues = ((1, 40.0), (3, 120.0), (5, 200.0), (8, 240.0), (10, 400.0))  # bone ... CSF
+    for margin, level in tissues:
+        inner = slice(margin, 24 - margin)
+        array[inner, inner, inner] = rng.normal(level, 8.0, (24 - 2 * margin,) * 3)
+    mask = foreground_mask(array, "head")
+    assert mask[3:21, 3:21, 3:21].all()  # muscle, white and grey matter, CSF
+    air = np.ones(mask.shape, dtype=bool)
+    air[1:23, 1:23, 1:23] = False
+    assert mask[air].mean() < 0.05
+
+
+def test_a_given_mask_replaces_the_specs(tmp_path: Path) -> None:
+    array = _head_brighter_than_white_matter()
+    spec = {"method": "zscore", "mask": "otsu"}
+    inner = np.zeros(array.shape, dtype=bool)
+    inner[8:16, 8:16, 8:16] = True
+    found = intensity_map(array, spec, mask=inner)
+    assert found.shift == pytest.approx(float(array[inner].astype(np.float64).mean()))
+    assert found.scale == pytest.approx(float(array[inner].astype(np.float64).std()))
+    with pytest.raises(ValueError, match="mask"):
+        intensity_map(array, spec, mask=np.zeros(array.shape, dtype=bool))
+    with pytest.raises(ValueError, match="mask"):
+        intensity_map(array, spec, mask=inner[:-1])
+
+
 def test_constant_image_normalizes_without_nan() -> None:
     array = np.full((4, 4, 4), 7.0, np.float32)
     for spec in (
         {"method": "zscore", "mask": "otsu"},
+        {"method": "zscore", "mask": "head"},
         {"method": "percentile_zscore", "lower": 0.5, "upper": 99.5},
         {"method": "percentile_minmax", "lower": 0.5, "upper": 99.5, "mask": "nonzero"},
     ):
@@ -196,11 +262,12 @@ def test_prepare_uses_the_model_plan(tmp_path: Path) -> None:
 SPECS = (
     {"method": "zscore", "mask": "otsu"},
     {"method": "percentile_zscore", "lower": 0.5, "upper": 99.5, "mask": "otsu"},
+    {"method": "percentile_zscore", "lower": 0.5, "upper": 99.5, "mask": "head"},
     {"method": "percentile_minmax", "lower": 2.0, "upper": 98.0, "mask": "all"},
 )
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s["method"])
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s['method']}-{s['mask']}")
 def test_a_volumes_intensity_map_is_what_normalize_applies(spec: dict[str, object]) -> None:
     rng = np.random.default_rng(4)
     array = rng.gamma(2.0, 100.0, (20, 24, 16)).astype(np.float32)
