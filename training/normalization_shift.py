@@ -26,6 +26,10 @@ brain labels, which no image-only mask has) it reports
 
     python -m training.normalization_shift --seeds 800000-800019 --split val \\
         --masks otsu head --out runs/norm_shift.json
+
+``--images FILE ...`` reports instead, for real images (NIfTI), what each mask
+makes of them on the 1 mm model grid: its share of the voxels, the lower clip,
+shift and scale (no anatomy, so no white matter).
 """
 
 from __future__ import annotations
@@ -40,8 +44,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from model.preprocess import MASKS, intensity_map, resample_like, resample_to_spacing
+from model.preprocess import (
+    MASKS,
+    foreground_mask,
+    intensity_map,
+    resample_like,
+    resample_to_spacing,
+)
 from model.types import Volume
+from model.volume import read_nifti
 from training.contrast_ablation import variants
 from training.synth.contrast import TISSUE_LABELS
 from training.synth.engine import SynthCase, generate_case
@@ -175,6 +186,40 @@ def table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def image_maps(
+    volume: Volume, masks: Sequence[str], spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+) -> dict[str, dict[str, float]]:
+    """Each mask's share of ``volume`` on the model grid, and the map it gives (:data:`BASE`)."""
+    grid = resample_to_spacing(volume, spacing, order=1)
+    out = {}
+    for name in masks:
+        spec = {**BASE, "mask": name}
+        m = intensity_map(grid.array, spec)
+        share = float(np.mean(foreground_mask(grid.array, name)))
+        out[name] = {
+            "mask_share": round(share, 4),
+            "lower": round(float(m.lower), 3),
+            "shift": round(m.shift, 3),
+            "scale": round(m.scale, 3),
+        }
+    return out
+
+
+def image_table(maps: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """A markdown table of :func:`image_maps` per image."""
+    lines = [
+        "| image | mask | share of voxels | lower clip | shift | scale |",
+        "|---|---|---|---|---|---|",
+    ]
+    for image, per_mask in maps.items():
+        for name, m in per_mask.items():
+            lines.append(
+                f"| {image} | {name} | {m['mask_share']:.3f} | {m['lower']:.6g} | "
+                f"{m['shift']:.6g} | {m['scale']:.6g} |"
+            )
+    return "\n".join(lines)
+
+
 def parse_seeds(text: str) -> list[int]:
     """``"5"``, ``"5-9"`` or ``"5,7,9-11"`` -> the seeds."""
     seeds: list[int] = []
@@ -186,11 +231,20 @@ def parse_seeds(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=parse_seeds, required=True, help="e.g. 800000-800019")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--seeds", type=parse_seeds, help="e.g. 800000-800019")
+    what.add_argument("--images", type=Path, nargs="+", help="NIfTI images instead")
     p.add_argument("--split", choices=("train", "val"), default="val")
     p.add_argument("--masks", nargs="+", choices=MASKS, default=["otsu", "head"])
     p.add_argument("--out", type=Path, help="also write the result as JSON")
     args = p.parse_args(argv)
+    if args.images:
+        maps = {str(path): image_maps(read_nifti(path), args.masks) for path in args.images}
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(maps, indent=1) + "\n")
+        print(image_table(maps))
+        return 0
     result = measure(args.seeds, args.split, args.masks)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from model.types import Volume
+from model.volume import write_nifti
 from tests.helpers.onnx_factory import oblique_affine
 from training.normalization_shift import label_mask, main, measure, parse_seeds, table
 from training.synth.contrast import TISSUE_LABELS
@@ -52,3 +53,24 @@ def test_measure_compares_masks_on_the_same_head_at_drawn_and_prior_contrast(
     assert main(["--seeds", "7", "--split", "train", "--masks", "otsu", "--out", str(out)]) == 0
     assert "| otsu |" in capsys.readouterr().out
     assert list(json.loads(out.read_text())["summary"]) == ["otsu", "true_brain"]
+
+
+def test_images_report_each_masks_share_and_map(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(1)
+    array = rng.normal(5, 2, (20, 24, 24)).astype(np.float32)  # air
+    array[2:18, 3:21, 3:21] = rng.normal(80, 8, (16, 18, 18))  # skull
+    array[4:16, 5:19, 5:19] = rng.normal(400, 10, (12, 14, 14))  # bright tissue
+    array[7:13, 9:15, 9:15] = rng.normal(200, 10, (6, 6, 6))  # white matter
+    path = tmp_path / "head.nii.gz"
+    write_nifti(Volume(array=array, affine=oblique_affine((1.0, 1.0, 1.0))), path)
+    out = tmp_path / "maps.json"
+    assert main(["--images", str(path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"| {path} | otsu |" in printed and f"| {path} | head |" in printed
+    maps = json.loads(out.read_text())[str(path)]
+    assert maps["head"]["mask_share"] > maps["otsu"]["mask_share"]
+    assert maps["head"]["lower"] < 200.0 < maps["otsu"]["lower"]  # white matter above its clip
+    with pytest.raises(SystemExit):
+        main(["--images", str(path), "--seeds", "1"])
