@@ -239,17 +239,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="also write the result as JSON")
     args = p.parse_args(argv)
     if args.images:
-        maps = {str(path): image_maps(read_nifti(path), args.masks) for path in args.images}
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(maps, indent=1) + "\n")
-        print(image_table(maps))
-        return 0
-    result = measure(args.seeds, args.split, args.masks)
+        result: dict[str, Any] = {
+            str(path): image_maps(read_nifti(path), args.masks) for path in args.images
+        }
+        text = image_table(result)
+    else:
+        result = measure(args.seeds, args.split, args.masks)
+        text = table(result)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(table(result))
+    print(text)
     return 0
 
 
