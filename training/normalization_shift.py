@@ -193,9 +193,9 @@ def image_maps(
     grid = resample_to_spacing(volume, spacing, order=1)
     out = {}
     for name in masks:
-        spec = {**BASE, "mask": name}
-        m = intensity_map(grid.array, spec)
-        share = float(np.mean(foreground_mask(grid.array, name)))
+        mask = foreground_mask(grid.array, name)
+        m = intensity_map(grid.array, {**BASE, "mask": name}, mask=mask)
+        share = float(np.mean(mask))
         out[name] = {
             "mask_share": round(share, 4),
             "lower": round(float(m.lower), 3),
