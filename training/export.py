@@ -210,13 +210,11 @@ def export_checkpoint(
     chosen = float(threshold if threshold is not None else val.get("threshold", 0.5))
     path = export_onnx(net, metadata(chosen, val.get("summary")), out)
     if val_dirs:
-        from training.data import list_cases
-        from training.validate import validate_model
+        from training.validate import validate_on_folders
 
-        refs = list_cases(val_dirs)
-        val = validate_model(
+        val = validate_on_folders(
             path,
-            refs,
+            val_dirs,
             tuple(thresholds) if thresholds else config.val.thresholds,
             max_fp_per_scan=(
                 config.val.max_fp_per_scan if max_fp_per_scan is None else max_fp_per_scan
@@ -226,7 +224,6 @@ def export_checkpoint(
             threads=threads,
             workers=workers,
         )
-        val["data"] = [str(d) for d in val_dirs]
         chosen = float(threshold if threshold is not None else val["threshold"])
         set_metadata(path, metadata(chosen, val["summary"]))
     report = Path(metrics_json) if metrics_json else path.with_suffix(".metrics.json")

@@ -85,20 +85,18 @@ def renormalize(
     )
     report: dict[str, Any] = {"model": target.name, "renormalized_from": origin}
     if val_dirs and old.task == "cmb_segmentation":
-        from training.data import list_cases
-        from training.validate import validate_model
+        from training.validate import validate_on_folders
 
         set_metadata(target, metadata)
-        val = validate_model(
+        val = validate_on_folders(
             target,
-            list_cases(val_dirs),
-            tuple(thresholds),
+            val_dirs,
+            thresholds,
             max_fp_per_scan=max_fp_per_scan,
             overlap=0.0,
             threads=threads,
             workers=workers,
         )
-        val["data"] = [str(d) for d in val_dirs]
         metadata = dataclasses.replace(
             metadata, threshold=float(val["threshold"]), metrics=val["summary"]
         )

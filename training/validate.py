@@ -31,7 +31,7 @@ from model.candidates import extract_candidates
 from model.infer import predict_probability
 from model.onnx_model import OnnxModel
 from model.types import Detection
-from training.data import CaseRef, load_volumes
+from training.data import CaseRef, list_cases, load_volumes
 
 log = logging.getLogger(__name__)
 
@@ -330,3 +330,19 @@ def validate_model(
         "overlap": overlap,
         "seconds": round(time.monotonic() - start, 1),
     }
+
+
+def validate_on_folders(
+    model_path: str | Path,
+    val_dirs: Sequence[str | Path],
+    thresholds: Sequence[float],
+    **options: Any,
+) -> dict[str, Any]:
+    """:func:`validate_model` on every case of ``val_dirs``; the report names the folders.
+
+    What ``cmb export``, ``cmb classifier export`` and ``training.renormalize``
+    embed in a file: the report's ``data`` says which folders chose its threshold.
+    """
+    report = validate_model(model_path, list_cases(val_dirs), tuple(thresholds), **options)
+    report["data"] = [str(d) for d in val_dirs]
+    return report

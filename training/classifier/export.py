@@ -187,13 +187,12 @@ def export_classifier(
     )
     val: dict[str, Any] = {}
     if val_dirs:
-        from training.data import list_cases
-        from training.validate import validate_model
+        from training.validate import validate_on_folders
 
-        val = validate_model(
+        val = validate_on_folders(
             unet_file,
-            list_cases(val_dirs),
-            tuple(thresholds),
+            val_dirs,
+            thresholds,
             max_fp_per_scan=max_fp_per_scan,
             overlap=overlap,
             save_dir=predictions_dir,
@@ -201,7 +200,6 @@ def export_classifier(
             workers=workers,
             classifier_path=path,
         )
-        val["data"] = [str(d) for d in val_dirs]
         chosen = float(val["threshold"])
         set_metadata(
             path, _metadata(config, unet, chosen, val["summary"], trained_on, provenance, tta)
