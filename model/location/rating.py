@@ -12,14 +12,8 @@
   location filter behind the shipped pair, on the untouched test set 9 all
   19 detections at or above it were true microbleeds and 33 of 62 between
   0.68 and 0.995; on the selection set 17 of 18 / 15 of 27, from
-  ``filter_effect --summarise --threshold 0.68 --candidates``.  Behind
-  classifier 0.4.0 at 0.86 (shipped before it; measured behind U-Net
-  0.2.0): held-out 49 of 55 / 37 of 61, selection 16 of 17 / 13 of 21.  Behind
-  classifier 0.3.0 at 0.82: held-out 37 of 43 / 47 of 71.  Behind
-  classifier 0.2.0 at 0.8: held-out 22 of 23 / 55 of 77, selection 7 of 8 /
-  20 of 29.  Behind the 0.1.0 pair at 0.92: held-out 34 of 38 / 38 of 50, selection 11 of 12 /
-  12 of 17, four further test sets 14 of 14 to 33 of 35 / 17 of 34 to 31 of
-  43; docs/location-filter.md).
+  ``filter_effect --summarise --threshold 0.68 --candidates``; every
+  earlier classifier's split is in the table of docs/location-filter.md).
 * **Pattern** (of all kept detections, and of the definite ones alone):
   ``none`` (no microbleed), ``strictly_lobar`` (every categorised microbleed
   lobar: the pattern of cerebral amyloid angiopathy in the Boston criteria),
