@@ -72,16 +72,10 @@ if [ "$failed" -gt 0 ]; then
     grep -l -i "error\|traceback" "$fe"/logs/*.log | head -3 | xargs -r tail -15
 fi
 for name in "${names[@]}"; do
-    # whole records only: a shard stopped at the deadline may have been writing one
-    cat "$fe/$name"/shard_*/cases.jsonl | "$PY" -c '
-import json, sys
-for line in sys.stdin:
-    try:
-        json.loads(line)
-    except ValueError:
-        continue
-    sys.stdout.write(line)' >"$fe/$name/cases.jsonl"
+    # joined from whole records only: a shard stopped at the deadline may have been writing one
+    rm -f "$fe/$name/cases.jsonl"
     "$PY" -m training.parcellation.filter_effect --data "$data/$name" --out "$fe/$name" \
+        --join "$fe/$name"/shard_* \
         --summarise --operating-point "${table[@]}" >"$fe/$name/summary.txt" 2>&1
     stamp "$name: $(wc -l <"$fe/$name/cases.jsonl") cases"
     tail -3 "$fe/$name/summary.txt"

@@ -17,13 +17,15 @@ with its score, per configuration the rule that rejects it, and the numbers a
 stacked score could read, :func:`score_features`) and
 ``filter_effect.json`` (the totals, at the end).  ``cases.jsonl`` grows by
 one line per case, so a stopped run keeps what it measured and resumes after
-it; :func:`summarise` (``--summarise``) recomputes the tables from it without
-running the networks again.  With ``--cache DIR`` each case's network outputs
-(the candidates with their scores, the candidate label volume and the
-parcellation) are kept too, and ``--replay DIR`` re-runs only the location and
-the rules from them (seconds per case instead of minutes): how a change to a
-rule is measured.  ``--shard K N`` measures every N-th case from the K-th, so
-that N processes share a set (``scripts/device/lease_filter_effect.sh``).
+it; :func:`summarise` (``--summarise``) recomputes the tables (and
+``filter_effect.json``) from it without running the networks again.  With
+``--cache DIR`` each case's network outputs (the candidates with their
+scores, the candidate label volume and the parcellation) are kept too, and
+``--replay DIR`` re-runs only the location and the rules from them (seconds
+per case instead of minutes): how a change to a rule is measured.
+``--shard K N`` measures every N-th case from the K-th, so that N processes
+share a set (``scripts/device/lease_filter_effect.sh``);
+``--summarise --join DIR ...`` joins their folders' records into ``--out``.
 
     nice -n 5 .venv/bin/python -m training.parcellation.filter_effect \\
         --data runs/data/val --out runs/filter_effect --overlap 0
@@ -506,6 +508,7 @@ def run(
     classifier = OnnxModel.load(default_model_path(CLASSIFIER_TASK), device="cpu", threads=threads)
     configs = configurations()
     cases_file = out / "cases.jsonl"
+    _drop_partial_record(cases_file)
     done = read_cases(cases_file)
     seen = {c["case_id"] for c in done}
     refs = list_cases([data])[:limit]
@@ -700,10 +703,51 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
+def join_shards(shards: Sequence[Path], out: Path) -> list[dict[str, Any]]:
+    """The records of several ``--shard`` runs' folders, written together to ``out/cases.jsonl``.
+
+    A shard folder without records (a shard stopped before its first case) is said and
+    left out.  Refuses (ValueError) a case measured by two shards, shards that hold no
+    record at all, and an ``out`` that already holds records (they are never overwritten).
+    """
+    joined: dict[str, dict[str, Any]] = {}
+    for shard in shards:
+        cases = read_cases(shard / "cases.jsonl")
+        if not cases:
+            print(f"{shard}: no cases.jsonl records, joined without it")
+        for case in cases:
+            if case["case_id"] in joined:
+                raise ValueError(f"{shard}: case {case['case_id']} was measured by another shard")
+            joined[case["case_id"]] = case
+    if not joined:
+        raise ValueError("the shard folders hold no cases.jsonl records to join")
+    cases_file = out / "cases.jsonl"
+    if read_cases(cases_file):
+        raise ValueError(f"{cases_file} already holds records: join into an empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    records = [joined[k] for k in sorted(joined)]
+    cases_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
 def read_cases(path: Path) -> list[dict[str, Any]]:
+    """The whole records of a ``cases.jsonl``: a last line without its newline is the
+    record a stopped run was writing, and is left out."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    whole = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in whole.splitlines() if line.strip()]
+
+
+def _drop_partial_record(cases_file: Path) -> None:
+    """Cut a record a stopped run left half-written, so that appending after it resumes."""
+    if not cases_file.is_file():
+        return
+    data = cases_file.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with cases_file.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -731,6 +775,13 @@ def main(argv: list[str] | None = None) -> int:
         help="classifier threshold of the rule table (default: the shipped classifier's)",
     )
     p.add_argument("--summarise", action="store_true", help="tables from cases.jsonl only")
+    p.add_argument(
+        "--join",
+        type=Path,
+        nargs="+",
+        metavar="SHARD_DIR",
+        help="with --summarise: first join these --shard runs' records into --out/cases.jsonl",
+    )
     p.add_argument(
         "--operating-point",
         action="store_true",
@@ -789,6 +840,8 @@ def main(argv: list[str] | None = None) -> int:
             "--unet, --unet-threshold and --unet-spacing make new candidates: "
             "not with --replay or --summarise"
         )
+    if a.join and not a.summarise:
+        p.error("--join joins shard folders for --summarise: add --summarise")
     if a.data is None and not a.summarise:
         p.error("--data is needed to measure or replay (only --summarise reads --out alone)")
     if a.shard and not 0 <= a.shard[0] < a.shard[1]:
@@ -796,7 +849,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.shard and (a.replay or a.summarise):
         p.error("--shard splits a run that measures the networks: not with --replay or --summarise")
     if a.summarise:
-        summary = summarise(read_cases(a.out / "cases.jsonl"))
+        try:
+            cases = join_shards(a.join, a.out) if a.join else read_cases(a.out / "cases.jsonl")
+            summary = _write_summary(a.out, cases)
+        except ValueError as e:
+            p.error(str(e))
     elif a.replay:
         classifier = OnnxModel.load(a.classifier, device="cpu", threads=1) if a.classifier else None
         try:

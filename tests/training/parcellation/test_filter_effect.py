@@ -309,6 +309,93 @@ def test_shards_measure_disjoint_cases_that_make_up_the_set(tmp_path: Path, monk
     assert measured == [["c0", "c3", "c6"], ["c1", "c4"], ["c2", "c5"]]
 
 
+def test_summarise_joins_shard_folders_into_out(tmp_path: Path, capsys) -> None:
+    """--summarise --join DIR ...: the shards' records written together to --out, then the
+    tables of the whole set, as if one run had measured it."""
+    from training.parcellation.filter_effect import main
+
+    first, second = _cases()
+    for name, case in (("s0", second), ("s1", first)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "cases.jsonl").write_text(json.dumps(case) + "\n")
+    out = tmp_path / "joined"
+    joined = ["--out", str(out), "--summarise", "--threshold", "0.97"]
+    assert main([*joined, "--join", str(tmp_path / "s0"), str(tmp_path / "s1")]) == 0
+    assert "| all | 1/1 (100 %) | 0/1 |" in capsys.readouterr().out
+    assert sorted(c["case_id"] for c in read_cases(out / "cases.jsonl")) == sorted(
+        c["case_id"] for c in _cases()
+    )
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "cases.jsonl").write_text("".join(json.dumps(c) + "\n" for c in _cases()))
+    assert main(["--out", str(single), "--summarise"]) == 0
+    whole = json.loads((single / "filter_effect.json").read_text())
+    assert json.loads((out / "filter_effect.json").read_text()) == whole
+
+
+def test_join_refuses_a_case_twice_no_records_and_a_folder_with_records(
+    tmp_path: Path, capsys
+) -> None:
+    from training.parcellation.filter_effect import main
+
+    case = _cases()[0]
+    for name in ("s0", "s1"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "cases.jsonl").write_text(json.dumps(case) + "\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "cases.jsonl").write_text(json.dumps(case) + "\n")
+    runs = (
+        (["--out", str(tmp_path / "a"), "--summarise", "--join", "s0", "s1"], "another shard"),
+        (["--out", str(tmp_path / "b"), "--summarise", "--join", "empty"], "hold no cases"),
+        (["--out", str(tmp_path / "full"), "--summarise", "--join", "s0"], "already holds"),
+        (["--out", str(tmp_path / "c"), "--join", "s0"], "add --summarise"),
+    )
+    for args, message in runs:
+        args = [str(tmp_path / a) if a in ("s0", "s1", "empty") else a for a in args]
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
+    assert len(read_cases(tmp_path / "full" / "cases.jsonl")) == 1
+    assert not (tmp_path / "a" / "cases.jsonl").exists()
+    # a shard stopped before its first case is said and joined without
+    both = ["--summarise", "--join", str(tmp_path / "s0"), str(tmp_path / "empty")]
+    assert main(["--out", str(tmp_path / "d"), *both]) == 0
+    assert "empty: no cases.jsonl records, joined without it" in capsys.readouterr().out
+    assert len(read_cases(tmp_path / "d" / "cases.jsonl")) == 1
+
+
+def test_a_record_a_stopped_run_was_writing_is_left_out_and_cut_before_resuming(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A shard stopped at a lease's deadline may leave half a line: joining reads the whole
+    records, and a resumed run measures that case again after cutting the half line."""
+    from training.parcellation import filter_effect
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cases.jsonl").write_text(
+        "".join(json.dumps({"case_id": i, "image": f"{i}.nii.gz", "cmbs": []}) + "\n" for i in "ab")
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    whole = json.dumps({"case_id": "a", "truth": [], "candidates": []}) + "\n"
+    (out / "cases.jsonl").write_text(whole + '{"case_id": "b", "tru')
+    assert [c["case_id"] for c in read_cases(out / "cases.jsonl")] == ["a"]
+
+    measured = []
+
+    def fake_measure(ref, *args, **kwargs) -> dict[str, Any]:
+        measured.append(ref.case_id)
+        return {"case_id": ref.case_id, "truth": [], "candidates": []}
+
+    monkeypatch.setattr(filter_effect, "measure_case", fake_measure)
+    filter_effect.run(data, out)
+    assert measured == ["b"]
+    assert [c["case_id"] for c in read_cases(out / "cases.jsonl")] == ["a", "b"]
+
+
 def test_shard_must_name_one_of_n_and_splits_only_a_measuring_run(tmp_path: Path, capsys) -> None:
     from training.parcellation.filter_effect import main
 
