@@ -515,6 +515,9 @@ def run(
     if shard is not None:
         k, n_shards = shard
         refs = refs[k::n_shards]
+    if not refs:
+        where = f" for shard {shard[0]} of {shard[1]}" if shard else ""
+        raise ValueError(f"{data}: no cases to measure{where}")
     for n, ref in enumerate(refs):
         if ref.case_id in seen:
             continue
@@ -861,19 +864,22 @@ def main(argv: list[str] | None = None) -> int:
         except InputError as e:
             p.error(str(e))
     else:
-        summary = run(
-            a.data,
-            a.out,
-            overlap=a.overlap,
-            min_score=a.min_score,
-            limit=a.limit,
-            threads=a.threads,
-            cache=a.cache,
-            unet_path=a.unet,
-            unet_threshold=a.unet_threshold,
-            unet_spacing_mm=tuple(a.unet_spacing) if a.unet_spacing else None,
-            shard=(a.shard[0], a.shard[1]) if a.shard else None,
-        )
+        try:
+            summary = run(
+                a.data,
+                a.out,
+                overlap=a.overlap,
+                min_score=a.min_score,
+                limit=a.limit,
+                threads=a.threads,
+                cache=a.cache,
+                unet_path=a.unet,
+                unet_threshold=a.unet_threshold,
+                unet_spacing_mm=tuple(a.unet_spacing) if a.unet_spacing else None,
+                shard=(a.shard[0], a.shard[1]) if a.shard else None,
+            )
+        except ValueError as e:
+            p.error(str(e))
     threshold = a.threshold
     if threshold is None:
         threshold = OnnxModel.load(

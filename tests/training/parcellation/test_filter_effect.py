@@ -307,6 +307,8 @@ def test_shards_measure_disjoint_cases_that_make_up_the_set(tmp_path: Path, monk
         filter_effect.run(data, out, shard=(k, 3))
         measured.append([c["case_id"] for c in read_cases(out / "cases.jsonl")])
     assert measured == [["c0", "c3", "c6"], ["c1", "c4"], ["c2", "c5"]]
+    with pytest.raises(ValueError, match="no cases to measure for shard 7 of 8"):
+        filter_effect.run(data, tmp_path / "shard_7", shard=(7, 8))
 
 
 def test_summarise_joins_shard_folders_into_out(tmp_path: Path, capsys) -> None:
