@@ -136,7 +136,7 @@ CMB_STRATA: dict[str, tuple[Callable[[TruthCMB], str | None], Callable[[PredCMB]
 }
 
 
-def _sort_key(value: str) -> tuple[int, float, str]:
+def stratum_sort_key(value: str) -> tuple[int, float, str]:
     """Unknown last; numeric bins in numeric order."""
     if value == UNKNOWN:
         return (2, 0.0, value)
@@ -173,7 +173,7 @@ def stratify_scans(
         for n, v in enumerate(values):
             groups[v or UNKNOWN].append(n)
         table: dict[str, Any] = {}
-        for value in sorted(groups, key=_sort_key):
+        for value in sorted(groups, key=stratum_sort_key):
             idx = groups[value]
             ms = [matches[n] for n in idx]
             ids = {m.case_id for m in ms}
@@ -223,7 +223,7 @@ def stratify_cmbs(
                 if j not in matched_preds:
                     fp[pkey(p) or UNKNOWN] += 1
         table: dict[str, Any] = {}
-        for value in sorted(set(n_truth) | set(fp), key=_sort_key):
+        for value in sorted(set(n_truth) | set(fp), key=stratum_sort_key):
             table[value] = {
                 "n_truth": n_truth[value],
                 "tp": tp[value],

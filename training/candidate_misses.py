@@ -40,6 +40,7 @@ from scipy import ndimage as ndi
 
 from evaluation.cases import PredCMB, parse_cmbs
 from evaluation.matching import MatchRule, match_case
+from evaluation.stratify import SCAN_STRATA, stratum_sort_key
 from model.candidate_classifier import TASK as CLASSIFIER_TASK
 from model.candidate_classifier import extract_patches, score_patches, unet_identity
 from model.infer import predict_probability
@@ -59,44 +60,33 @@ BLOB_THRESHOLDS = (0.5, 0.8, 0.86, 0.9, 0.95, 0.98)
 SIZE_BINS = ((0.0, 2.0), (2.0, 3.0), (3.0, 5.0), (5.0, float("inf")))
 #: Apparent diameter from which a CMB counts as large (the evaluation's >= 3 mm stratum).
 LARGE_MM = 3.0
-#: What the large CMBs' ceiling is broken down by (keys of a synthetic case's
-#: ``acquisition``; a real dataset's cases may carry some of them).
-ACQUISITION_KEYS = (
-    "contrast_mode",
-    "sequence",
-    "acquisition_type",
-    "field_strength_t",
-    "manufacturer",
-    "slice_thickness_mm",
-)
-
-
-def _acquisition_value(key: str, value: Any) -> str:
-    if key == "slice_thickness_mm" and isinstance(value, int | float):
-        return "< 2" if value < 2 else ("2-4" if value < 4 else ">= 4")
-    return str(value)
 
 
 def by_acquisition(
     cases: Sequence[dict[str, Any]], acquisitions: dict[str, dict[str, Any]]
 ) -> dict[str, dict[str, dict[str, int]]]:
-    """The large CMBs (>= ``LARGE_MM``) and how many are among the candidates, per value
-    of each acquisition parameter (slice thickness in three bins): where the ceiling is lost."""
+    """The large CMBs (>= ``LARGE_MM``) and how many are among the candidates, per value of
+    each scan stratum of the evaluation package (:data:`evaluation.stratify.SCAN_STRATA`,
+    binned as its reports bin them): where the ceiling is lost.  Cases without a recorded
+    acquisition are not counted; a stratum no case records is left out."""
     table: dict[str, dict[str, dict[str, int]]] = {}
     for case in cases:
-        acq = acquisitions.get(case["case_id"]) or {}
-        for c in case["cmbs"]:
-            if float(c["diameter_apparent_mm"] or 0.0) < LARGE_MM:
+        acq = acquisitions.get(case["case_id"])
+        if not acq:
+            continue
+        large = [c for c in case["cmbs"] if float(c["diameter_apparent_mm"] or 0.0) >= LARGE_MM]
+        for name, key in SCAN_STRATA.items():
+            value = key(acq)
+            if value is None:
                 continue
-            for key in ACQUISITION_KEYS:
-                if key not in acq:
-                    continue
-                cell = table.setdefault(key, {}).setdefault(
-                    _acquisition_value(key, acq[key]), {"n": 0, "among_candidates": 0}
-                )
-                cell["n"] += 1
-                cell["among_candidates"] += int(bool(c["matched"]))
-    return {key: dict(sorted(values.items())) for key, values in table.items()}
+            cell = table.setdefault(name, {}).setdefault(value, {"n": 0, "among_candidates": 0})
+            cell["n"] += len(large)
+            cell["among_candidates"] += sum(bool(c["matched"]) for c in large)
+    return {
+        name: {v: values[v] for v in sorted(values, key=stratum_sort_key) if values[v]["n"]}
+        for name, values in table.items()
+        if any(cell["n"] for cell in values.values())
+    }
 
 
 def _ball(volume: Volume, centre: Sequence[float], radius_mm: float) -> tuple[Any, Any]:

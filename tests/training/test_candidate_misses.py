@@ -215,15 +215,17 @@ def test_large_cmbs_are_broken_down_by_acquisition_and_summarise_reads_a_finishe
         "b": {"contrast_mode": "random", "slice_thickness_mm": 5.0},
     }
     table = summarise(cases, acquisitions)["large_by_acquisition"]
-    assert table["contrast_mode"] == {
+    # the evaluation report's scan strata and bins (evaluation.stratify.SCAN_STRATA)
+    assert table["synthetic_contrast"] == {
         "prior": {"n": 2, "among_candidates": 1},  # the 1 mm CMB is not large
         "random": {"n": 1, "among_candidates": 0},
     }
-    assert table["slice_thickness_mm"] == {
-        "< 2": {"n": 2, "among_candidates": 1},
-        ">= 4": {"n": 1, "among_candidates": 0},
-    }
-    assert table["field_strength_t"] == {"3.0": {"n": 2, "among_candidates": 1}}
+    assert list(table["slice_thickness"].items()) == [
+        ("1.25-2.25 mm", {"n": 2, "among_candidates": 1}),
+        ("3.25-5.25 mm", {"n": 1, "among_candidates": 0}),
+    ]
+    assert table["field_strength"] == {"3 T": {"n": 2, "among_candidates": 1}}
+    assert "sequence" not in table  # no case records it
     assert "large_by_acquisition" not in summarise(cases)
     # --summarise: a finished run's jsonl and the data folder's acquisitions, no networks.
     data = tmp_path / "data"
@@ -239,7 +241,7 @@ def test_large_cmbs_are_broken_down_by_acquisition_and_summarise_reads_a_finishe
     assert main(["--data", str(data), "--out", str(out), "--summarise"]) == 0
     summary = json.loads(out.with_suffix(".summary.json").read_text())
     assert summary["n_cmbs"] == 4
-    assert summary["large_by_acquisition"]["contrast_mode"]["random"] == {
+    assert summary["large_by_acquisition"]["synthetic_contrast"]["random"] == {
         "n": 1,
         "among_candidates": 0,
     }
