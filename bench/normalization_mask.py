@@ -31,7 +31,8 @@ from model.onnx_model import ModelMetadata, OnnxModel, default_model_path
 from model.preprocess import foreground_mask, prepare, resample_to_spacing
 from model.types import Volume
 
-MASKS = ("otsu", "head")
+#: The two masks compared (of ``model.preprocess.MASKS``).
+COMPARED_MASKS = ("otsu", "head")
 
 
 def with_mask(metadata: ModelMetadata, mask: str) -> ModelMetadata:
@@ -43,7 +44,7 @@ def variants(image: Volume, unet: OnnxModel) -> dict[str, Callable[[], object]]:
     """What is timed on one case (see the module docstring)."""
     resampled = resample_to_spacing(image, unet.metadata.spacing_mm, order=1).array
     timed: dict[str, Callable[[], object]] = {}
-    for kind in MASKS:
+    for kind in COMPARED_MASKS:
         plan = with_mask(unet.metadata, kind)
         timed[f"mask_{kind}"] = functools.partial(foreground_mask, resampled, kind)
         timed[f"prepare_{kind}"] = functools.partial(prepare, image, plan)

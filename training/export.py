@@ -31,11 +31,15 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 LABELS = {0: "background", 1: "cmb"}
+#: A config without ``normalization`` trains (and exports) under this one: the shipped
+#: models' (the ``head`` mask keeps dark white matter and its CMBs above the lower clip,
+#: docs/training.md, "The normalization mask"), so that fine-tuning from them with such
+#: a config keeps the scale their weights were trained on.
 DEFAULT_NORMALIZATION: dict[str, Any] = {
     "method": "percentile_zscore",
     "lower": 0.5,
     "upper": 99.5,
-    "mask": "otsu",
+    "mask": "head",
 }
 
 

@@ -66,6 +66,19 @@ def test_metadata_is_embedded_and_read_back_by_the_runtime(tmp_path) -> None:
     assert all(isinstance(d, str) for d in (dims[0], *dims[2:]))  # dynamic N and spatial dims
 
 
+def test_a_config_without_normalization_trains_under_the_shipped_models_plan() -> None:
+    """Fine-tuning from the shipped U-Net with a config that names no normalization keeps
+    the scale its weights were trained on."""
+    from model.onnx_model import default_model_path
+
+    assert TINY.normalization is None
+    shipped = OnnxModel.load(default_model_path("cmb_segmentation"), device="cpu").metadata
+    assert build_metadata(TINY).normalization == shipped.normalization
+    own = {"method": "zscore", "mask": "otsu"}
+    config = TrainConfig(network=TINY.network, patch_size=(32, 32, 32), normalization=own)
+    assert build_metadata(config).normalization == own
+
+
 def test_runtime_refuses_the_file_without_metadata(tmp_path) -> None:
     path = export_onnx(_perturbed_net(), build_metadata(TINY), tmp_path / "m.onnx")
     proto = onnx.load(str(path))
