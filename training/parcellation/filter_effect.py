@@ -110,22 +110,25 @@ def measure_case(
     cache: Path | None = None,
     unet_threshold: float | None = None,
     unet_spacing_mm: tuple[float, float, float] | None = None,
+    unet_tta: bool = False,
 ) -> dict[str, Any]:
     """One case's record for ``cases.jsonl`` (its network outputs to ``cache`` if given).
 
     ``unet_threshold``: the U-Net probability at which candidates are extracted
     (default: the classifier's ``cmb.candidate_threshold``, as in the product);
     ``unet_spacing_mm``: the grid the U-Net runs on (default: the classifier's
-    ``cmb.unet_spacing_mm``, else the U-Net's own, as in the product).
+    ``cmb.unet_spacing_mm``, else the U-Net's own, as in the product);
+    ``unet_tta``: the U-Net's probability is the mean over the 8 axis flips
+    (``cmb detect --tta``), and the record's U-Net says so.
     """
     grid = unet_spacing(classifier) if unet_spacing_mm is None else unet_spacing_mm
     image, _ = load_volumes(ref)
-    probability = predict_probability(image, unet, overlap=overlap, spacing_mm=grid)
+    probability = predict_probability(image, unet, overlap=overlap, tta=unet_tta, spacing_mm=grid)
     threshold = candidate_threshold(classifier) if unet_threshold is None else unet_threshold
     labels, detections = extract_candidates(probability, threshold)
     classify_candidates(image, detections, classifier, threshold=0.0)
     parc = parcellate(image, device="cpu")  # the shipped model
-    identity = unet_identity(unet, grid)
+    identity = with_tta(unet_identity(unet, grid)) if unet_tta else unet_identity(unet, grid)
     if cache is not None:
         save_outputs(cache / f"{ref.case_id}.pkl", detections, labels, parc, identity, threshold)
     return apply_configurations(
@@ -139,6 +142,20 @@ def measure_case(
         unet=identity,
         unet_threshold=threshold,
     )
+
+
+def with_tta(identity: str) -> str:
+    """A :func:`unet_identity` naming candidates of the 8-flip mean (before any grid, which
+    :func:`identity_grid` reads from the end)."""
+    sha_end = identity.index("sha256:")
+    sha_end = identity.find(" ", sha_end)
+    if sha_end < 0:
+        return identity + UNET_TTA_TAG
+    return identity[:sha_end] + UNET_TTA_TAG + identity[sha_end:]
+
+
+#: What :func:`with_tta` adds to a U-Net's identity.
+UNET_TTA_TAG = " with 8-flip TTA"
 
 
 def apply_configurations(
@@ -487,6 +504,7 @@ def run(
     unet_threshold: float | None = None,
     unet_spacing_mm: tuple[float, float, float] | None = None,
     shard: tuple[int, int] | None = None,
+    unet_tta: bool = False,
 ) -> dict[str, Any]:
     """Measure every case of ``data`` (resuming after the cases already in ``out``).
 
@@ -531,6 +549,7 @@ def run(
             cache=cache,
             unet_threshold=unet_threshold,
             unet_spacing_mm=unet_spacing_mm,
+            unet_tta=unet_tta,
         )
         _append(cases_file, record)
         done.append(record)
@@ -812,6 +831,12 @@ def main(argv: list[str] | None = None) -> int:
         "cmb.unet_spacing_mm, else the U-Net's own; not with --replay)",
     )
     p.add_argument(
+        "--unet-tta",
+        action="store_true",
+        help="the U-Net's probability as the mean over the 8 axis flips (cmb detect --tta; "
+        "not with --replay)",
+    )
+    p.add_argument(
         "--classifier",
         type=Path,
         help="with --replay: score the cached candidates again with this classifier file",
@@ -837,10 +862,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.classifier and not a.replay:
         p.error("--classifier rescores cached candidates: it needs --replay CACHE")
-    new_candidates = a.unet or a.unet_threshold is not None or a.unet_spacing
+    new_candidates = a.unet or a.unet_threshold is not None or a.unet_spacing or a.unet_tta
     if new_candidates and (a.replay or a.summarise):
         p.error(
-            "--unet, --unet-threshold and --unet-spacing make new candidates: "
+            "--unet, --unet-threshold, --unet-spacing and --unet-tta make new candidates: "
             "not with --replay or --summarise"
         )
     if a.join and not a.summarise:
@@ -877,6 +902,7 @@ def main(argv: list[str] | None = None) -> int:
                 unet_threshold=a.unet_threshold,
                 unet_spacing_mm=tuple(a.unet_spacing) if a.unet_spacing else None,
                 shard=(a.shard[0], a.shard[1]) if a.shard else None,
+                unet_tta=a.unet_tta,
             )
         except ValueError as e:
             p.error(str(e))

@@ -237,12 +237,44 @@ def test_unet_makes_candidates_so_replay_and_summarise_refuse_it(tmp_path: Path,
         ["--unet", "u.onnx"],
         ["--unet-threshold", "0.1"],
         ["--unet-spacing", "1", "1", "1"],
+        ["--unet-tta"],
     ):
         for mode in (["--replay", str(tmp_path)], ["--summarise"]):
             with pytest.raises(SystemExit) as exc:
                 main([*args, *new, *mode])
             assert exc.value.code == 2
             assert "make new candidates" in capsys.readouterr().err
+
+
+def test_unet_tta_reaches_the_measurement_and_is_named_in_the_unet_identity(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """--unet-tta: candidates of the 8-flip mean, named so (before the grid, which stays
+    readable), so that a replay or a summary never passes them off as the plain U-Net's."""
+    from model.candidate_classifier import identity_grid
+    from training.parcellation import filter_effect
+
+    plain = "cmb_unet 0.12.0 sha256:ab12"
+    assert filter_effect.with_tta(plain) == plain + " with 8-flip TTA"
+    on_grid = plain + " on a 0.7 x 0.7 x 0.7 mm grid"
+    tagged = filter_effect.with_tta(on_grid)
+    assert tagged == "cmb_unet 0.12.0 sha256:ab12 with 8-flip TTA on a 0.7 x 0.7 x 0.7 mm grid"
+    assert identity_grid(tagged) == (0.7, 0.7, 0.7)
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cases.jsonl").write_text(
+        json.dumps({"case_id": "c0", "image": "c0.nii.gz", "cmbs": []}) + "\n"
+    )
+    seen = []
+
+    def fake_measure(ref, *args, **kwargs) -> dict[str, Any]:
+        seen.append(kwargs["unet_tta"])
+        return {"case_id": ref.case_id, "truth": [], "candidates": []}
+
+    monkeypatch.setattr(filter_effect, "measure_case", fake_measure)
+    filter_effect.run(data, tmp_path / "o", unet_tta=True)
+    assert seen == [True]
 
 
 def test_a_summary_names_its_unet_only_when_every_case_agrees() -> None:
