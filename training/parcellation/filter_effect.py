@@ -49,6 +49,7 @@ import numpy as np
 
 from evaluation.cases import PredCMB, TruthCMB, parse_cmbs
 from evaluation.matching import MatchRule, match_case
+from evaluation.stratify import UNKNOWN, size_bin, stratum_sort_key
 from model.candidate_classifier import TASK as CLASSIFIER_TASK
 from model.candidate_classifier import (
     candidate_threshold,
@@ -410,11 +411,13 @@ def summarise(
 def _candidate_ceiling(
     parsed: Sequence[tuple[str, Sequence[TruthCMB], list[bool], Any]],
     cases: Sequence[dict[str, Any]],
-) -> dict[str, float | int] | None:
-    """The U-Net candidates' count per scan and recall ceiling (None if a case lacks them)."""
+) -> dict[str, Any] | None:
+    """The U-Net candidates' count per scan and recall ceiling (None if a case lacks them),
+    also per apparent-size bin of the evaluation report (``by_apparent_size``: n, tp)."""
     if any("unet_candidates" not in case for case in cases):
         return None
     found = found_large = n_truth = n_large = n_candidates = 0
+    by_size: dict[str, dict[str, int]] = {}
     for (_, truth, large, _), case in zip(parsed, cases, strict=True):
         hits = case["unet_candidates"]["truth_found"]
         n_candidates += case["unet_candidates"]["n"]
@@ -422,11 +425,18 @@ def _candidate_ceiling(
         found_large += sum(1 for i in hits if large[i])
         n_truth += len(truth)
         n_large += sum(large)
+        for i, cmb in enumerate(truth):
+            cell = by_size.setdefault(
+                size_bin(cmb.diameter_apparent_mm) or UNKNOWN, {"n": 0, "tp": 0}
+            )
+            cell["n"] += 1
+            cell["tp"] += int(i in hits)
     return {
         "per_scan": round(n_candidates / len(cases), 2),
         "tp": found,
         "recall": _ratio(found, n_truth),
         "recall_large": _ratio(found_large, n_large),
+        "by_apparent_size": {k: by_size[k] for k in sorted(by_size, key=stratum_sort_key)},
     }
 
 
@@ -917,7 +927,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"U-Net candidates: {ceiling['per_scan']} per scan holding {ceiling['tp']} of "
             f"{summary['n_truth']} CMBs (recall ceiling {ceiling['recall']}, "
-            f">= 3 mm {ceiling['recall_large']})"
+            f">= 3 mm {ceiling['recall_large']}); by apparent size: "
+            + ", ".join(
+                f"{k} {v['tp']} of {v['n']}" for k, v in ceiling["by_apparent_size"].items()
+            )
         )
     if a.operating_point:
         t = operating_point(summary)

@@ -79,7 +79,13 @@ def test_summarise_counts_each_configuration_at_each_threshold() -> None:
     cases[0]["unet_candidates"] = {"n": 5, "truth_found": []}
     cases[1]["unet_candidates"] = {"n": 3, "truth_found": []}
     ceiling = summarise(cases, thresholds=(0.5,))["unet_candidates"]
-    assert ceiling == {"per_scan": 4.0, "tp": 0, "recall": 0.0, "recall_large": 0.0}
+    assert ceiling == {
+        "per_scan": 4.0,
+        "tp": 0,
+        "recall": 0.0,
+        "recall_large": 0.0,
+        "by_apparent_size": {"3-5 mm": {"n": 1, "tp": 0}},
+    }
 
 
 def test_rule_table_reports_removed_fps_and_lost_cmbs_against_no_rules() -> None:
@@ -205,6 +211,7 @@ def test_replay_relocates_cached_outputs_without_the_networks(
         "tp": 1,
         "recall": 1.0,
         "recall_large": 1.0,
+        "by_apparent_size": {"3-5 mm": {"n": 1, "tp": 1}},  # the evaluation report's bins
     }
     (case,) = read_cases(tmp_path / "out" / "cases.jsonl")
     first, second = case["candidates"]
