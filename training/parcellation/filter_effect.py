@@ -145,18 +145,18 @@ def measure_case(
     )
 
 
+#: What :func:`with_tta` adds to a U-Net's identity.
+UNET_TTA_TAG = " with 8-flip TTA"
+
+
 def with_tta(identity: str) -> str:
     """A :func:`unet_identity` naming candidates of the 8-flip mean (before any grid, which
-    :func:`identity_grid` reads from the end)."""
-    sha_end = identity.index("sha256:")
-    sha_end = identity.find(" ", sha_end)
+    :func:`identity_grid` reads from the end), so that ``choose`` and ``set-threshold``,
+    which compare identities, never take them for the plain U-Net's."""
+    sha_end = identity.find(" ", identity.index("sha256:"))
     if sha_end < 0:
         return identity + UNET_TTA_TAG
     return identity[:sha_end] + UNET_TTA_TAG + identity[sha_end:]
-
-
-#: What :func:`with_tta` adds to a U-Net's identity.
-UNET_TTA_TAG = " with 8-flip TTA"
 
 
 def apply_configurations(
@@ -736,7 +736,8 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def join_shards(shards: Sequence[Path], out: Path) -> list[dict[str, Any]]:
-    """The records of several ``--shard`` runs' folders, written together to ``out/cases.jsonl``.
+    """The records of several ``--shard`` runs' folders, written together to ``out/cases.jsonl``
+    (or of several sets' runs, to pool them: their case ids differ).
 
     A shard folder without records (a shard stopped before its first case) is said and
     left out.  Refuses (ValueError) a case measured by two shards, shards that hold no
@@ -812,7 +813,8 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         nargs="+",
         metavar="SHARD_DIR",
-        help="with --summarise: first join these --shard runs' records into --out/cases.jsonl",
+        help="with --summarise: first join these --shard runs' (or several sets' runs') "
+        "records into --out/cases.jsonl",
     )
     p.add_argument(
         "--operating-point",
