@@ -161,6 +161,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="test-time augmentation the threshold belongs to: none or flips_inplane_swap "
         "(default: keep the file's)",
     )
+    o.add_argument(
+        "--unet-spacing",
+        type=float,
+        nargs=3,
+        metavar=("SLICE", "ROW", "COL"),
+        default=None,
+        help="run the --unet U-Net on this grid (mm; cmb.unet_spacing_mm; the held-out "
+        "summary must have been measured there: filter_effect --unet-spacing)",
+    )
+    o.add_argument("--version", default=None, help="the file's new version (default: keep it)")
     o.set_defaults(func=run_set_threshold)
 
 
@@ -278,6 +288,8 @@ def run_set_threshold(args: argparse.Namespace) -> int:
         tta=args.tta,
         unet=OnnxModel.load(args.unet, device="cpu") if args.unet else None,
         unet_threshold=args.unet_threshold,
+        unet_spacing_mm=tuple(args.unet_spacing) if args.unet_spacing else None,
+        version=args.version,
     )
     print(json.dumps(metrics, indent=1))
     return 0

@@ -144,3 +144,75 @@ def test_the_candidate_threshold_changes_only_to_the_one_measured(tmp_path: Path
     assert main(args) != 0
     assert main([*args, "--unet-threshold", "0.3"]) == 0
     assert candidate_threshold(OnnxModel.load(path, device="cpu")) == 0.3
+
+
+def test_a_pair_measured_on_a_finer_grid_sets_the_grid_and_refuses_other_metrics(
+    tmp_path: Path, unets
+) -> None:
+    """--unet-spacing: the classifier (trained behind the U-Net's own grid) runs the U-Net on
+    the grid its held-out metrics were measured on; metrics of another grid are refused."""
+    from model.candidate_classifier import unet_spacing
+
+    first, _, _ = unets
+    path = _classifier(tmp_path / "c.onnx", first)
+    fine = (0.7, 0.7, 0.7)
+    on_fine = _summary(None) | {"unet": unet_identity(first, fine)}
+    with pytest.raises(InputError, match="--unet"):
+        set_operating_point(
+            path, 0.9, held_out_metrics(on_fine, 0.9), selected_on="s", unet_spacing_mm=fine
+        )
+    with pytest.raises(InputError, match="measured behind"):  # the U-Net's own grid's metrics
+        set_operating_point(
+            path,
+            0.9,
+            held_out_metrics(_summary(first), 0.9),
+            selected_on="s",
+            unet=first,
+            unet_spacing_mm=fine,
+        )
+    set_operating_point(
+        path,
+        0.9,
+        held_out_metrics(on_fine, 0.9),
+        selected_on="s",
+        unet=first,
+        unet_spacing_mm=fine,
+        version="0.5.1",
+    )
+    model = OnnxModel.load(path, device="cpu")
+    assert unet_spacing(model) == fine
+    assert model.metadata.version == "0.5.1"
+    assert model.metadata.extra["unet"] == unet_identity(first, fine)
+    assert model.metadata.extra["unet_trained_on"] == unet_identity(first)
+    assert paired_with(model, first)  # the same file, run on the finer grid
+    assert load_classifier(PipelineOptions(classifier_model_path=path), first)[0] is not None
+
+    # back to the U-Net's own grid: the key goes
+    own = tuple(float(v) for v in first.metadata.spacing_mm)
+    set_operating_point(
+        path,
+        0.9,
+        held_out_metrics(_summary(first), 0.9),
+        selected_on="s",
+        unet=first,
+        unet_spacing_mm=own,  # type: ignore[arg-type]
+    )
+    model = OnnxModel.load(path, device="cpu")
+    assert unet_spacing(model) is None and model.metadata.version == "0.5.1"
+
+
+def test_set_threshold_cli_sets_the_grid_and_the_version(tmp_path: Path, unets) -> None:
+    from cmb.cli import main
+    from model.candidate_classifier import unet_spacing
+
+    first, _, _ = unets
+    path = _classifier(tmp_path / "c.onnx", first)
+    held_out = tmp_path / "filter_effect.json"
+    held_out.write_text(json.dumps(_summary(None) | {"unet": unet_identity(first, (0.7,) * 3)}))
+    args = ["classifier", "set-threshold", str(path), "--threshold", "0.9"]
+    args += ["--held-out", str(held_out), "--selected-on", "selection set"]
+    args += ["--unet-spacing", "0.7", "0.7", "0.7", "--version", "9.9.1"]
+    assert main(args) != 0  # no --unet
+    assert main([*args, "--unet", str(first.path)]) == 0
+    model = OnnxModel.load(path, device="cpu")
+    assert unet_spacing(model) == (0.7, 0.7, 0.7) and model.metadata.version == "9.9.1"

@@ -21,6 +21,13 @@ The summary also says at which U-Net probability the candidates were
 extracted (``filter_effect --unet-threshold``); that must be the classifier's
 ``cmb.candidate_threshold``, or the one set with it (``unet_threshold``):
 the product extracts its candidates at exactly the measured threshold.
+
+With ``unet_spacing_mm`` (and ``unet``) the cascade runs that U-Net on
+another grid (``cmb.unet_spacing_mm``; ``filter_effect --unet-spacing``
+measured the summary there, and its U-Net identity names the grid): how a
+classifier trained behind the U-Net's own grid is paired with the
+candidates of a finer one once that pair has been measured.  The cubes are
+still cut on the classifier's own ``cmb.spacing_mm``.
 """
 
 from __future__ import annotations
@@ -30,12 +37,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from model.candidate_classifier import (
     CANDIDATE_THRESHOLD_KEY,
     TASK,
     TTA_KEY,
     TTA_MODES,
     UNET_KEY,
+    UNET_SPACING_KEY,
     candidate_threshold,
     unet_identity,
     unet_spacing,
@@ -81,24 +91,36 @@ def set_operating_point(
     tta: str | None = None,
     unet: OnnxModel | None = None,
     unet_threshold: float | None = None,
+    unet_spacing_mm: tuple[float, float, float] | None = None,
+    version: str | None = None,
 ) -> dict[str, Any]:
     """Write ``cmb.threshold``, ``cmb.metrics`` (and ``cmb.tta``, ``cmb.unet``,
-    ``cmb.candidate_threshold``) of a classifier.
+    ``cmb.candidate_threshold``, ``cmb.unet_spacing_mm``, the version) of a classifier.
 
     Returns the metrics as recorded.  ``tta`` ``None`` keeps the file's setting;
     ``unet`` pairs the classifier with that U-Net; ``unet_threshold`` changes
-    the U-Net probability its candidates are extracted at (see the module
-    docstring).
+    the U-Net probability its candidates are extracted at; ``unet_spacing_mm``
+    the grid the U-Net runs on (needs ``unet``; the U-Net's own spacing removes
+    the key); see the module docstring.
     """
     if tta is not None and tta not in TTA_MODES:
         raise InputError(f"cmb.{TTA_KEY} {tta!r} is not one of {TTA_MODES}")
+    if unet_spacing_mm is not None and unet is None:
+        raise InputError(
+            "a new U-Net grid pairs the classifier with that U-Net run on it: name the U-Net "
+            "(--unet)"
+        )
     path = Path(model_path)
     model = OnnxModel.load(path, device="cpu")
     if model.metadata.task != TASK:
         raise InputError(f"{path} is a {model.metadata.task!r} model, not the candidate classifier")
-    extra = paired_extra(
-        dict(model.metadata.extra), str(metrics.get("unet", "")), unet, unet_spacing(model)
-    )
+    grid = unet_spacing(model) if unet_spacing_mm is None else unet_spacing_mm
+    extra = paired_extra(dict(model.metadata.extra), str(metrics.get("unet", "")), unet, grid)
+    if unet_spacing_mm is not None and unet is not None:
+        if np.allclose(unet_spacing_mm, unet.metadata.spacing_mm):
+            extra.pop(UNET_SPACING_KEY, None)
+        else:
+            extra[UNET_SPACING_KEY] = json.dumps([float(v) for v in unet_spacing_mm])
     previous = candidate_threshold(model)
     extract_at = previous if unet_threshold is None else unet_threshold
     check_unet_threshold(metrics.get("unet_threshold"), extract_at, changed=unet_threshold)
@@ -107,7 +129,11 @@ def set_operating_point(
         extra[TTA_KEY] = tta
     recorded = {**metrics, "selected_on": selected_on, "tta": extra.get(TTA_KEY, "none")}
     updated = dataclasses.replace(
-        model.metadata, threshold=threshold, metrics=recorded, extra=extra
+        model.metadata,
+        threshold=threshold,
+        metrics=recorded,
+        extra=extra,
+        version=version or model.metadata.version,
     )
     set_metadata(path, updated)  # atomic: written beside the file, then renamed over it
     report = path.with_suffix(".metrics.json")
