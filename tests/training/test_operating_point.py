@@ -157,28 +157,16 @@ def test_a_pair_measured_on_a_finer_grid_sets_the_grid_and_refuses_other_metrics
     path = _classifier(tmp_path / "c.onnx", first)
     fine = (0.7, 0.7, 0.7)
     on_fine = _summary(None) | {"unet": unet_identity(first, fine)}
+
+    def pair(summary: dict[str, object], grid: tuple[float, ...], **kwargs: object) -> None:
+        metrics = held_out_metrics(summary, 0.9)
+        set_operating_point(path, 0.9, metrics, selected_on="s", unet_spacing_mm=grid, **kwargs)  # type: ignore[arg-type]
+
     with pytest.raises(InputError, match="--unet"):
-        set_operating_point(
-            path, 0.9, held_out_metrics(on_fine, 0.9), selected_on="s", unet_spacing_mm=fine
-        )
+        pair(on_fine, fine)
     with pytest.raises(InputError, match="measured behind"):  # the U-Net's own grid's metrics
-        set_operating_point(
-            path,
-            0.9,
-            held_out_metrics(_summary(first), 0.9),
-            selected_on="s",
-            unet=first,
-            unet_spacing_mm=fine,
-        )
-    set_operating_point(
-        path,
-        0.9,
-        held_out_metrics(on_fine, 0.9),
-        selected_on="s",
-        unet=first,
-        unet_spacing_mm=fine,
-        version="0.5.1",
-    )
+        pair(_summary(first), fine, unet=first)
+    pair(on_fine, fine, unet=first, version="0.5.1")
     model = OnnxModel.load(path, device="cpu")
     assert unet_spacing(model) == fine
     assert model.metadata.version == "0.5.1"
@@ -188,15 +176,7 @@ def test_a_pair_measured_on_a_finer_grid_sets_the_grid_and_refuses_other_metrics
     assert load_classifier(PipelineOptions(classifier_model_path=path), first)[0] is not None
 
     # back to the U-Net's own grid: the key goes
-    own = tuple(float(v) for v in first.metadata.spacing_mm)
-    set_operating_point(
-        path,
-        0.9,
-        held_out_metrics(_summary(first), 0.9),
-        selected_on="s",
-        unet=first,
-        unet_spacing_mm=own,  # type: ignore[arg-type]
-    )
+    pair(_summary(first), tuple(float(v) for v in first.metadata.spacing_mm), unet=first)
     model = OnnxModel.load(path, device="cpu")
     assert unet_spacing(model) is None and model.metadata.version == "0.5.1"
 

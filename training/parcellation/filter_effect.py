@@ -129,7 +129,9 @@ def measure_case(
     labels, detections = extract_candidates(probability, threshold)
     classify_candidates(image, detections, classifier, threshold=0.0)
     parc = parcellate(image, device="cpu")  # the shipped model
-    identity = with_tta(unet_identity(unet, grid)) if unet_tta else unet_identity(unet, grid)
+    identity = unet_identity(unet, grid)
+    if unet_tta:
+        identity = with_tta(identity)
     if cache is not None:
         save_outputs(cache / f"{ref.case_id}.pkl", detections, labels, parc, identity, threshold)
     return apply_configurations(
