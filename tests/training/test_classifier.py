@@ -174,3 +174,22 @@ def test_train_export_and_cascade_validation_through_the_cli(
     assert main([*set_args, "--threshold", "0.97", "--selected-on", "x"]) != 0
     assert "0.97 was not measured" in capsys.readouterr().err
     assert OnnxModel.load(out, device="cpu").metadata.threshold == 0.96  # untouched
+
+
+def test_a_failed_case_stops_the_harvest_instead_of_running_every_queued_case(
+    unet: Path, tmp_path: Path
+) -> None:
+    from tests.helpers.tiny_cmb_layout import make_case
+    from training.datasets.layout import finalize, write_case
+
+    data = tmp_path / "data"
+    for n in range(8):
+        write_case(data, make_case(n, 1, "train"))
+    finalize(data)
+    first = list_cases([data])[0]
+    (data / first.record["image"]).write_bytes(b"not a NIfTI file")  # the first case fails
+    out = tmp_path / "harvest"
+    with pytest.raises(Exception):  # noqa: B017 - the image reader's own error
+        harvest([data], unet, out, candidate_threshold=0.5, workers=1)
+    # the pool had handed at most a couple of cases to its worker; the rest were cancelled
+    assert len(list(out.glob("*.npz"))) <= 3

@@ -167,6 +167,13 @@ def harvest(
             )
             for r in refs
         ]
-        for n, job in enumerate(jobs, 1):
-            log.info("harvested %s (%d/%d)", job.result(), n, len(jobs))
+        try:
+            for n, job in enumerate(jobs, 1):
+                log.info("harvested %s (%d/%d)", job.result(), n, len(jobs))
+        except BaseException:
+            # a failed case or Ctrl-C / SIGINT: leaving the pool would otherwise run every
+            # queued case first (minutes each); only the cases already started finish
+            for job in jobs:
+                job.cancel()
+            raise
     return len(refs)
