@@ -44,13 +44,13 @@ def regridded_classifier(shipped: Path, spacing: tuple[float, ...], out: Path) -
     """
     import dataclasses
 
-    from model.candidate_classifier import UNET_SPACING_KEY
+    from model.candidate_classifier import UNET_SPACING_KEY, format_unet_spacing
     from model.onnx_model import OnnxModel
     from training.export import set_metadata
 
     shutil.copyfile(shipped, out)
     metadata = OnnxModel.load(out, device="cpu").metadata
-    extra = {**metadata.extra, UNET_SPACING_KEY: json.dumps([float(v) for v in spacing])}
+    extra = {**metadata.extra, UNET_SPACING_KEY: format_unet_spacing(spacing)}
     set_metadata(out, dataclasses.replace(metadata, extra=extra))
     return out
 

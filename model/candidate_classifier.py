@@ -122,6 +122,11 @@ def unet_spacing(model: OnnxModel) -> tuple[float, float, float] | None:
     return parse_unet_spacing(model.metadata.extra.get(UNET_SPACING_KEY), model.info.name)
 
 
+def format_unet_spacing(spacing_mm: Sequence[float]) -> str:
+    """The text of ``cmb.unet_spacing_mm`` for a grid (what :func:`parse_unet_spacing` reads)."""
+    return json.dumps([float(v) for v in spacing_mm])
+
+
 def parse_unet_spacing(raw: str | None, name: str) -> tuple[float, float, float] | None:
     """``cmb.unet_spacing_mm`` of the classifier ``name`` (None when absent); ModelError if bad."""
     if raw is None:

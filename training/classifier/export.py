@@ -34,6 +34,7 @@ from model.candidate_classifier import (
     TTA_MODES,
     UNET_KEY,
     UNET_SPACING_KEY,
+    format_unet_spacing,
     identity_grid,
     unet_identity,
 )
@@ -104,7 +105,7 @@ def _metadata(
     identity = unet_identity(unet, unet_grid)  # names the grid only where it is not the U-Net's
     grid: dict[str, str] = {}
     if identity_grid(identity) is not None:
-        grid[UNET_SPACING_KEY] = json.dumps([float(v) for v in unet_grid])
+        grid[UNET_SPACING_KEY] = format_unet_spacing(unet_grid)
     return ModelMetadata(
         name=config.name,
         version=config.version,

@@ -47,6 +47,7 @@ from model.candidate_classifier import (
     UNET_KEY,
     UNET_SPACING_KEY,
     candidate_threshold,
+    format_unet_spacing,
     unet_identity,
     unet_spacing,
 )
@@ -120,7 +121,7 @@ def set_operating_point(
         if np.allclose(unet_spacing_mm, unet.metadata.spacing_mm):
             extra.pop(UNET_SPACING_KEY, None)
         else:
-            extra[UNET_SPACING_KEY] = json.dumps([float(v) for v in unet_spacing_mm])
+            extra[UNET_SPACING_KEY] = format_unet_spacing(unet_spacing_mm)
     previous = candidate_threshold(model)
     extract_at = previous if unet_threshold is None else unet_threshold
     check_unet_threshold(metrics.get("unet_threshold"), extract_at, changed=unet_threshold)
