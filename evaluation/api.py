@@ -57,6 +57,11 @@ class EvaluationConfig:
         if self.n_bootstrap < 0:
             raise ValueError(f"n_bootstrap must be >= 0, got {self.n_bootstrap}")
 
+    @property
+    def reads_masks(self) -> bool:
+        """Whether label maps are read: for Dice/volumes, or because the match rule needs them."""
+        return self.use_masks or self.rule.kind in (MatchKind.OVERLAP, MatchKind.VALDO)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "match": self.rule.describe(),
@@ -182,7 +187,7 @@ def _prepare(
     truth: CaseTruth, pred: CasePrediction, config: EvaluationConfig
 ) -> tuple[_PreparedCase, LabelMap | None, LabelMap | None]:
     rule = config.rule
-    need_masks = config.use_masks or rule.kind in (MatchKind.OVERLAP, MatchKind.VALDO)
+    need_masks = config.reads_masks
     tmap = truth.mask.load() if (need_masks and truth.mask is not None) else None
     pmap = pred.labels.load() if (need_masks and pred.labels is not None) else None
     cmbs = truth.cmbs
@@ -319,8 +324,14 @@ def evaluate(
     *,
     split: str | None = None,
 ) -> EvaluationResult:
-    """Evaluate a predictions folder against a truth folder or point-annotation file."""
-    return evaluate_cases(load_truth(truth, split=split), load_predictions(pred_dir), config)
+    """Evaluate a predictions folder against a truth folder or point-annotation file.
+
+    Without masks (``use_masks=False`` and a point rule) the truth's label
+    files are not looked for: a folder of points alone can be evaluated.
+    """
+    config = config or EvaluationConfig()
+    truth_cases = load_truth(truth, split=split, masks=config.reads_masks)
+    return evaluate_cases(truth_cases, load_predictions(pred_dir), config)
 
 
 def evaluate_matches(

@@ -189,7 +189,9 @@ def load_predictions(pred_dir: Path | str) -> dict[str, CasePrediction]:
 # --- truth -----------------------------------------------------------------------------------
 
 
-def _truth_from_record(rec: Mapping[str, Any], root: Path, where: str) -> CaseTruth:
+def _truth_from_record(
+    rec: Mapping[str, Any], root: Path, where: str, *, masks: bool = True
+) -> CaseTruth:
     if not isinstance(rec, Mapping) or not rec.get("case_id"):
         raise EvaluationInputError(f"{where}: a case needs a 'case_id'")
     case_id = str(rec["case_id"])
@@ -198,7 +200,7 @@ def _truth_from_record(rec: Mapping[str, Any], root: Path, where: str) -> CaseTr
         for n, c in enumerate(rec.get("cmbs") or [])
     )
     mask = None
-    if rec.get("label"):
+    if masks and rec.get("label"):
         label_path = root / str(rec["label"])
         if not label_path.is_file():
             raise EvaluationInputError(f"{where} ({case_id}): label mask {label_path} is missing")
@@ -227,10 +229,14 @@ def _truth_from_points(case_id: str, value: Any, where: str) -> CaseTruth:
     return CaseTruth.from_points(case_id, points, acquisition, study_instance_uid=uid)
 
 
-def load_truth(truth: Path | str, split: str | None = None) -> dict[str, CaseTruth]:
+def load_truth(
+    truth: Path | str, split: str | None = None, *, masks: bool = True
+) -> dict[str, CaseTruth]:
     """Every case of a truth folder or point-annotation file, by case id.
 
     ``split`` keeps only the cases of that split (standardized layout only).
+    ``masks=False`` neither checks nor keeps the cases' label files (an
+    evaluation of points alone, where the label maps may be absent).
     """
     path = Path(truth)
     out: dict[str, CaseTruth] = {}
@@ -245,7 +251,7 @@ def load_truth(truth: Path | str, split: str | None = None) -> dict[str, CaseTru
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise EvaluationInputError(f"{where}: not JSON: {e}") from e
-            case = _truth_from_record(rec, path.parent, where)
+            case = _truth_from_record(rec, path.parent, where, masks=masks)
             if split is not None and case.split != split:
                 continue
             if case.case_id in out:

@@ -158,3 +158,22 @@ def test_cli_pairs_detect_output_named_by_study_uid(
     capsys.readouterr()
     assert main([*argv, "--bootstrap", "0"]) != 0
     assert "9.9.9" in capsys.readouterr().err
+
+
+def test_no_masks_evaluates_points_without_the_label_files(
+    dataset: tuple[Path, Path],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """``--no-masks`` on a truth folder holding cases.jsonl but not its label maps (a pooled
+    folder of several sets' records, say): the detection metrics, no Dice."""
+    pred, truth = dataset
+    shutil.rmtree(truth / "labels")
+    for p in pred.glob("*/labels.nii.gz"):
+        p.unlink()
+    out = tmp_path / "report"
+    args = ["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(out)]
+    rc = main([*args, "--bootstrap", "0", "--no-masks"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["detection"]["global"]["recall"]["value"] == 0.5
+    assert metrics["segmentation"]["dice_per_cmb"]["mean"] is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,15 @@ def test_bad_inputs(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text(json.dumps({"detections": [{"id": 1}]}))
     with pytest.raises(EvaluationInputError, match="center_lps_mm"):
         load_predictions(tmp_path)
+
+
+def test_truth_without_masks_does_not_need_the_label_files(dataset: tuple[Path, Path]) -> None:
+    """A points-only evaluation (``cmb evaluate --no-masks``) of a folder whose label maps
+    were not copied: the files are neither checked nor kept; with masks they are an error."""
+    _, truth = dataset
+    shutil.rmtree(truth / "labels")
+    with pytest.raises(EvaluationInputError, match="label mask .* is missing"):
+        load_truth(truth)
+    t = load_truth(truth, masks=False)
+    assert sorted(t) == ["c1", "c2"]
+    assert t["c1"].mask is None and len(t["c1"].cmbs) == 2
