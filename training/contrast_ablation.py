@@ -145,6 +145,8 @@ def ablate(
     reads or the shift its own normalization statistics make.
     """
     base_override = dict(override or {})
+    # only for its means: its tissue texture draws from another random state than that of
+    # a case generated with means given, so the drawn variant is generated again below
     drawn = generate_case(seed, split=split, params_override=base_override or None)
     sequence = drawn.params.sequence
     means_of = variants(drawn.params.tissue_means, sequence, tissues, together=together)
