@@ -24,7 +24,7 @@ from evaluation.classification import classification_metrics, mars_agreement
 from evaluation.dicom_seg import read_seg_labels
 from evaluation.errors import EvaluationInputError
 from evaluation.froc import FrocCurve, froc
-from evaluation.io import load_predictions, load_truth, pair_cases, read_image, resample_like
+from evaluation.io import load_predictions, load_truths, pair_cases, read_image, resample_like
 from evaluation.matching import CaseMatch, MatchKind, MatchRule, iou_matrix, match_case
 from evaluation.metrics import detection_metrics, per_scan_metrics
 from evaluation.segmentation import ScanSegmentation, scan_segmentation, segmentation_metrics
@@ -319,18 +319,23 @@ def _progress_bar(config: EvaluationConfig, total: int, desc: str) -> Any:
 
 def evaluate(
     pred_dir: Path | str,
-    truth: Path | str,
+    truth: Path | str | Sequence[Path | str],
     config: EvaluationConfig | None = None,
     *,
     split: str | None = None,
 ) -> EvaluationResult:
     """Evaluate a predictions folder against a truth folder or point-annotation file.
 
+    ``truth`` may be several (sets pooled: their case ids must differ).
     Without masks (``use_masks=False`` and a point rule) the truth's label
     files are not looked for: a folder of points alone can be evaluated.
     """
     config = config or EvaluationConfig()
-    truth_cases = load_truth(truth, split=split, masks=config.reads_masks)
+    truth_cases = load_truths(
+        [truth] if isinstance(truth, (str, Path)) else truth,
+        split=split,
+        masks=config.reads_masks,
+    )
     return evaluate_cases(truth_cases, load_predictions(pred_dir), config)
 
 

@@ -25,7 +25,7 @@ NIfTI files are read with SimpleITK, whose physical frame is LPS like ours.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -275,6 +275,25 @@ def load_truth(
         raise EvaluationInputError(
             f"{truth}: no truth cases" + (f" in split {split}" if split else "")
         )
+    return out
+
+
+def load_truths(
+    truths: Sequence[Path | str], split: str | None = None, *, masks: bool = True
+) -> dict[str, CaseTruth]:
+    """Several truth folders or files pooled (:func:`load_truth` each); a case id in two
+    of them is an error, since its predictions could not be told apart."""
+    if not truths:
+        raise EvaluationInputError("no truth folder or file given")
+    out: dict[str, CaseTruth] = {}
+    where: dict[str, Path | str] = {}
+    for truth in truths:
+        for case_id, case in load_truth(truth, split=split, masks=masks).items():
+            if case_id in out:
+                raise EvaluationInputError(
+                    f"case {case_id} is in two truth sets: {where[case_id]} and {truth}"
+                )
+            out[case_id], where[case_id] = case, truth
     return out
 
 

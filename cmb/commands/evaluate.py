@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--truth",
         required=True,
         type=Path,
-        help="dataset folder with cases.jsonl, or point annotations (JSON file or folder)",
+        nargs="+",
+        help="dataset folder with cases.jsonl, or point annotations (JSON file or folder); "
+        "several are pooled (their case ids must differ)",
     )
     p.add_argument("--out", required=True, type=Path, help="report folder (created)")
     p.add_argument(

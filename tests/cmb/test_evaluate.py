@@ -177,3 +177,24 @@ def test_no_masks_evaluates_points_without_the_label_files(
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["detection"]["global"]["recall"]["value"] == 0.5
     assert metrics["segmentation"]["dice_per_cmb"]["mean"] is None
+
+
+def test_several_truth_folders_are_pooled(
+    dataset: tuple[Path, Path],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """``--truth A B``: the sets' cases evaluated as one (a pooled report over several
+    validation sets), without building a joined folder by hand."""
+    pred, truth = dataset
+    extra = tmp_path / "extra_truth.json"
+    extra.write_text(json.dumps({"c3": [{"center_lps_mm": [0.0, 0.0, -6.0]}]}))
+    (pred / "c3").mkdir()
+    dets = detections_json([detection(1, (2, 8, 8), 0.9)])  # kji (2,8,8) -> LPS (0, 0, -6)
+    (pred / "c3" / "detections.json").write_text(json.dumps(dets))
+    out = tmp_path / "report"
+    args = ["evaluate", "--pred", str(pred), "--truth", str(truth), str(extra), "--out", str(out)]
+    assert main([*args, "--bootstrap", "0", "--no-masks"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    detection_global = metrics["detection"]["global"]
+    assert detection_global["recall"]["value"] == pytest.approx(2 / 3)  # c1 1 of 2, c3 1 of 1
+    assert metrics["n_scans"] == 3

@@ -14,6 +14,7 @@ from evaluation.errors import EvaluationInputError, UnpairedCasesError
 from evaluation.io import (
     load_predictions,
     load_truth,
+    load_truths,
     pair_cases,
     read_label_map,
     resample_like,
@@ -116,8 +117,26 @@ def test_truth_without_masks_does_not_need_the_label_files(dataset: tuple[Path, 
     were not copied: the files are neither checked nor kept; with masks they are an error."""
     _, truth = dataset
     shutil.rmtree(truth / "labels")
-    with pytest.raises(EvaluationInputError, match="label mask .* is missing"):
+    with pytest.raises(EvaluationInputError, match=r"label mask .* is missing"):
         load_truth(truth)
     t = load_truth(truth, masks=False)
     assert sorted(t) == ["c1", "c2"]
     assert t["c1"].mask is None and len(t["c1"].cmbs) == 2
+
+
+def test_several_truth_sets_pool_and_a_shared_case_id_is_an_error(
+    dataset: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Two sets' truth pooled (each set's label paths relative to its own folder); the
+    same case id in both cannot be paired with one prediction, so it is refused."""
+    _, truth = dataset
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "points.json").write_text(json.dumps({"c3": [{"center_lps_mm": [1.0, 2.0, 3.0]}]}))
+    pooled = load_truths([truth, other / "points.json"])
+    assert sorted(pooled) == ["c1", "c2", "c3"]
+    assert pooled["c1"].mask is not None and pooled["c1"].mask.load().array.max() == 2
+    with pytest.raises(EvaluationInputError, match="case c1 is in two truth sets"):
+        load_truths([truth, truth])
+    with pytest.raises(EvaluationInputError, match="no truth folder"):
+        load_truths([])
