@@ -238,6 +238,16 @@ def load_truth(
     ``masks=False`` neither checks nor keeps the cases' label files (an
     evaluation of points alone, where the label maps may be absent).
     """
+    out = _truth_cases(truth, split, masks)
+    if not out:
+        raise EvaluationInputError(
+            f"{truth}: no truth cases" + (f" in split {split}" if split else "")
+        )
+    return out
+
+
+def _truth_cases(truth: Path | str, split: str | None, masks: bool) -> dict[str, CaseTruth]:
+    """:func:`load_truth` without its check that a case is left."""
     path = Path(truth)
     out: dict[str, CaseTruth] = {}
     if path.is_dir() and (path / "cases.jsonl").is_file():
@@ -271,10 +281,6 @@ def load_truth(
         out = {f.stem: _truth_from_points(f.stem, _read_json(f), str(f)) for f in files}
     else:
         raise EvaluationInputError(f"{path}: truth folder or file does not exist")
-    if not out:
-        raise EvaluationInputError(
-            f"{truth}: no truth cases" + (f" in split {split}" if split else "")
-        )
     return out
 
 
@@ -282,18 +288,26 @@ def load_truths(
     truths: Sequence[Path | str], split: str | None = None, *, masks: bool = True
 ) -> dict[str, CaseTruth]:
     """Several truth folders or files pooled (:func:`load_truth` each); a case id in two
-    of them is an error, since its predictions could not be told apart."""
+    of them is an error, since its predictions could not be told apart.  With ``split``
+    a set may hold none of that split's cases; the pool must hold some."""
     if not truths:
         raise EvaluationInputError("no truth folder or file given")
+    if len(truths) == 1:
+        return load_truth(truths[0], split=split, masks=masks)
     out: dict[str, CaseTruth] = {}
     where: dict[str, Path | str] = {}
     for truth in truths:
-        for case_id, case in load_truth(truth, split=split, masks=masks).items():
+        for case_id, case in _truth_cases(truth, split, masks).items():
             if case_id in out:
                 raise EvaluationInputError(
                     f"case {case_id} is in two truth sets: {where[case_id]} and {truth}"
                 )
             out[case_id], where[case_id] = case, truth
+    if not out:
+        names = ", ".join(str(t) for t in truths)
+        raise EvaluationInputError(
+            f"no truth cases in {names}" + (f" in split {split}" if split else "")
+        )
     return out
 
 

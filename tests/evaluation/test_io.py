@@ -140,3 +140,10 @@ def test_several_truth_sets_pool_and_a_shared_case_id_is_an_error(
         load_truths([truth, truth])
     with pytest.raises(EvaluationInputError, match="no truth folder"):
         load_truths([])
+    # a split that one pooled set lacks is not an error ...
+    (other / "cases.jsonl").write_text(json.dumps({"case_id": "c9", "split": "train"}) + "\n")
+    assert sorted(load_truths([truth, other], split="val")) == ["c1", "c2"]
+    assert sorted(load_truths([truth, other], split="train")) == ["c9"]
+    # ... unless the whole pool lacks it
+    with pytest.raises(EvaluationInputError, match=r"no truth cases in .* in split test"):
+        load_truths([truth, other], split="test")
