@@ -30,9 +30,9 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from evaluation.cases import PredCMB, parse_cmbs
+from evaluation.cases import PredCMB, TruthCMB, parse_cmbs
 from evaluation.matching import match_case
 from training.parcellation.filter_effect import MAX_FP_PER_SCAN, read_cases
 from training.validate import is_large
@@ -136,6 +136,25 @@ def paired_cases(
     return [(a[k], b[k]) for k in sorted(a)]
 
 
+class _Case(NamedTuple):
+    """One case read once for every threshold pair: its truth and both grids' kept candidates."""
+
+    case_id: str
+    truth: tuple[TruthCMB, ...]
+    large: list[bool]
+    first: list[dict[str, Any]]
+    second: list[dict[str, Any]]
+
+
+def _prepare(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> list[_Case]:
+    out = []
+    for a, b in pairs:
+        truth = parse_cmbs(a["case_id"], a["truth"])
+        large = [is_large(t) for t in truth]
+        out.append(_Case(a["case_id"], truth, large, kept_detections(a), kept_detections(b)))
+    return out
+
+
 def score(
     pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]],
     t1: float | None,
@@ -143,23 +162,25 @@ def score(
     gap_mm: float = 1.0,
 ) -> UnionScore:
     """TP and FP of the joined candidates at (``t1``, ``t2``) over every case."""
+    return _score(_prepare(pairs), t1, t2, gap_mm)
+
+
+def _score(cases: Sequence[_Case], t1: float | None, t2: float | None, gap_mm: float) -> UnionScore:
     tp = fp = tp_large = n_truth = n_large = 0
-    for a, b in pairs:
-        truth = parse_cmbs(a["case_id"], a["truth"])
-        large = [is_large(t) for t in truth]
-        joined = join(kept_detections(a), kept_detections(b), t1, t2, gap_mm)
+    for case in cases:
+        joined = join(case.first, case.second, t1, t2, gap_mm)
         # numbered again: the two grids' candidate ids overlap
         preds = [
-            PredCMB.from_json({**d, "id": i + 1}, f"{a['case_id']} joined {i}")
+            PredCMB.from_json({**d, "id": i + 1}, f"{case.case_id} joined {i}")
             for i, d in enumerate(joined)
         ]
-        match = match_case(truth, preds, case_id=a["case_id"])
+        match = match_case(case.truth, preds, case_id=case.case_id)
         tp += match.tp
         fp += match.fp
-        tp_large += sum(1 for p in match.pairs if large[p.truth_index])
-        n_truth += len(truth)
-        n_large += sum(large)
-    return UnionScore(t1, t2, tp, fp, tp_large, n_truth, n_large, len(pairs))
+        tp_large += sum(1 for p in match.pairs if case.large[p.truth_index])
+        n_truth += len(case.truth)
+        n_large += sum(case.large)
+    return UnionScore(t1, t2, tp, fp, tp_large, n_truth, n_large, len(cases))
 
 
 def sweep(
@@ -168,10 +189,12 @@ def sweep(
     seconds: Iterable[float | None] = SECOND_THRESHOLDS,
     gap_mm: float = 1.0,
 ) -> list[UnionScore]:
-    """Every threshold pair's score (both ``None`` left out: nothing to score)."""
+    """Every threshold pair's score (both ``None`` left out: nothing to score); each case's
+    records are read once for all pairs."""
+    cases = _prepare(pairs)
     seconds = list(seconds)
     return [
-        score(pairs, t1, t2, gap_mm)
+        _score(cases, t1, t2, gap_mm)
         for t1 in firsts
         for t2 in seconds
         if t1 is not None or t2 is not None
