@@ -173,7 +173,6 @@ def harvest(
         except BaseException:
             # a failed case or Ctrl-C / SIGINT: leaving the pool would otherwise run every
             # queued case first (minutes each); only the cases already started finish
-            for job in jobs:
-                job.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
     return len(refs)
