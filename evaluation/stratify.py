@@ -50,21 +50,23 @@ TE_BINS_MS = (0.0, 10.0, 20.0, 30.0)  # <10, 10-20, 20-30, >=30 ms
 THICKNESS_BINS_MM = (0.0, 1.25, 2.25, 3.25, 5.25)  # ~1, ~2, ~3, 3-5, >5 mm
 
 
-def _bin(value: float | None, edges: Sequence[float], unit: str) -> str | None:
+def bin_label(value: float | None, edges: Sequence[float], unit: str = "") -> str | None:
+    """``value``'s bin among the lower ``edges`` ("<2 mm", "2-3 mm", ">=10 mm"; no unit: "<2")."""
     if value is None:
         return None
+    suffix = f" {unit}" if unit else ""
     for lo, hi in zip(edges, [*edges[1:], None], strict=True):
         if hi is None or value < hi:
             if hi is None:
-                return f">={lo:g} {unit}"
+                return f">={lo:g}{suffix}"
             if lo == 0.0:
-                return f"<{hi:g} {unit}"
-            return f"{lo:g}-{hi:g} {unit}"
+                return f"<{hi:g}{suffix}"
+            return f"{lo:g}-{hi:g}{suffix}"
     return None  # unreachable: the last bin is open
 
 
 def size_bin(diameter_mm: float | None) -> str | None:
-    return _bin(diameter_mm, SIZE_BINS_MM, "mm")
+    return bin_label(diameter_mm, SIZE_BINS_MM, "mm")
 
 
 def _num(acq: Mapping[str, Any], key: str) -> float | None:
@@ -92,8 +94,8 @@ def _text(key: str) -> Callable[[Mapping[str, Any]], str | None]:
 SCAN_STRATA: dict[str, Callable[[Mapping[str, Any]], str | None]] = {
     "sequence": _text("sequence"),
     "field_strength": _field,
-    "echo_time": lambda a: _bin(_num(a, "echo_time_ms"), TE_BINS_MS, "ms"),
-    "slice_thickness": lambda a: _bin(_num(a, "slice_thickness_mm"), THICKNESS_BINS_MM, "mm"),
+    "echo_time": lambda a: bin_label(_num(a, "echo_time_ms"), TE_BINS_MS, "ms"),
+    "slice_thickness": lambda a: bin_label(_num(a, "slice_thickness_mm"), THICKNESS_BINS_MM, "mm"),
     "vendor": _vendor,
     "acquisition_type": _text("acquisition_type"),
     # the synthetic engine's tissue contrast ("prior": around each sequence's tissue means;

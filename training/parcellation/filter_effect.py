@@ -374,12 +374,8 @@ def summarise(
         for t in thresholds:
             tp = fp = tp_large = true_pos_scans = false_pos_scans = 0
             for case_id, truth, large, candidates in parsed:
-                preds = [
-                    pred
-                    for pred, c in candidates
-                    if pred.probability >= t and c["rejected_by"].get(name) is None
-                ]
-                match = match_case(truth, preds, case_id=case_id)
+                match = match_case(truth, kept(candidates, name, t), case_id=case_id)
+                preds = match.preds
                 tp += match.tp
                 fp += match.fp
                 tp_large += sum(1 for p in match.pairs if large[p.truth_index])
@@ -408,6 +404,18 @@ def summarise(
         "unet_candidates": _candidate_ceiling(parsed, cases),
         "by_configuration": table,
     }
+
+
+def kept(
+    candidates: Sequence[tuple[PredCMB, dict[str, Any]]], configuration: str, threshold: float
+) -> list[PredCMB]:
+    """The candidates (parsed, with their records) that ``configuration``'s rules keep and
+    that score at least ``threshold``: what the product reports at that operating point."""
+    return [
+        pred
+        for pred, c in candidates
+        if pred.probability >= threshold and c["rejected_by"].get(configuration) is None
+    ]
 
 
 def _candidate_ceiling(
