@@ -234,7 +234,8 @@ def load_truth(
 ) -> dict[str, CaseTruth]:
     """Every case of a truth folder or point-annotation file, by case id.
 
-    ``split`` keeps only the cases of that split (standardized layout only).
+    ``split`` keeps only the cases of that split (standardized layout only: with point
+    annotations, which record no split, it is an error).
     ``masks=False`` neither checks nor keeps the cases' label files (an
     evaluation of points alone, where the label maps may be absent).
     """
@@ -267,6 +268,12 @@ def _truth_cases(truth: Path | str, split: str | None, masks: bool) -> dict[str,
             if case.case_id in out:
                 raise EvaluationInputError(f"{where}: duplicate case_id {case.case_id}")
             out[case.case_id] = case
+    elif split is not None:
+        # point annotations record no split: keeping every case would not be what was asked
+        raise EvaluationInputError(
+            f"{path}: --split {split} needs a standardized layout (cases.jsonl with a split "
+            "per case); point annotations have no split"
+        )
     elif path.is_file() and path.suffix == ".json":
         data = _read_json(path)
         if not isinstance(data, Mapping):

@@ -77,6 +77,9 @@ def test_point_annotations_and_flat_predictions(tmp_path: Path) -> None:
         json.dumps({"cmbs": points["a"], "acquisition": {"sequence": "swi"}})
     )
     assert load_truth(folder)["a"].acquisition == {"sequence": "swi"}
+    for truth in (tmp_path / "points.json", folder):  # they record no split: not all cases
+        with pytest.raises(EvaluationInputError, match="--split val needs a standardized"):
+            load_truth(truth, split="val")
     preds = tmp_path / "preds"
     preds.mkdir()
     rejected = detection(2, (1, 1, 1), 0.7, status="rejected", reject_reason="csf")
