@@ -21,8 +21,8 @@ and, from a ``filter_effect`` run over the same folder, whether the U-Net's
 candidates hold it and whether the product (``--configuration``'s rules at
 ``--threshold``) keeps it.  Recall is then tabulated per visibility bin and per
 apparent size within it; ``--gallery`` draws examples of each bin (the slice
-through the CMB's centre, the mask's outline beside it) so that a reader can
-judge the bins by eye.  Measurement only: no product code reads it.
+through the CMB's darkest voxel, the mask's outline beside it) so that a reader
+can judge the bins by eye.  Measurement only: no product code reads it.
 
     python -m training.conspicuity --data runs/data/val --effect runs/fe/val \\
         --threshold 0.68 --out runs/conspicuity/val --gallery docs/model-card/conspicuity-val.png
@@ -106,6 +106,12 @@ def outcomes(record: dict[str, Any], configuration: str, threshold: float) -> di
         (PredCMB.from_json(c["detection"], f"{case_id} candidate {i}"), c)
         for i, c in enumerate(record["candidates"])
     ]
+    known = {name for _, c in candidates for name in c["rejected_by"]}
+    if candidates and configuration not in known:
+        raise ValueError(
+            f"{case_id}: no configuration {configuration!r} in the record (it has "
+            f"{', '.join(sorted(known))})"
+        )
     found = set((record.get("unet_candidates") or {}).get("truth_found") or [])
     match = match_case(truth, kept(candidates, configuration, threshold), case_id=case_id)
     hits = {p.truth_index for p in match.pairs}
@@ -293,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         ap.error(f"no true CMB of {args.data} is in {args.effect}'s records")
     summary = {
+        "n_cases": len({row["case_id"] for row in rows}),
         "data": str(args.data),
         "effect": str(args.effect),
         "configuration": args.configuration,
@@ -306,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     table = markdown(summary)
     (args.out / "summary.md").write_text(table)
+    print(
+        f"{len(rows)} true CMBs of {summary['n_cases']} cases with CMBs measured by {args.effect}"
+    )
     print(table, end="")
     if args.gallery:
         gallery(args.data, rows, args.gallery)

@@ -71,6 +71,8 @@ def test_outcomes_tell_kept_lost_candidates_and_misses() -> None:
     assert outcomes(record, "defaults", 0.68) == {0: "kept", 1: "candidate", 2: "missed"}
     assert outcomes(record, "defaults", 0.92) == {0: "candidate", 1: "candidate", 2: "missed"}
     assert outcomes(record, "none", 0.68) == {0: "kept", 1: "kept", 2: "missed"}
+    with pytest.raises(ValueError, match="no configuration 'default'"):
+        outcomes(record, "default", 0.68)  # a misspelt name would keep every candidate
 
 
 def test_tabulate_counts_per_bin_and_per_size_within_a_bin() -> None:
@@ -128,6 +130,7 @@ def test_main_writes_rows_tables_and_a_gallery(tmp_path: Path) -> None:
     assert rows[0]["cnr"] > 20 and rows[1]["cnr"] < 3 and rows[2]["cnr"] is None
     assert rows[0]["snr"] == 50.0 and rows[0]["sequence"] == "swi"
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_cases"] == 1
     assert summary["total"] == {"n": 3, "candidate": 2, "kept": 1}
     assert "| all | 3 | 2 | 1 | 0.333 |" in (out / "summary.md").read_text()
     assert png.read_bytes()[:4] == b"\x89PNG"
