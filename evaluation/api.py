@@ -21,6 +21,7 @@ import numpy as np
 
 from evaluation.cases import CasePrediction, CaseTruth, LabelMap, PredCMB, TruthCMB
 from evaluation.classification import classification_metrics, mars_agreement
+from evaluation.conspicuity import CNR_BINS, measure_lesion
 from evaluation.dicom_seg import read_seg_labels
 from evaluation.errors import EvaluationInputError
 from evaluation.froc import FrocCurve, froc
@@ -31,13 +32,14 @@ from evaluation.segmentation import ScanSegmentation, scan_segmentation, segment
 from evaluation.stratify import (
     CMB_STRATA,
     CMB_STRATA_NOTE,
+    bin_label,
     size_bin,
     stratify_cmbs,
     stratify_scans,
 )
 from evaluation.valdo import valdo_predictions, valdo_truth
 
-METRICS_SCHEMA_VERSION = "1.1"
+METRICS_SCHEMA_VERSION = "1.2"
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,26 @@ def _prepare(
     return _PreparedCase(truth, cmbs, candidates, acquisition, iou), tmap, pmap
 
 
+def _local_cnr(
+    truth: CaseTruth, cmbs: Sequence[TruthCMB], tmap: LabelMap | None
+) -> dict[tuple[str, int], str]:
+    """The ``local_cnr`` bin of each true CMB with a label, where the truth's image was read
+    with its label map and both share one grid (else nothing: those CMBs go to unknown)."""
+    if tmap is None or truth.image is None or not any(c.label for c in cmbs):
+        return {}
+    array, affine = read_image(truth.image)
+    if array.shape != tmap.array.shape or not np.allclose(affine, tmap.affine, atol=1e-3):
+        return {}
+    out: dict[tuple[str, int], str] = {}
+    for i, cmb in enumerate(cmbs):
+        if cmb.label:
+            cnr = measure_lesion(array, tmap.array, cmb.label)["cnr"]
+            value = bin_label(cnr, CNR_BINS) if cnr is not None else None
+            if value is not None:
+                out[(truth.case_id, i)] = value
+    return out
+
+
 def evaluate_cases(
     truth: Mapping[str, CaseTruth],
     preds: Mapping[str, CasePrediction],
@@ -235,8 +257,10 @@ def evaluate_cases(
     prepared: list[_PreparedCase] = []
     matches: list[CaseMatch] = []
     segs: list[ScanSegmentation] = []
+    local_cnr: dict[tuple[str, int], str] = {}
     for t, p in pairs:
         case, tmap, pmap = _prepare(t, p, config)
+        local_cnr |= _local_cnr(t, case.cmbs, tmap)
         prepared.append(case)
         m = case.match(config.rule, config.threshold)
         matches.append(m)
@@ -302,7 +326,7 @@ def evaluate_cases(
                 scores=scores,
                 froc_of=froc_of,
             ),
-            "cmb": stratify_cmbs(matches, cmb_dice),
+            "cmb": stratify_cmbs(matches, cmb_dice, {"local_cnr": local_cnr}),
             "cmb_note": CMB_STRATA_NOTE,
         },
     }

@@ -194,6 +194,8 @@ class CaseTruth:
     mask: MaskSource | None = None
     split: str | None = None
     subject: int | None = None
+    # the image the truth was drawn on (standardized layout): the local_cnr stratum reads it
+    image: Path | None = None
     # the StudyInstanceUID of the case's DICOM, when known: pairs predictions from `cmb detect`
     study_instance_uid: str | None = None
 

@@ -205,6 +205,8 @@ def _truth_from_record(
         if not label_path.is_file():
             raise EvaluationInputError(f"{where} ({case_id}): label mask {label_path} is missing")
         mask = MaskSource(path=label_path)
+    # the image is optional to an evaluation: a missing one only leaves local_cnr unknown
+    image = root / str(rec["image"]) if masks and rec.get("image") else None
     subject = rec.get("subject")
     return CaseTruth(
         case_id=case_id,
@@ -214,6 +216,7 @@ def _truth_from_record(
         split=rec.get("split"),
         subject=int(subject) if subject is not None else None,
         study_instance_uid=_opt_str(rec.get("study_instance_uid")),
+        image=image if image is not None and image.is_file() else None,
     )
 
 

@@ -20,6 +20,7 @@ PLOTS = {
     "froc": "froc.png",
     "size": "recall_by_size.png",
     "apparent_size": "recall_by_apparent_size.png",
+    "local_cnr": "recall_by_local_cnr.png",
     "slice_thickness": "recall_by_slice_thickness.png",
     "region": "recall_by_region.png",
 }
@@ -161,7 +162,7 @@ def stratified_tables(result: EvaluationResult) -> list[Table]:
                 value,
                 str(d["n_truth"]),
                 str(d["tp"]),
-                str(d["fp"]),
+                fmt(d["fp"]),  # None for strata of the true CMBs only (local_cnr)
                 fmt(d["recall"]),
                 fmt(d["precision"]),
                 fmt(d["dice_per_cmb"]["mean"] if d["dice_per_cmb"] else None),
@@ -257,7 +258,7 @@ def write_plots(result: EvaluationResult, out_dir: Path) -> list[str]:
         if file is not None:
             written.append(file)
     strata = {**result.metrics["stratified"]["scan"], **result.metrics["stratified"]["cmb"]}
-    for key in ("size", "apparent_size", "slice_thickness", "region"):
+    for key in ("size", "apparent_size", "local_cnr", "slice_thickness", "region"):
         if key not in strata:
             continue
         fig, ax = plt.subplots(figsize=(5, 4))

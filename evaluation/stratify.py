@@ -9,7 +9,9 @@ Two kinds of strata:
   mean recall and the mean Dice of its matched CMBs.  Continuous values are binned (bins below).
 * **CMB strata** (each CMB belongs to one value): size bin (true diameter),
   apparent size bin (apparent diameter, where the truth has one), MARS
-  category, region, lobe.  Recall = TP / n_truth of the true CMBs in the value; precision
+  category, region, lobe; and, where the truth's image and label mask are
+  read, ``local_cnr`` (:mod:`evaluation.conspicuity`; recall only, since a
+  prediction has no such value).  Recall = TP / n_truth of the true CMBs in the value; precision
   counts a true positive in its *true* CMB's value and a false positive in the
   value of its *own* predicted attribute (its diameter, MARS, region), so
   precision per value = TP / (TP + FP) with those assignments.  Dice per
@@ -198,11 +200,21 @@ def stratify_scans(
 
 
 def stratify_cmbs(
-    matches: Sequence[CaseMatch], cmb_dice: Mapping[tuple[str, int], float] | None = None
+    matches: Sequence[CaseMatch],
+    cmb_dice: Mapping[tuple[str, int], float] | None = None,
+    truth_strata: Mapping[str, Mapping[tuple[str, int], str]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Recall, precision and Dice per value of each CMB stratum (see the module docstring)."""
+    """Recall, precision and Dice per value of each CMB stratum (see the module docstring).
+
+    ``truth_strata`` adds strata measured on the true CMBs only (name -> value per
+    ``(case_id, truth index)``, e.g. ``local_cnr``): a prediction has no such value, so
+    their ``fp`` and ``precision`` are None; true CMBs without a value go to ``unknown``.
+    """
     cmb_dice = cmb_dice or {}
     out: dict[str, dict[str, Any]] = {}
+    for name, values in (truth_strata or {}).items():
+        if values:
+            out[name] = _truth_only_stratum(matches, values, cmb_dice)
     for name, (tkey, pkey) in CMB_STRATA.items():
         known = any(tkey(t) is not None for m in matches for t in m.truth)
         if not known:
@@ -237,3 +249,34 @@ def stratify_cmbs(
             }
         out[name] = table
     return out
+
+
+def _truth_only_stratum(
+    matches: Sequence[CaseMatch],
+    values: Mapping[tuple[str, int], str],
+    cmb_dice: Mapping[tuple[str, int], float],
+) -> dict[str, Any]:
+    n_truth: dict[str, int] = defaultdict(int)
+    tp: dict[str, int] = defaultdict(int)
+    dice: dict[str, list[float | None]] = defaultdict(list)
+    for m in matches:
+        matched = m.pred_for_truth()
+        for i in range(len(m.truth)):
+            v = values.get((m.case_id, i)) or UNKNOWN
+            n_truth[v] += 1
+            if i in matched:
+                tp[v] += 1
+                if (m.case_id, i) in cmb_dice:
+                    dice[v].append(cmb_dice[(m.case_id, i)])
+    return {
+        value: {
+            "n_truth": n_truth[value],
+            "tp": tp[value],
+            "fn": n_truth[value] - tp[value],
+            "fp": None,
+            "recall": ratio(tp[value], n_truth[value]),
+            "precision": None,
+            "dice_per_cmb": mean_sd(dice[value]) if dice[value] else None,
+        }
+        for value in sorted(n_truth, key=stratum_sort_key)
+    }

@@ -5,18 +5,9 @@ engine's rater rule (docs/synthetic-data.md, "Truth mask") labels a lesion when
 its signal loss is at least 40 % of the background *before* noise, so a faint or
 tiny lesion in a noisy scan is labelled whether a reader could see it or not.
 This tool measures, on the image as acquired (noise, texture and neighbours
-included), each true CMB's local contrast-to-noise ratio:
-
-* ``inside``: the mean of the CMB's truth-mask voxels;
-* ``ring``: the voxels 2 to ``RING_OUTER`` in-plane steps outside the mask, on
-  the slices the mask touches, that belong to no other lesion (what a reader
-  compares the spot with on the slice);
-* ``cnr = (mean(ring) - inside) / sd(ring)``: how many of the surroundings'
-  standard deviations (noise and anatomy) the spot is darker than its
-  surroundings;
-* ``rose = cnr * sqrt(largest in-plane section in voxels)``: Rose's criterion
-  for a uniform object in white noise (a reader needs about 3-5 to see it);
-
+included), each true CMB's local contrast-to-noise ratio and Rose's number
+(:mod:`evaluation.conspicuity`; ``cmb evaluate`` reports recall by the same
+CNR bins as its ``local_cnr`` stratum),
 and, from a ``filter_effect`` run over the same folder, whether the U-Net's
 candidates hold it and whether the product (``--configuration``'s rules at
 ``--threshold``) keeps it.  Recall is then tabulated per visibility bin and per
@@ -37,27 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
-from scipy import ndimage as ndi
 
 from evaluation.cases import PredCMB, parse_cmbs
+from evaluation.conspicuity import CNR_BINS, ROSE_BINS, measure_lesion
 from evaluation.matching import match_case
 from evaluation.stratify import bin_label, size_bin, stratum_sort_key
 from training.data import list_cases, load_volumes
 from training.parcellation.filter_effect import kept, read_cases
 
-#: Outer edge of the ring, in in-plane steps from the mask (the inner edge is 2:
-#: one step of partial-volume rim is left out).
-RING_OUTER = 4
-#: Bin edges of the local CNR and of Rose's number (lower edges; the last bin is open).
-CNR_BINS = (0.0, 1.0, 2.0, 3.0, 5.0)
-ROSE_BINS = (0.0, 3.0, 5.0, 10.0, 20.0)
 #: Examples per bin in the gallery, and the half-width of each tile in millimetres.
 GALLERY_PER_BIN = 6
 GALLERY_HALF_MM = 12.0
-
-_IN_PLANE = np.zeros((3, 3, 3), bool)
-_IN_PLANE[1] = ndi.generate_binary_structure(2, 1)
 
 
 def bin_of(value: float | None, edges: Sequence[float]) -> str:
@@ -65,35 +46,6 @@ def bin_of(value: float | None, edges: Sequence[float]) -> str:
     if value is None or not np.isfinite(value):
         return "unknown"
     return bin_label(value, edges) or "unknown"
-
-
-def measure_cmb(
-    image: npt.NDArray[np.floating[Any]], labels: npt.NDArray[np.integer[Any]], label: int
-) -> dict[str, float | int | None]:
-    """The visibility numbers of the CMB labelled ``label`` (slice axis first, as
-    :class:`model.types.Volume` holds it).  ``cnr`` and ``rose`` are None when the
-    mask is empty or its ring holds fewer than 8 voxels."""
-    mask = labels == label
-    n = int(mask.sum())
-    out: dict[str, float | int | None] = {"n_voxels": n, "cnr": None, "rose": None}
-    if n == 0:
-        return out
-    near = ndi.binary_dilation(mask, _IN_PLANE, iterations=1)
-    far = ndi.binary_dilation(mask, _IN_PLANE, iterations=RING_OUTER)
-    on_slices = mask.any(axis=(1, 2))
-    ring = far & ~near & (labels == 0) & on_slices[:, None, None]
-    section = int(mask.sum(axis=(1, 2)).max())
-    out["section_voxels"] = section
-    if ring.sum() < 8:
-        return out
-    values = image[ring].astype(np.float64)
-    inside = float(image[mask].mean())
-    spread = float(values.std())
-    out |= {"inside": round(inside, 3), "ring": round(float(values.mean()), 3)}
-    if spread > 0:
-        cnr = (float(values.mean()) - inside) / spread
-        out |= {"cnr": round(cnr, 3), "rose": round(cnr * float(np.sqrt(section)), 3)}
-    return out
 
 
 def outcomes(record: dict[str, Any], configuration: str, threshold: float) -> dict[int, str]:
@@ -154,7 +106,7 @@ def measure_folder(
                 "outcome": status[i],
             }
             if cmb.get("label") is not None:
-                row |= measure_cmb(image.array, label_array, int(cmb["label"]))
+                row |= measure_lesion(image.array, label_array, int(cmb["label"]))
             rows.append(row)
     return rows
 
@@ -304,7 +256,6 @@ def main(argv: list[str] | None = None) -> int:
         "effect": str(args.effect),
         "configuration": args.configuration,
         "threshold": args.threshold,
-        "ring_outer_steps": RING_OUTER,
         **tabulate(rows),
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ def test_cli_writes_every_output(
     assert "Sensitivity (recall)" in printed
     assert "0.500" in printed
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["schema_version"] == "1.1"
+    assert metrics["schema_version"] == "1.2"
     assert metrics["detection"]["global"]["recall"]["value"] == 0.5
     assert metrics["config"]["match"] == "center:5"
     with (out / "per_cmb.csv").open() as f:

@@ -8,36 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.conspicuity import main, measure_cmb, outcomes, tabulate
-
-SHAPE = (12, 40, 40)
-
-
-def _phantom() -> tuple[np.ndarray, np.ndarray]:
-    """Noise of sd 2 around 100; label 1 a dark disc (20: CNR about 40), label 2 a faint one
-    (97: CNR about 1.5), label 3 touching label 1's ring, label 4 absent."""
-    rng = np.random.default_rng(0)
-    image = rng.normal(100.0, 2.0, SHAPE).astype(np.float32)
-    labels = np.zeros(SHAPE, np.int32)
-    jj, ii = np.indices(SHAPE[1:])
-    for label, (j, i), value in ((1, (10, 10), 20.0), (2, (28, 28), 97.0)):
-        disc = (jj - j) ** 2 + (ii - i) ** 2 <= 4
-        labels[5:7][:, disc] = label
-        image[5:7][:, disc] = value
-    labels[5, 10, 14] = 3  # in label 1's ring: left out of it
-    image[5, 10, 14] = -1000.0
-    return image, labels
-
-
-def test_a_dark_spot_has_a_high_cnr_and_a_faint_one_a_low_one() -> None:
-    image, labels = _phantom()
-    dark = measure_cmb(image, labels, 1)
-    faint = measure_cmb(image, labels, 2)
-    assert dark["n_voxels"] == 2 * 13 and dark["section_voxels"] == 13
-    assert dark["cnr"] == pytest.approx(40.0, rel=0.15)  # the -1000 voxel is not in the ring
-    assert faint["cnr"] == pytest.approx(1.5, abs=0.6)
-    assert faint["rose"] == pytest.approx(faint["cnr"] * np.sqrt(13), rel=1e-3)
-    assert measure_cmb(image, labels, 4) == {"n_voxels": 0, "cnr": None, "rose": None}
+from tests.helpers.lesion_phantom import lesion_phantom
+from training.conspicuity import main, outcomes, tabulate
 
 
 def _candidate(center: list[float], probability: float, rejected: str | None) -> dict:
@@ -100,7 +72,7 @@ def _folder(tmp_path: Path, record: dict) -> tuple[Path, Path]:
     from model.types import Volume
     from model.volume import write_nifti
 
-    image, labels = _phantom()
+    image, labels = lesion_phantom()
     volume = Volume(image, np.eye(4))
     data = tmp_path / "data"
     data.mkdir()
