@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,7 +49,7 @@ def test_outcomes_tell_kept_lost_candidates_and_misses() -> None:
 
 
 def test_tabulate_counts_per_bin_and_per_size_within_a_bin() -> None:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"cnr": 0.5, "rose": 1.0, "diameter_apparent_mm": 1.0, "outcome": "missed"},
         {"cnr": 0.7, "rose": 4.0, "diameter_apparent_mm": 3.5, "outcome": "candidate"},
         {"cnr": 6.0, "rose": 30.0, "diameter_apparent_mm": 3.5, "outcome": "kept"},
