@@ -214,69 +214,58 @@ def stratify_cmbs(
     out: dict[str, dict[str, Any]] = {}
     for name, values in (truth_strata or {}).items():
         if values:
-            out[name] = _truth_only_stratum(matches, values, cmb_dice)
+            out[name] = _stratum(matches, _measured(values), None, cmb_dice)
     for name, (tkey, pkey) in CMB_STRATA.items():
-        known = any(tkey(t) is not None for m in matches for t in m.truth)
-        if not known:
-            continue
-        n_truth: dict[str, int] = defaultdict(int)
-        tp: dict[str, int] = defaultdict(int)
-        fp: dict[str, int] = defaultdict(int)
-        dice: dict[str, list[float | None]] = defaultdict(list)
-        for m in matches:
-            matched = m.pred_for_truth()
-            matched_preds = m.truth_for_pred()
-            for i, t in enumerate(m.truth):
-                v = tkey(t) or UNKNOWN
-                n_truth[v] += 1
-                if i in matched:
-                    tp[v] += 1
-                    if (m.case_id, i) in cmb_dice:
-                        dice[v].append(cmb_dice[(m.case_id, i)])
-            for j, p in enumerate(m.preds):
-                if j not in matched_preds:
-                    fp[pkey(p) or UNKNOWN] += 1
-        table: dict[str, Any] = {}
-        for value in sorted(set(n_truth) | set(fp), key=stratum_sort_key):
-            table[value] = {
-                "n_truth": n_truth[value],
-                "tp": tp[value],
-                "fn": n_truth[value] - tp[value],
-                "fp": fp[value],
-                "recall": ratio(tp[value], n_truth[value]),
-                "precision": ratio(tp[value], tp[value] + fp[value]),
-                "dice_per_cmb": mean_sd(dice[value]) if dice[value] else None,
-            }
-        out[name] = table
+        if any(tkey(t) is not None for m in matches for t in m.truth):
+            out[name] = _stratum(matches, _recorded(tkey), pkey, cmb_dice)
     return out
 
 
-def _truth_only_stratum(
+def _measured(values: Mapping[tuple[str, int], str]) -> Callable[[CaseMatch, int], str | None]:
+    return lambda m, i: values.get((m.case_id, i))
+
+
+def _recorded(key: Callable[[TruthCMB], str | None]) -> Callable[[CaseMatch, int], str | None]:
+    return lambda m, i: key(m.truth[i])
+
+
+def _stratum(
     matches: Sequence[CaseMatch],
-    values: Mapping[tuple[str, int], str],
+    truth_value: Callable[[CaseMatch, int], str | None],
+    pred_value: Callable[[PredCMB], str | None] | None,
     cmb_dice: Mapping[tuple[str, int], float],
 ) -> dict[str, Any]:
+    """One CMB stratum's table; without ``pred_value`` false positives are not assigned
+    (``fp`` and ``precision`` None)."""
     n_truth: dict[str, int] = defaultdict(int)
     tp: dict[str, int] = defaultdict(int)
+    fp: dict[str, int] = defaultdict(int)
     dice: dict[str, list[float | None]] = defaultdict(list)
     for m in matches:
         matched = m.pred_for_truth()
         for i in range(len(m.truth)):
-            v = values.get((m.case_id, i)) or UNKNOWN
+            v = truth_value(m, i) or UNKNOWN
             n_truth[v] += 1
             if i in matched:
                 tp[v] += 1
                 if (m.case_id, i) in cmb_dice:
                     dice[v].append(cmb_dice[(m.case_id, i)])
-    return {
-        value: {
+        if pred_value is not None:
+            matched_preds = m.truth_for_pred()
+            for j, p in enumerate(m.preds):
+                if j not in matched_preds:
+                    fp[pred_value(p) or UNKNOWN] += 1
+    table: dict[str, Any] = {}
+    for value in sorted(set(n_truth) | set(fp), key=stratum_sort_key):
+        table[value] = {
             "n_truth": n_truth[value],
             "tp": tp[value],
             "fn": n_truth[value] - tp[value],
-            "fp": None,
+            "fp": fp[value] if pred_value is not None else None,
             "recall": ratio(tp[value], n_truth[value]),
-            "precision": None,
+            "precision": ratio(tp[value], tp[value] + fp[value])
+            if pred_value is not None
+            else None,
             "dice_per_cmb": mean_sd(dice[value]) if dice[value] else None,
         }
-        for value in sorted(n_truth, key=stratum_sort_key)
-    }
+    return table
