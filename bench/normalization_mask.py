@@ -28,7 +28,7 @@ from pathlib import Path
 from bench.common import Recorder, interleaved, ratio, stats
 from model.infer import predict_probability
 from model.onnx_model import ModelMetadata, OnnxModel, default_model_path
-from model.preprocess import foreground_mask, prepare, resample_to_spacing
+from model.preprocess import foreground_mask, on_model_grid, prepare
 from model.types import Volume
 
 #: The two masks compared (of ``model.preprocess.MASKS``).
@@ -42,7 +42,7 @@ def with_mask(metadata: ModelMetadata, mask: str) -> ModelMetadata:
 
 def variants(image: Volume, unet: OnnxModel) -> dict[str, Callable[[], object]]:
     """What is timed on one case (see the module docstring)."""
-    resampled = resample_to_spacing(image, unet.metadata.spacing_mm, order=1).array
+    resampled = on_model_grid(image, unet.metadata).array
     timed: dict[str, Callable[[], object]] = {}
     for kind in COMPARED_MASKS:
         plan = with_mask(unet.metadata, kind)

@@ -26,7 +26,7 @@ import onnxruntime as ort
 
 from model.errors import ModelError
 from model.paths import WEIGHTS_DIR
-from model.preprocess import validate_normalization
+from model.preprocess import validate_input_filter, validate_normalization
 from model.types import ModelInfo
 
 FORMAT_VERSION = "1"
@@ -51,7 +51,14 @@ REQUIRED_KEYS = (
     "threshold",
     "labels",
 )
-OPTIONAL_KEYS = ("training_data_hash", "config_hash", "metrics", "trained_on", "description")
+OPTIONAL_KEYS = (
+    "input_filter",
+    "training_data_hash",
+    "config_hash",
+    "metrics",
+    "trained_on",
+    "description",
+)
 
 
 def _json(key: str, value: str) -> Any:
@@ -99,6 +106,8 @@ class ModelMetadata:
     threshold: float
     labels: dict[int, str]
     format_version: str = FORMAT_VERSION
+    #: filter applied to the source image before resampling (model.preprocess); None: none
+    input_filter: dict[str, Any] | None = None
     training_data_hash: str | None = None
     config_hash: str | None = None
     metrics: dict[str, Any] | None = None
@@ -130,6 +139,11 @@ class ModelMetadata:
             validate_normalization(self.normalization)
         except ValueError as e:
             raise ModelError(f"model metadata {PREFIX}normalization: {e}") from e
+        if self.input_filter is not None:
+            try:
+                validate_input_filter(self.input_filter)
+            except ValueError as e:
+                raise ModelError(f"model metadata {PREFIX}input_filter: {e}") from e
 
     def on_grid(self, spacing_mm: tuple[float, float, float] | None) -> ModelMetadata:
         """This plan run on another grid (a cascade's ``cmb.unet_spacing_mm``); None: as is."""
@@ -168,6 +182,11 @@ class ModelMetadata:
             metrics = _json("metrics", values["metrics"])
             if not isinstance(metrics, dict):
                 raise ModelError(f"model metadata {PREFIX}metrics must be a JSON object")
+        input_filter = None
+        if "input_filter" in values:
+            input_filter = _json("input_filter", values["input_filter"])
+            if not isinstance(input_filter, dict):
+                raise ModelError(f"model metadata {PREFIX}input_filter must be a JSON object")
         known = set(REQUIRED_KEYS) | set(OPTIONAL_KEYS)
         return cls(
             format_version=values["format_version"],
@@ -180,6 +199,7 @@ class ModelMetadata:
             output=values["output"],
             threshold=threshold,
             labels=labels,
+            input_filter=input_filter,
             training_data_hash=values.get("training_data_hash"),
             config_hash=values.get("config_hash"),
             metrics=metrics,
@@ -203,6 +223,9 @@ class ModelMetadata:
             "labels": json.dumps({str(k): v for k, v in self.labels.items()}),
         }
         optional: dict[str, str | None] = {
+            "input_filter": json.dumps(self.input_filter, sort_keys=True)
+            if self.input_filter is not None
+            else None,
             "training_data_hash": self.training_data_hash,
             "config_hash": self.config_hash,
             "metrics": json.dumps(self.metrics, sort_keys=True)

@@ -14,6 +14,7 @@ maps every LPS point onto itself.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 import SimpleITK as sitk
+from scipy import ndimage as ndi
 
 from model.types import Volume
 
@@ -310,15 +312,82 @@ def intensity_map(
     return fn(values, spec, mask)
 
 
+# --------------------------------------------------------------------------- input filter
+
+#: The filters a model may declare in ``cmb.input_filter`` (``{"method": name}``).
+INPUT_FILTERS = ("inplane_minimum",)
+
+
+def validate_input_filter(spec: Mapping[str, Any]) -> None:
+    """Raise ValueError naming what is wrong with an input filter spec."""
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"input filter must be an object, got {spec!r}")
+    if spec.get("method") not in INPUT_FILTERS:
+        raise ValueError(
+            f"unknown input filter {spec.get('method')!r}; expected one of {INPUT_FILTERS}"
+        )
+    if unknown := set(spec) - {"method"}:
+        raise ValueError(f"input filter {spec['method']!r} does not take {sorted(unknown)}")
+
+
+def minimum_footprint(
+    spacing_mm: tuple[float, float, float], grid_mm: tuple[float, float, float]
+) -> tuple[int, int, int]:
+    """Size per axis (slice, row, column) of the in-plane minimum filter for a model grid.
+
+    ``ceil(grid / spacing) + 1`` voxels on each in-plane axis finer than the
+    grid's, 1 elsewhere (the slice axis always): whatever the phase of the two
+    grids, one linearly interpolated grid sample then reads only the filtered
+    value at a dark dot, i.e. its darkest voxel.
+    """
+
+    def size(spacing: float, grid: float) -> int:
+        return math.ceil(grid / spacing - 1e-6) + 1 if spacing < grid else 1
+
+    return (1, size(spacing_mm[1], grid_mm[1]), size(spacing_mm[2], grid_mm[2]))
+
+
+def inplane_minimum(volume: Volume, grid_mm: tuple[float, float, float]) -> Volume:
+    """``volume`` minimum-filtered in-plane so that its dark dots survive resampling to ``grid_mm``.
+
+    Why: linear resampling of a 0.5 mm series to a 1 mm grid averages a
+    one-voxel CMB with its neighbours or steps over it (docs/model-card.md,
+    "The shipped U-Net on a minimum-filtered input").  The price: every dark
+    structure, veins included, thickens by the footprint less one voxel.
+    """
+    size = minimum_footprint(volume.spacing, grid_mm)
+    if size == (1, 1, 1):
+        return volume
+    array = np.asarray(volume.array, dtype=np.float32)
+    return volume.with_array(ndi.minimum_filter(array, size=size, mode="nearest"))
+
+
+def apply_input_filter(
+    volume: Volume, spec: Mapping[str, Any] | None, grid_mm: tuple[float, float, float]
+) -> Volume:
+    """The model's declared input filter (None: ``volume`` as is) for its grid ``grid_mm``."""
+    if spec is None:
+        return volume
+    validate_input_filter(spec)
+    return inplane_minimum(volume, grid_mm)
+
+
+def on_model_grid(volume: Volume, metadata: ModelMetadata) -> Volume:
+    """``volume`` filtered as the model declares and resampled to its grid (not normalized)."""
+    filtered = apply_input_filter(volume, metadata.input_filter, metadata.spacing_mm)
+    return resample_to_spacing(filtered, metadata.spacing_mm, order=1)
+
+
 def prepare(
     volume: Volume, metadata: ModelMetadata, *, fixed_map: IntensityMap | None = None
 ) -> Volume:
-    """Resample to the model spacing and normalize: what the network sees, in training too.
+    """Filter as declared, resample to the model spacing, normalize: what the network sees,
+    in training too.
 
     ``fixed_map`` applies that map instead of the one the model's
     normalization computes from this volume (a diagnostic, see :class:`IntensityMap`).
     """
-    resampled = resample_to_spacing(volume, metadata.spacing_mm, order=1)
+    resampled = on_model_grid(volume, metadata)
     if fixed_map is not None:
         return resampled.with_array(fixed_map.apply(resampled.array))
     return resampled.with_array(normalize(resampled.array, metadata.normalization))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from model.preprocess import validate_input_filter
 from training.augment import AugmentConfig
 from training.losses import LossConfig
 from training.network import NetworkConfig, check_patch_size
@@ -114,6 +115,9 @@ class TrainConfig:
     patch_size: tuple[int, int, int] = (48, 48, 48)
     #: intensity normalization spec for model.preprocess (None = its default)
     normalization: dict[str, Any] | None = None
+    #: filter of the source image before resampling (model.preprocess; None = none);
+    #: written into the ONNX metadata as cmb.input_filter
+    input_filter: dict[str, Any] | None = None
     amp: bool = True
     network: NetworkConfig = field(default_factory=NetworkConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -126,9 +130,15 @@ class TrainConfig:
         check_patch_size(self.patch_size)
         if len(self.spacing_mm) != 3 or any(s <= 0 for s in self.spacing_mm):
             raise ValueError(f"spacing_mm must be 3 positive numbers, got {self.spacing_mm}")
+        if self.input_filter is not None:
+            validate_input_filter(self.input_filter)
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(dataclasses.asdict(self))
+        out = _jsonable(dataclasses.asdict(self))
+        if self.input_filter is None:
+            # absent, not null: the hash of every config written before the key stays as it was
+            del out["input_filter"]
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

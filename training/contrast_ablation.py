@@ -46,7 +46,7 @@ import numpy as np
 
 from model.infer import predict_probability
 from model.onnx_model import OnnxModel, default_model_path
-from model.preprocess import IntensityMap, intensity_map, resample_to_spacing
+from model.preprocess import IntensityMap, intensity_map, on_model_grid
 from model.types import Volume
 from training.candidate_misses import LARGE_MM, peak_near
 from training.synth.contrast import PRIORS
@@ -190,7 +190,7 @@ def ablate(
 
 def prior_intensity_map(image: Volume, unet: OnnxModel) -> IntensityMap:
     """The map the U-Net's own normalization computes for ``image`` on its grid."""
-    grid = resample_to_spacing(image, unet.metadata.spacing_mm, order=1)
+    grid = on_model_grid(image, unet.metadata)
     return intensity_map(grid.array, unet.metadata.normalization)
 
 

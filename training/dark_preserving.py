@@ -6,11 +6,8 @@ darker than their surroundings; on a 0.7 mm U-Net grid the candidates hold
 18 of the 21 darkest where the 1 mm grid holds 7.  The product resamples the
 image to the U-Net's 1 mm grid linearly (:func:`model.preprocess.prepare`),
 which averages such a dot with its neighbours or steps over it.  A minimum
-filter before that resampling keeps it: each in-plane axis finer than the
-grid gets a footprint of ``ceil(grid / spacing) + 1`` voxels, wide enough that,
-whatever the grids' phase, one output sample lies where the interpolation
-reads only the dot's darkest value (at the price of thickening every dark
-structure, veins included, by that many source voxels less one).
+filter before that resampling keeps it (:func:`model.preprocess.inplane_minimum`,
+which a U-Net declaring ``cmb.input_filter`` gets in the product and in training).
 
 This tool writes a copy of a dataset folder whose images are so filtered
 (labels linked, records unchanged).  Run ``filter_effect --cache`` on the
@@ -27,41 +24,20 @@ if only the U-Net's input were filtered:
         --threshold 0.68
 
 The parcellation comes from the cache, hence from the filtered image.  A
-measurement only; the U-Net was never trained on such images.
+measurement of a U-Net that does not declare the filter; one that declares it
+(a training config's ``input_filter``) gets it on the original folder directly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from pathlib import Path
 
-from scipy import ndimage as ndi
-
-from model.types import Volume
+from model.preprocess import inplane_minimum
 from model.volume import read_nifti, write_nifti
 from training.datasets.layout import read_cases
-
-
-def footprint(spacing_mm: tuple[float, float, float], grid_mm: float) -> tuple[int, int, int]:
-    """The minimum filter's size per axis (slice, row, column): ``ceil(grid / spacing) + 1``
-    in-plane where the spacing is finer than the grid, 1 elsewhere (the slice axis too)."""
-    _, row, col = spacing_mm
-
-    def size(s: float) -> int:
-        return math.ceil(grid_mm / s - 1e-6) + 1 if s < grid_mm else 1
-
-    return (1, size(row), size(col))
-
-
-def min_filtered(volume: Volume, grid_mm: float) -> Volume:
-    """``volume`` minimum-filtered in-plane for a U-Net grid of ``grid_mm``."""
-    size = footprint(volume.spacing, grid_mm)
-    if size == (1, 1, 1):
-        return volume
-    return volume.with_array(ndi.minimum_filter(volume.array, size=size, mode="nearest"))
 
 
 def copy_folder(data: Path, out: Path, grid_mm: float) -> int:
@@ -72,7 +48,8 @@ def copy_folder(data: Path, out: Path, grid_mm: float) -> int:
     for record in records:
         image = out / record["image"]
         image.parent.mkdir(parents=True, exist_ok=True)
-        write_nifti(min_filtered(read_nifti(data / record["image"]), grid_mm), image)
+        grid = (grid_mm, grid_mm, grid_mm)
+        write_nifti(inplane_minimum(read_nifti(data / record["image"]), grid), image)
         label = out / record["label"]
         label.parent.mkdir(parents=True, exist_ok=True)
         label.unlink(missing_ok=True)

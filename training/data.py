@@ -138,6 +138,7 @@ def _cache_key(ref: CaseRef, metadata: ModelMetadata) -> str:
             stamp,
             list(metadata.spacing_mm),
             metadata.normalization,
+            metadata.input_filter,
         ],
         sort_keys=True,
     )

@@ -72,6 +72,7 @@ def build_metadata(
             int(config.patch_size[2]),
         ),
         normalization=normalization_of(config),
+        input_filter=dict(config.input_filter) if config.input_filter else None,
         output="sigmoid",
         threshold=float(threshold),
         labels=dict(LABELS),

@@ -9,11 +9,15 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from model.errors import ModelError
 from model.onnx_model import OnnxModel
 from model.preprocess import (
     IntensityMap,
+    apply_input_filter,
     foreground_mask,
+    inplane_minimum,
     intensity_map,
+    minimum_footprint,
     normalize,
     prepare,
     resample_like,
@@ -309,3 +313,92 @@ def test_resample_sheared_grid_gantry_tilt() -> None:
     np.testing.assert_allclose(out.array[inner], ramp_at(out)[inner], atol=1e-3)
     back = resample_like(out, source)
     np.testing.assert_allclose(back.array[inner], source.array[inner], atol=1e-3)
+
+
+# --------------------------------------------------------------------------- input filter
+
+MINIMUM = {"method": "inplane_minimum"}
+
+
+def _dot_volume(inplane_mm: float) -> Volume:
+    """A flat 100 volume with one dark voxel, 2 mm slices and ``inplane_mm`` pixels."""
+    array = np.full((6, 40, 40), 100.0, np.float32)
+    array[3, 21, 21] = 0.0
+    affine = np.zeros((4, 4))
+    affine[0, 2], affine[1, 1], affine[2, 0], affine[3, 3] = inplane_mm, inplane_mm, 2.0, 1.0
+    return Volume(array, affine)
+
+
+def test_minimum_footprint_covers_the_grid_in_plane_only() -> None:
+    one = (1.0, 1.0, 1.0)
+    assert minimum_footprint((2.0, 0.5, 0.5), one) == (1, 3, 3)
+    assert minimum_footprint((2.0, 0.87, 0.7), one) == (1, 3, 3)
+    assert minimum_footprint((1.0, 1.0, 1.0), one) == (1, 1, 1)  # no finer axis: unchanged
+    assert minimum_footprint((3.0, 0.4, 1.2), one) == (1, 4, 1)
+    assert minimum_footprint((0.5, 0.5, 0.5), (0.7, 0.7, 0.7)) == (1, 3, 3)  # slices never
+
+
+def test_a_one_voxel_dot_stays_dark_on_the_1_mm_grid() -> None:
+    plain = _dot_volume(0.5)
+    assert plain.spacing == (2.0, 0.5, 0.5)
+    filtered = inplane_minimum(plain, (1.0, 1.0, 1.0))
+    assert (filtered.array[3] == 0.0).sum() == 9  # the dot, 3 x 3 pixels
+    assert filtered.array.shape == plain.array.shape
+    # linear resampling to 1 mm reads the plain dot at a quarter of its depth in-plane (the
+    # grids are half a source voxel apart), the filtered one at its full depth in-plane
+    plain_min = resample_to_spacing(plain, (1.0, 1.0, 1.0)).array.min()
+    filtered_min = resample_to_spacing(filtered, (1.0, 1.0, 1.0)).array.min()
+    assert plain_min > 75.0
+    assert filtered_min < 30.0
+    same = _dot_volume(1.0)
+    assert inplane_minimum(same, (1.0, 1.0, 1.0)) is same
+    assert apply_input_filter(plain, None, (1.0, 1.0, 1.0)) is plain
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"method": "median"}, "unknown input filter"),
+        ({"method": "inplane_minimum", "size": 3}, "does not take"),
+        (["inplane_minimum"], "must be an object"),
+    ],
+)
+def test_an_unknown_input_filter_is_refused(spec: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        apply_input_filter(_dot_volume(0.5), spec, (1.0, 1.0, 1.0))  # type: ignore[arg-type]
+
+
+def test_prepare_applies_the_declared_filter_before_resampling(tmp_path: Path) -> None:
+    spec = {"method": "percentile_minmax", "lower": 0.0, "upper": 100.0, "mask": "all"}
+    metadata = {"cmb.input_filter": '{"method": "inplane_minimum"}'}
+    declared = OnnxModel.load(
+        make_test_model(tmp_path / "f.onnx", normalization=spec, metadata=metadata)
+    ).metadata
+    plain = OnnxModel.load(make_test_model(tmp_path / "p.onnx", normalization=spec)).metadata
+    assert declared.input_filter == MINIMUM
+    assert plain.input_filter is None
+    source = _dot_volume(0.5)
+    seen = prepare(source, declared)
+    one = (1.0, 1.0, 1.0)
+    expected = normalize(resample_to_spacing(inplane_minimum(source, one), one).array, spec)
+    np.testing.assert_array_equal(seen.array, expected)
+    # under an identity map: the dot's depth on the 1 mm grid, full with the filter
+    identity = IntensityMap()
+    assert prepare(source, declared, fixed_map=identity).array.min() < 30.0
+    assert prepare(source, plain, fixed_map=identity).array.min() > 75.0
+    # on another grid (a cascade's cmb.unet_spacing_mm) the footprint follows that grid
+    assert declared.on_grid((0.7, 0.7, 0.7)).input_filter == MINIMUM
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("not json", "not valid JSON"),
+        ("[1]", "must be a JSON object"),
+        ('{"method": "x"}', "unknown input filter"),
+    ],
+)
+def test_a_bad_declared_filter_is_refused_at_load(tmp_path: Path, value: str, message: str) -> None:
+    path = make_test_model(tmp_path / "b.onnx", metadata={"cmb.input_filter": value})
+    with pytest.raises(ModelError, match=message):
+        OnnxModel.load(path)

@@ -142,3 +142,18 @@ def test_export_checkpoint_uses_the_validation_threshold_and_writes_a_report(tmp
     torch.save({"weights": 1}, tmp_path / "x.pt")
     with pytest.raises(ModelError, match="not a cmb training checkpoint"):
         export_checkpoint(tmp_path / "x.pt", tmp_path / "y.onnx")
+
+
+def test_a_declared_input_filter_travels_from_config_to_the_runtime(tmp_path) -> None:
+    minimum = {"method": "inplane_minimum"}
+    config = TINY.replace(input_filter=minimum)
+    path = export_onnx(_perturbed_net(), build_metadata(config), tmp_path / "m.onnx")
+    assert OnnxModel.load(path, device="cpu").metadata.input_filter == minimum
+    plain = export_onnx(_perturbed_net(), build_metadata(TINY), tmp_path / "p.onnx")
+    assert OnnxModel.load(plain, device="cpu").metadata.input_filter is None
+    # a config without the key hashes as every config written before it did
+    assert "input_filter" not in TINY.to_dict()
+    assert config.to_dict()["input_filter"] == minimum
+    assert config.config_hash() != TINY.config_hash()
+    with pytest.raises(ValueError, match="unknown input filter"):
+        TINY.replace(input_filter={"method": "median"})

@@ -18,6 +18,7 @@ import training.data
 import training.train
 from model.errors import InputError
 from model.onnx_model import ModelMetadata, OnnxModel
+from model.preprocess import prepare
 from tests.helpers.tiny_cmb_layout import write_tiny_layout
 from training.config import TrainConfig, config_from_dict
 from training.data import (
@@ -28,6 +29,7 @@ from training.data import (
     crop,
     data_hash,
     list_cases,
+    load_volumes,
     prepare_case,
     prepare_cases,
 )
@@ -378,3 +380,19 @@ def test_trained_on_text_says_whether_the_run_validated() -> None:
     alone = training.train._describe_data(train_refs, [])
     assert alone.startswith("2 synthetic training cases (subjects 1,3); no validation")
     assert "held-out" not in alone
+
+
+def test_training_cases_are_prepared_with_the_configs_input_filter(layout, tmp_path) -> None:
+    """The U-Net trains on what the product will give it: a config's input filter goes into
+    the training volumes (and into the cache key, so a cache of unfiltered cases is not reused)."""
+    train_dir, _ = layout
+    ref = list_cases([train_dir])[0]
+    coarse = TrainConfig(spacing_mm=(2.0, 2.0, 2.0))  # the layout's 1 mm pixels are finer
+    plain = build_metadata(coarse)
+    declared = build_metadata(coarse.replace(input_filter={"method": "inplane_minimum"}))
+    a = prepare_case(ref, plain, tmp_path)
+    b = prepare_case(ref, declared, tmp_path)
+    assert len(list(tmp_path.iterdir())) == 2
+    image, _ = load_volumes(ref)
+    np.testing.assert_array_equal(np.asarray(b.image), prepare(image, declared).array)
+    assert float(np.asarray(b.image).mean()) < float(np.asarray(a.image).mean())  # darker
