@@ -1,8 +1,10 @@
-"""A noisy volume with labelled dark lesions of known contrast (conspicuity tests)."""
+"""Volumes with dark lesions of known contrast: conspicuity and input-filter tests."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from model.types import Volume
 
 SHAPE = (12, 40, 40)
 
@@ -22,3 +24,13 @@ def lesion_phantom() -> tuple[np.ndarray, np.ndarray]:
     labels[5, 10, 14] = 3
     image[5, 10, 14] = -1000.0
     return image, labels
+
+
+def dot_volume(inplane_mm: float) -> Volume:
+    """A flat 100 volume of 6 x 40 x 40 voxels with one dark voxel (slice 3, row and column
+    21), 2 mm slices and ``inplane_mm`` pixels (the input filter's tests)."""
+    array = np.full((6, 40, 40), 100.0, np.float32)
+    array[3, 21, 21] = 0.0
+    affine = np.zeros((4, 4))
+    affine[0, 2], affine[1, 1], affine[2, 0], affine[3, 3] = inplane_mm, inplane_mm, 2.0, 1.0
+    return Volume(array, affine)

@@ -25,6 +25,7 @@ from model.preprocess import (
     validate_normalization,
 )
 from model.types import SliceRef, Volume
+from tests.helpers.lesion_phantom import dot_volume
 from tests.helpers.onnx_factory import make_test_model, oblique_affine
 
 # An LPS-linear intensity: linear interpolation reproduces it exactly, so any
@@ -320,15 +321,6 @@ def test_resample_sheared_grid_gantry_tilt() -> None:
 MINIMUM = {"method": "inplane_minimum"}
 
 
-def _dot_volume(inplane_mm: float) -> Volume:
-    """A flat 100 volume with one dark voxel, 2 mm slices and ``inplane_mm`` pixels."""
-    array = np.full((6, 40, 40), 100.0, np.float32)
-    array[3, 21, 21] = 0.0
-    affine = np.zeros((4, 4))
-    affine[0, 2], affine[1, 1], affine[2, 0], affine[3, 3] = inplane_mm, inplane_mm, 2.0, 1.0
-    return Volume(array, affine)
-
-
 def test_minimum_footprint_covers_the_grid_in_plane_only() -> None:
     one = (1.0, 1.0, 1.0)
     assert minimum_footprint((2.0, 0.5, 0.5), one) == (1, 3, 3)
@@ -339,7 +331,7 @@ def test_minimum_footprint_covers_the_grid_in_plane_only() -> None:
 
 
 def test_a_one_voxel_dot_stays_dark_on_the_1_mm_grid() -> None:
-    plain = _dot_volume(0.5)
+    plain = dot_volume(0.5)
     assert plain.spacing == (2.0, 0.5, 0.5)
     filtered = inplane_minimum(plain, (1.0, 1.0, 1.0))
     assert (filtered.array[3] == 0.0).sum() == 9  # the dot, 3 x 3 pixels
@@ -350,7 +342,7 @@ def test_a_one_voxel_dot_stays_dark_on_the_1_mm_grid() -> None:
     filtered_min = resample_to_spacing(filtered, (1.0, 1.0, 1.0)).array.min()
     assert plain_min > 75.0
     assert filtered_min < 30.0
-    same = _dot_volume(1.0)
+    same = dot_volume(1.0)
     assert inplane_minimum(same, (1.0, 1.0, 1.0)) is same
     assert apply_input_filter(plain, None, (1.0, 1.0, 1.0)) is plain
 
@@ -365,7 +357,7 @@ def test_a_one_voxel_dot_stays_dark_on_the_1_mm_grid() -> None:
 )
 def test_an_unknown_input_filter_is_refused(spec: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        apply_input_filter(_dot_volume(0.5), spec, (1.0, 1.0, 1.0))  # type: ignore[arg-type]
+        apply_input_filter(dot_volume(0.5), spec, (1.0, 1.0, 1.0))  # type: ignore[arg-type]
 
 
 def test_prepare_applies_the_declared_filter_before_resampling(tmp_path: Path) -> None:
@@ -377,7 +369,7 @@ def test_prepare_applies_the_declared_filter_before_resampling(tmp_path: Path) -
     plain = OnnxModel.load(make_test_model(tmp_path / "p.onnx", normalization=spec)).metadata
     assert declared.input_filter == MINIMUM
     assert plain.input_filter is None
-    source = _dot_volume(0.5)
+    source = dot_volume(0.5)
     seen = prepare(source, declared)
     one = (1.0, 1.0, 1.0)
     expected = normalize(resample_to_spacing(inplane_minimum(source, one), one).array, spec)

@@ -7,18 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from model.types import Volume
 from model.volume import read_nifti
+from tests.helpers.lesion_phantom import dot_volume
 from training.dark_preserving import copy_folder, main
-
-
-def _dot_volume(inplane_mm: float) -> Volume:
-    """A flat 100 volume with one dark voxel, 2 mm slices and ``inplane_mm`` pixels."""
-    array = np.full((6, 40, 40), 100.0, np.float32)
-    array[3, 21, 21] = 0.0
-    affine = np.zeros((4, 4))
-    affine[0, 2], affine[1, 1], affine[2, 0], affine[3, 3] = inplane_mm, inplane_mm, 2.0, 1.0
-    return Volume(array, affine)
 
 
 def test_copy_folder_filters_images_and_links_labels(tmp_path: Path) -> None:
@@ -27,7 +18,7 @@ def test_copy_folder_filters_images_and_links_labels(tmp_path: Path) -> None:
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
     (data / "labels").mkdir()
-    volume = _dot_volume(0.5)
+    volume = dot_volume(0.5)
     write_nifti(volume, data / "images" / "c1.nii.gz")
     labels = volume.with_array((volume.array == 0).astype(np.float32))
     write_nifti(labels, data / "labels" / "c1.nii.gz")
