@@ -15,9 +15,10 @@ from model.candidate_classifier import extract_patches, unet_identity, unet_spac
 from model.errors import InputError
 from model.onnx_model import OnnxModel
 from model.preprocess import prepare
+from tests.helpers.onnx_factory import make_test_model
 from training.classifier.choose import choose
 from training.classifier.export import export_classifier
-from training.classifier.harvest import harvest
+from training.classifier.harvest import harvest, harvest_case
 from training.classifier.operating_point import held_out_metrics, set_operating_point
 from training.classifier.train import ClassifierConfig, Pool, train
 from training.data import list_cases, load_volumes
@@ -69,6 +70,28 @@ def test_the_harvest_records_its_grid_and_cuts_the_cubes_there(
     assert Pool.load([str(fine_train)]).spacing_mm == FINE
     with pytest.raises(ValueError, match="different grids"):
         Pool.load([str(own), str(fine_train)])
+
+
+def test_behind_a_filtering_unet_the_cubes_are_cut_from_the_image_as_acquired(
+    layouts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The exported classifier declares no input filter, so its training cubes must not
+    carry the U-Net's: on a 2 mm grid the 1 mm pixels of the tiny cases get a 3 x 3 minimum."""
+    declared = {"cmb.input_filter": json.dumps({"method": "inplane_minimum"})}
+    unet = make_test_model(tmp_path / "f.onnx", gain=20.0, metadata=declared)
+    model = OnnxModel.load(unet, device="cpu")
+    ref = list_cases([layouts[0]])[0]
+    coarse = (2.0, 2.0, 2.0)
+    arrays = harvest_case(ref, model, candidate_threshold=0.5, spacing_mm=coarse)
+    image, _ = load_volumes(ref)
+    plan = model.metadata.on_grid(coarse)
+    as_acquired = dataclasses.replace(plan, input_filter=None)
+    size = arrays["patches"].shape[1:]
+    centres = arrays["center_lps_mm"]
+    expected = extract_patches(prepare(image, as_acquired), centres, size)[:, 0]
+    filtered = extract_patches(prepare(image, plan), centres, size)[:, 0]
+    np.testing.assert_allclose(arrays["patches"], expected, atol=1e-2)
+    assert not np.allclose(arrays["patches"], filtered, atol=1e-2)
 
 
 def test_a_classifier_trained_on_a_finer_harvest_runs_its_unet_there(

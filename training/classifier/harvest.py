@@ -22,6 +22,7 @@ harvested is skipped, so an interrupted run resumes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -60,10 +61,12 @@ def harvest_case(
     """The labelled candidate patches of one case (arrays of one ``.npz``).
 
     ``spacing_mm``: the grid the U-Net runs on (None: its own); ``cube_spacing_mm``:
-    the grid the cubes are cut on (None: the U-Net's grid).
+    the grid the cubes are cut on (None: the U-Net's grid).  The cubes take the
+    U-Net's normalization but never its input filter: the exported classifier
+    declares none, so in the product it reads the image as acquired.
     """
     unet_plan = unet.metadata.on_grid(spacing_mm)
-    cube_plan = unet_plan.on_grid(cube_spacing_mm)
+    cube_plan = dataclasses.replace(unet_plan.on_grid(cube_spacing_mm), input_filter=None)
     image, _ = load_volumes(ref)
     probability = predict_probability(image, unet, overlap=overlap, spacing_mm=unet_plan.spacing_mm)
     _, detections = extract_candidates(probability, candidate_threshold)
