@@ -68,6 +68,13 @@ def _json(key: str, value: str) -> Any:
         raise ModelError(f"model metadata {PREFIX}{key} is not valid JSON: {value!r}") from e
 
 
+def _object(key: str, value: str) -> dict[str, Any]:
+    parsed = _json(key, value)
+    if not isinstance(parsed, dict):
+        raise ModelError(f"model metadata {PREFIX}{key} must be a JSON object")
+    return parsed
+
+
 def _triple(key: str, value: str, kind: type) -> tuple[Any, Any, Any]:
     parsed = _json(key, value)
     if not isinstance(parsed, list) or len(parsed) != 3:
@@ -161,12 +168,8 @@ class ModelMetadata:
         for key in REQUIRED_KEYS:
             if key not in values:
                 raise ModelError(f"model metadata lacks the required key {PREFIX}{key}")
-        normalization = _json("normalization", values["normalization"])
-        if not isinstance(normalization, dict):
-            raise ModelError(f"model metadata {PREFIX}normalization must be a JSON object")
-        labels_raw = _json("labels", values["labels"])
-        if not isinstance(labels_raw, dict):
-            raise ModelError(f"model metadata {PREFIX}labels must be a JSON object")
+        normalization = _object("normalization", values["normalization"])
+        labels_raw = _object("labels", values["labels"])
         try:
             labels = {int(k): str(v) for k, v in labels_raw.items()}
         except ValueError as e:
@@ -177,16 +180,10 @@ class ModelMetadata:
             raise ModelError(
                 f"model metadata {PREFIX}threshold is not a number: {values['threshold']!r}"
             ) from e
-        metrics = None
-        if "metrics" in values:
-            metrics = _json("metrics", values["metrics"])
-            if not isinstance(metrics, dict):
-                raise ModelError(f"model metadata {PREFIX}metrics must be a JSON object")
-        input_filter = None
-        if "input_filter" in values:
-            input_filter = _json("input_filter", values["input_filter"])
-            if not isinstance(input_filter, dict):
-                raise ModelError(f"model metadata {PREFIX}input_filter must be a JSON object")
+        metrics = _object("metrics", values["metrics"]) if "metrics" in values else None
+        input_filter = (
+            _object("input_filter", values["input_filter"]) if "input_filter" in values else None
+        )
         known = set(REQUIRED_KEYS) | set(OPTIONAL_KEYS)
         return cls(
             format_version=values["format_version"],

@@ -45,10 +45,10 @@ def copy_folder(data: Path, out: Path, grid_mm: float) -> int:
     Returns the number of cases."""
     records = read_cases(data)
     out.mkdir(parents=True, exist_ok=True)
+    grid = (grid_mm, grid_mm, grid_mm)
     for record in records:
         image = out / record["image"]
         image.parent.mkdir(parents=True, exist_ok=True)
-        grid = (grid_mm, grid_mm, grid_mm)
         write_nifti(inplane_minimum(read_nifti(data / record["image"]), grid), image)
         label = out / record["label"]
         label.parent.mkdir(parents=True, exist_ok=True)
