@@ -40,6 +40,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ):
         h.add_argument(flag, type=float, nargs=3, metavar=("SLICE", "ROW", "COL"), help=what)
     h.add_argument(
+        "--cube-filter",
+        default="none",
+        metavar="METHOD",
+        help="input filter of the cubes, which the exported classifier declares "
+        "(cmb.input_filter, e.g. inplane_minimum; default none: the image as acquired, "
+        "never the U-Net's filter)",
+    )
+    h.add_argument(
         "--cube-size",
         type=int,
         default=None,
@@ -187,8 +195,15 @@ def _training() -> None:
 
 def run_harvest(args: argparse.Namespace) -> int:
     _training()
+    from model.errors import InputError
     from model.onnx_model import default_model_path
+    from model.preprocess import INPUT_FILTERS
     from training.classifier.harvest import HARVEST_SIZE, harvest
+
+    if args.cube_filter not in ("none", *INPUT_FILTERS):
+        raise InputError(
+            f"--cube-filter {args.cube_filter!r}: expected none or one of {INPUT_FILTERS}"
+        )
 
     n = harvest(
         args.data,
@@ -200,6 +215,7 @@ def run_harvest(args: argparse.Namespace) -> int:
         spacing_mm=tuple(args.unet_spacing) if args.unet_spacing else None,
         cube_spacing_mm=tuple(args.cube_spacing) if args.cube_spacing else None,
         size=args.cube_size if args.cube_size is not None else HARVEST_SIZE,
+        cube_filter=None if args.cube_filter == "none" else {"method": args.cube_filter},
     )
     print(f"harvested {n} case(s) into {args.out}")
     return 0

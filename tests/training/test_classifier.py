@@ -146,8 +146,12 @@ def test_train_export_and_cascade_validation_through_the_cli(
     other = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
     other["config"]["patch"] = 16
     torch.save(other, tmp_path / "other_cube.pt")
-    with pytest.raises(InputError, match="same of all four"):
-        export_classifier([run / "best.pt", tmp_path / "other_cube.pt"], tmp_path / "x.onnx")
+    other["config"]["patch"] = config.patch
+    other["config"]["input_filter"] = {"method": "inplane_minimum"}
+    torch.save(other, tmp_path / "other_filter.pt")
+    for odd in ("other_cube.pt", "other_filter.pt"):
+        with pytest.raises(InputError, match="same of all five"):
+            export_classifier([run / "best.pt", tmp_path / odd], tmp_path / "x.onnx")
 
     # the operating point, chosen elsewhere with the location filter, written in place
     held_out = tmp_path / "filter_effect.json"

@@ -94,6 +94,55 @@ def test_behind_a_filtering_unet_the_cubes_are_cut_from_the_image_as_acquired(
     assert not np.allclose(arrays["patches"], filtered, atol=1e-2)
 
 
+def test_cubes_cut_with_their_own_filter_train_a_classifier_that_declares_it(
+    layouts: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--cube-filter``: the harvest minimum-filters the cubes (on a 2 mm grid the 1 mm
+    pixels of the tiny cases get a 3 x 3 minimum), records it, and the exported classifier
+    declares it, so that the product's ``prepare`` cuts the same cubes."""
+    from cmb.cli import main
+
+    minimum = {"method": "inplane_minimum"}
+    unet = make_test_model(tmp_path / "u.onnx", gain=20.0, spacing_mm=(2.0, 2.0, 2.0))
+    model = OnnxModel.load(unet, device="cpu")
+    ref = list_cases([layouts[0]])[0]
+    arrays = harvest_case(ref, model, candidate_threshold=0.5, cube_filter=minimum)
+    image, _ = load_volumes(ref)
+    filtered_plan = dataclasses.replace(model.metadata, input_filter=minimum)
+    size = arrays["patches"].shape[1:]
+    centres = arrays["center_lps_mm"]
+    filtered = extract_patches(prepare(image, filtered_plan), centres, size)[:, 0]
+    as_acquired = extract_patches(prepare(image, model.metadata), centres, size)[:, 0]
+    np.testing.assert_allclose(arrays["patches"], filtered, atol=1e-2)
+    assert not np.allclose(arrays["patches"], as_acquired, atol=1e-2)
+    assert json.loads(str(arrays["input_filter"])) == minimum
+
+    dirs = {}
+    for data, name in ((layouts[0], "train"), (layouts[1], "val")):
+        dirs[name] = tmp_path / name
+        args = ["classifier", "harvest", "--data", str(data), "--out", str(dirs[name])]
+        args += ["--unet", str(unet), "--candidate-threshold", "0.5"]
+        assert main([*args, "--cube-filter", "inplane_minimum"]) == 0
+    assert Pool.load([str(dirs["train"])]).input_filter == minimum
+    plain = tmp_path / "plain"
+    assert harvest([layouts[0]], unet, plain, candidate_threshold=0.5) == 3
+    assert Pool.load([str(plain)]).input_filter is None
+    with pytest.raises(ValueError, match="different input filters"):
+        Pool.load([str(plain), str(dirs["train"])])
+    with pytest.raises(ValueError, match="input filter"):
+        _train_tiny((plain, dirs["val"]), tmp_path / "mixed")
+
+    _train_tiny((dirs["train"], dirs["val"]), tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["input_filter"] == minimum
+    out = export_classifier(tmp_path / "run" / "best.pt", tmp_path / "c.onnx", unet_path=unet)
+    assert OnnxModel.load(out, device="cpu").metadata.input_filter == minimum
+    bad = ["classifier", "harvest", "--data", str(layouts[0]), "--out", str(tmp_path / "x")]
+    assert main([*bad, "--unet", str(unet), "--cube-filter", "median"]) == InputError.exit_code
+    assert "--cube-filter 'median'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_classifier_trained_on_a_finer_harvest_runs_its_unet_there(
     unet: Path, fine_harvest: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -72,18 +72,29 @@ def _load_members(
     loaded = [load_checkpoint(c) for c in checkpoints]
     _, first, _ = loaded[0]
     for path, (_, config, _) in zip(checkpoints, loaded, strict=True):
-        plan = (config.patch, config.candidate_threshold, config.spacing_mm, config.unet_grid())
-        if plan != (first.patch, first.candidate_threshold, first.spacing_mm, first.unet_grid()):
+        if _plan(config) != _plan(first):
             raise InputError(
-                f"{path}: cube {config.patch} on grid {config.spacing_mm}, candidates at U-Net "
-                f">= {config.candidate_threshold} on grid {config.unet_grid()}; the first "
-                f"checkpoint has {first.patch} on {first.spacing_mm}, {first.candidate_threshold} "
-                f"on {first.unet_grid()}: an ensemble needs the same of all four"
+                f"{path}: cube {config.patch} on grid {config.spacing_mm} (input filter "
+                f"{config.input_filter}), candidates at U-Net >= {config.candidate_threshold} on "
+                f"grid {config.unet_grid()}; the first checkpoint has {first.patch} on "
+                f"{first.spacing_mm} ({first.input_filter}), {first.candidate_threshold} on "
+                f"{first.unet_grid()}: an ensemble needs the same of all five"
             )
     states = [state for _, _, state in loaded]
     if len(loaded) == 1:
         return ProbabilityHead(loaded[0][0]), first, states
     return MeanProbability([net for net, _, _ in loaded]), first, states
+
+
+def _plan(config: ClassifierConfig) -> tuple[Any, ...]:
+    """What every member of an ensemble must share: the cube and the candidates it is cut at."""
+    return (
+        config.patch,
+        config.candidate_threshold,
+        config.spacing_mm,
+        config.unet_grid(),
+        config.input_filter,
+    )
 
 
 def _metadata(
@@ -113,6 +124,8 @@ def _metadata(
         spacing_mm=spacing,
         patch_size=(config.patch,) * 3,
         normalization=dict(plan.normalization),
+        # the cubes' own filter, never the U-Net's (training.classifier.harvest)
+        input_filter=dict(config.input_filter) if config.input_filter else None,
         output="sigmoid",
         threshold=float(threshold),
         labels={0: "not_cmb", 1: "cmb"},

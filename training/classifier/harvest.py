@@ -13,7 +13,10 @@ instead (the cascade's ``cmb.unet_spacing_mm``); with ``cube_spacing_mm`` the
 patches are cut on a grid of their own (a classifier with 1 mm cubes behind
 a U-Net run on 0.7 mm, say).  Each file records both grids (``spacing_mm``:
 the cubes', ``unet_spacing_mm``: the U-Net's) so that training and export
-know them.
+know them.  The cubes never take the U-Net's input filter (``cmb.input_filter``);
+with ``cube_filter`` they take one of their own, which the exported classifier
+declares, so that the product filters its cubes the same way (recorded as
+``input_filter``, JSON).
 
 One ``<case_id>.npz`` per case (float16 patches, labels, U-Net maxima, LPS
 centres, whether a row is a candidate or an added truth): a case already
@@ -23,11 +26,13 @@ harvested is skipped, so an interrupted run resumes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +42,7 @@ from model.candidate_classifier import extract_patches
 from model.candidates import extract_candidates
 from model.infer import predict_probability
 from model.onnx_model import OnnxModel
-from model.preprocess import prepare
+from model.preprocess import prepare, validate_input_filter
 from training.data import CaseRef, list_cases, load_volumes
 
 log = logging.getLogger(__name__)
@@ -57,16 +62,17 @@ def harvest_case(
     size: int = HARVEST_SIZE,
     spacing_mm: tuple[float, float, float] | None = None,
     cube_spacing_mm: tuple[float, float, float] | None = None,
+    cube_filter: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """The labelled candidate patches of one case (arrays of one ``.npz``).
 
     ``spacing_mm``: the grid the U-Net runs on (None: its own); ``cube_spacing_mm``:
     the grid the cubes are cut on (None: the U-Net's grid).  The cubes take the
-    U-Net's normalization but never its input filter: the exported classifier
-    declares none, so in the product it reads the image as acquired.
+    U-Net's normalization but never its input filter: they take ``cube_filter``
+    (None: the image as acquired), the filter the exported classifier declares.
     """
     unet_plan = unet.metadata.on_grid(spacing_mm)
-    cube_plan = dataclasses.replace(unet_plan.on_grid(cube_spacing_mm), input_filter=None)
+    cube_plan = dataclasses.replace(unet_plan.on_grid(cube_spacing_mm), input_filter=cube_filter)
     image, _ = load_volumes(ref)
     probability = predict_probability(image, unet, overlap=overlap, spacing_mm=unet_plan.spacing_mm)
     _, detections = extract_candidates(probability, candidate_threshold)
@@ -96,6 +102,11 @@ def harvest_case(
         "n_truth": np.asarray(len(truth)),
         "spacing_mm": np.asarray(cube_plan.spacing_mm, dtype=np.float64),
         "unet_spacing_mm": np.asarray(unet_plan.spacing_mm, dtype=np.float64),
+        **(
+            {"input_filter": np.asarray(json.dumps(cube_filter, sort_keys=True))}
+            if cube_filter
+            else {}
+        ),
     }
 
 
@@ -115,6 +126,7 @@ def _one(
     spacing_mm: tuple[float, float, float] | None,
     cube_spacing_mm: tuple[float, float, float] | None,
     size: int,
+    cube_filter: dict[str, Any] | None,
 ) -> str:
     if _UNET is None:
         raise RuntimeError("harvest worker used before its model was loaded")
@@ -126,6 +138,7 @@ def _one(
         spacing_mm=spacing_mm,
         cube_spacing_mm=cube_spacing_mm,
         size=size,
+        cube_filter=cube_filter,
     )
     final = Path(out) / f"{ref.case_id}.npz"
     tmp = final.with_suffix(".tmp.npz")
@@ -146,17 +159,21 @@ def harvest(
     spacing_mm: tuple[float, float, float] | None = None,
     cube_spacing_mm: tuple[float, float, float] | None = None,
     size: int = HARVEST_SIZE,
+    cube_filter: dict[str, Any] | None = None,
 ) -> int:
     """Harvest every case of ``data`` not yet in ``out``; returns how many were written.
 
     ``spacing_mm``: the grid the U-Net runs on (None: the U-Net's own);
     ``cube_spacing_mm``: the grid the patches are cut on (None: the U-Net's
-    grid); ``size``: the cubes' edge in voxels.  The cases already in ``out``
-    must have been harvested on the same grids and size
+    grid); ``size``: the cubes' edge in voxels; ``cube_filter``: the cubes' input
+    filter (``model.preprocess.INPUT_FILTERS``; None: none).  The cases already in
+    ``out`` must have been harvested on the same grids, size and filter
     (:class:`training.classifier.train.Pool` refuses a mix).
     """
     if size < 8:
         raise ValueError(f"the harvested cubes need an edge of at least 8 voxels, got {size}")
+    if cube_filter is not None:
+        validate_input_filter(cube_filter)
     out.mkdir(parents=True, exist_ok=True)
     refs = [r for r in list_cases(data) if not (out / f"{r.case_id}.npz").is_file()]
     refs = refs[:limit] if limit is not None else refs
@@ -166,7 +183,15 @@ def harvest(
     ) as pool:
         jobs = [
             pool.submit(
-                _one, r, str(out), candidate_threshold, overlap, spacing_mm, cube_spacing_mm, size
+                _one,
+                r,
+                str(out),
+                candidate_threshold,
+                overlap,
+                spacing_mm,
+                cube_spacing_mm,
+                size,
+                cube_filter,
             )
             for r in refs
         ]

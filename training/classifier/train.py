@@ -62,6 +62,9 @@ class ClassifierConfig:
     # The grid (mm) the harvest ran the U-Net on, when the cubes were cut on another
     # (None: the cubes' grid, as every harvest before the two were separate).
     unet_spacing_mm: list[float] | None = None
+    # The input filter the harvest cut the cubes with (``model.preprocess.INPUT_FILTERS``),
+    # set from the harvest; the exported file declares it (None: the image as acquired).
+    input_filter: dict[str, Any] | None = None
 
     def unet_grid(self) -> tuple[float, float, float] | None:
         """The grid the U-Net ran on for this classifier's candidates (None: its own)."""
@@ -84,6 +87,8 @@ class Pool:
     spacing_mm: tuple[float, ...] | None = None
     # the grid the U-Net ran on (the cubes' grid when the harvest did not record its own)
     unet_spacing_mm: tuple[float, ...] | None = None
+    # the input filter the cubes were cut with (None: none)
+    input_filter: dict[str, Any] | None = None
 
     @property
     def cube_size(self) -> int:
@@ -100,6 +105,7 @@ class Pool:
         n_truth: list[int] = []
         ids: list[str] = []
         grids: set[tuple[tuple[float, ...] | None, tuple[float, ...] | None]] = set()
+        filters: set[str] = set()
         sizes: set[int] = set()
         for folder in folders:
             for path in sorted(Path(folder).glob("*.npz")):
@@ -115,6 +121,7 @@ class Pool:
                     n_truth.append(int(z["n_truth"]))
                     cube = _grid(z, "spacing_mm")
                     grids.add((cube, _grid(z, "unet_spacing_mm") or cube))
+                    filters.add(str(z["input_filter"]) if "input_filter" in z.files else "")
                 ids.append(path.stem)
         if not ids:
             raise FileNotFoundError(f"no harvested cases in {folders}")
@@ -129,7 +136,14 @@ class Pool:
                 f"({', '.join(map(str, sorted(sizes)))} voxels): harvest them with one "
                 "--cube-size"
             )
+        if len(filters) > 1:
+            raise ValueError(
+                f"the harvests in {folders} cut their cubes with different input filters "
+                f"({', '.join(sorted(f or 'none' for f in filters))}): harvest them with one "
+                "--cube-filter"
+            )
         cube_grid, unet_grid = grids.pop()
+        cube_filter = filters.pop()
         return cls(
             patches=np.concatenate(parts["patches"]),
             label=np.concatenate(parts["label"]),
@@ -140,6 +154,7 @@ class Pool:
             case_ids=ids,
             spacing_mm=cube_grid,
             unet_spacing_mm=unet_grid,
+            input_filter=json.loads(cube_filter) if cube_filter else None,
         )
 
 
@@ -249,6 +264,11 @@ def train(config: ClassifierConfig, out: Path, *, device: str = "cpu") -> dict[s
             f"{tr.unet_spacing_mm} (U-Net), the validation harvest on {val.spacing_mm} and "
             f"{val.unet_spacing_mm}: harvest both on the same grids"
         )
+    if tr.input_filter != val.input_filter:
+        raise ValueError(
+            f"the training harvest's cubes were cut with input filter {tr.input_filter}, the "
+            f"validation harvest's with {val.input_filter}: harvest both with one --cube-filter"
+        )
     for pool, role in ((tr, "training"), (val, "validation")):
         check_cube_size(pool.cube_size, config.patch, config.shift, role)
     # unet_spacing_mm stays None where the U-Net ran on the cubes' grid
@@ -257,6 +277,7 @@ def train(config: ClassifierConfig, out: Path, *, device: str = "cpu") -> dict[s
         config,
         spacing_mm=list(tr.spacing_mm) if tr.spacing_mm else None,
         unet_spacing_mm=list(tr.unet_spacing_mm) if other_grid and tr.unet_spacing_mm else None,
+        input_filter=tr.input_filter,
     )
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
     torch.manual_seed(config.seed)
