@@ -24,6 +24,7 @@ from model.pipeline import PipelineOptions, load_classifier, process
 from model.preprocess import prepare
 from model.series_writer import StudyMeta, write_series
 from model.types import Detection, DetectionStatus, Volume
+from tests.helpers.lesion_phantom import dot_volume
 from tests.helpers.onnx_factory import (
     expected_classifier_score,
     make_test_model,
@@ -103,6 +104,26 @@ def test_classifier_scores_blobs_high_and_rejects_uniform_tissue(tmp_path: Path)
     assert detections[1].status is DetectionStatus.REJECTED
     assert detections[1].reject_reason == REJECT_REASON
     assert detections[1].to_json()["unet_probability"] == 0.7
+
+
+def test_a_classifier_that_declares_an_input_filter_scores_filtered_cubes(
+    tmp_path: Path,
+) -> None:
+    """The classifier's own ``cmb.input_filter`` (``harvest --cube-filter``): its cubes are
+    cut from the filtered image (the filter's depth: tests/model/test_preprocess.py)."""
+    volume = dot_volume(0.5)
+    centre = volume.index_to_lps(np.asarray([[3.0, 21.0, 21.0]]))[0]
+    minimum = {"cmb.input_filter": json.dumps({"method": "inplane_minimum"})}
+    cubes = {}
+    for name, metadata in (("plain", None), ("filtered", minimum)):
+        model = OnnxModel.load(_classifier_file(tmp_path, f"{name}.onnx", metadata), device="cpu")
+        detections = [_detection(1, centre)]
+        classify_candidates(volume, detections, model, threshold=0.0)
+        cube = extract_patches(prepare(volume, model.metadata), [centre], PATCH)[0, 0]
+        assert detections[0].probability == pytest.approx(expected_classifier_score(cube))
+        cubes[name] = cube
+    assert model.metadata.input_filter == {"method": "inplane_minimum"}
+    assert not np.allclose(cubes["filtered"], cubes["plain"], atol=1e-3)
 
 
 def test_classifier_refuses_other_models_and_bad_metadata(tmp_path: Path) -> None:
