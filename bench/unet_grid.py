@@ -1,19 +1,23 @@
-"""What running the cascade's U-Net on a 0.7 mm grid costs in the product, against 1 mm.
+"""What a cascade variant costs in the product against the shipped pair: a 0.7 mm U-Net grid,
+or another U-Net + classifier pair.
 
 Run: ``nice -n 5 .venv/bin/python -m bench.unet_grid [--quick] [--cases N] [--repeats R]
-[--spacing MM] [--out FILE]``
+[--spacing MM | --pair UNET CLASSIFIER] [--out FILE]``
 
 The grid a cascade runs its U-Net on is the classifier file's setting
-(``cmb.unet_spacing_mm``, docs/model-format.md), so the two variants are the
-shipped classifier as it is (the U-Net on its own 1 mm grid) and a copy of it
-whose only change is ``cmb.unet_spacing_mm``.  Inputs: held-out synthetic
-heads made by the engine (seeds 300100 + n, subjects 17-20, written as DICOM
-as ``cmb synth --dicom siemens`` writes them; needs the ``training`` extra and
-../shared/data), each read from its series and run through ``load_studies`` +
-``process_study`` exactly as ``cmb detect`` runs it (shipped U-Net, classifier
-with its TTA, location filter, SEG + SR written).  The variants are
-interleaved per case (bench/common.py); the numbers to read are the ratios of
-wall and process-CPU seconds between them, and the stage times
+(``cmb.unet_spacing_mm``, docs/model-format.md), so the default two variants
+are the shipped classifier as it is (the U-Net on its own 1 mm grid) and a
+copy of it whose only change is ``cmb.unet_spacing_mm``.  ``--pair`` times
+instead the shipped pair against another U-Net and classifier (files that
+declare an input filter, ``cmb.input_filter``, say: the filter's own time
+and the candidates it adds are what such a pair costs).  Inputs: held-out
+synthetic heads made by the engine (seeds 300100 + n, subjects 17-20,
+written as DICOM as ``cmb synth --dicom siemens`` writes them; needs the
+``training`` extra and ../shared/data), each read from its series and run
+through ``load_studies`` + ``process_study`` exactly as ``cmb detect`` runs
+it (U-Net, classifier with its TTA, location filter, SEG + SR written).  The
+variants are interleaved per case (bench/common.py); the numbers to read are
+the ratios of wall and process-CPU seconds between them, and the stage times
 (``Result.timings_s``) that make the difference.  ``--quick`` runs a small
 phantom study instead (a smoke test of the path, not a measurement).
 """
@@ -94,13 +98,17 @@ def inputs(tmp: Path, cases: int, *, quick: bool) -> list[tuple[str, Path, dict[
     return out
 
 
-def product_run(study_dir: Path, classifier: Path, out: Path, record: dict[str, Any]) -> None:
-    """``load_studies`` + ``process_study`` as ``cmb detect`` runs them; stages into ``record``."""
+def product_run(
+    study_dir: Path, pair: tuple[Path, Path], out: Path, record: dict[str, Any]
+) -> None:
+    """``load_studies`` + ``process_study`` as ``cmb detect`` runs them with ``pair`` (U-Net,
+    classifier); stages into ``record``."""
     from model.dicom_in import load_studies
-    from model.onnx_model import default_model_path, load_cached
+    from model.onnx_model import load_cached
     from model.pipeline import PipelineOptions, process_study
 
-    unet = load_cached(default_model_path("cmb_segmentation"), device="cpu")
+    unet_path, classifier = pair
+    unet = load_cached(unet_path, device="cpu")
     options = PipelineOptions(classifier="on", classifier_model_path=classifier)
     (study,) = load_studies([study_dir])
     outputs = process_study(study, out, options, unet)
@@ -117,22 +125,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--spacing", type=float, nargs=3, default=FINE_GRID, metavar="MM")
+    p.add_argument(
+        "--pair",
+        type=Path,
+        nargs=2,
+        default=None,
+        metavar=("UNET", "CLASSIFIER"),
+        help="time this U-Net + classifier against the shipped pair (instead of --spacing)",
+    )
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
     from model.onnx_model import default_model_path
 
-    rec = Recorder("unet_grid", a.quick)
+    rec = Recorder("unet_grid" if a.pair is None else "cascade_pair", a.quick)
     cases = 1 if a.quick else a.cases
     repeats = 1 if a.quick else a.repeats
     tmp = Path(tempfile.mkdtemp(prefix="bench_unet_grid_"))
     shipped = default_model_path("cmb_candidate_classification")
     unet = default_model_path("cmb_segmentation")
-    fine = regridded_classifier(shipped, a.spacing, tmp / "classifier_fine.onnx")
-    variants = {"unet_own_grid": shipped, f"unet_{'x'.join(map(str, a.spacing))}mm": fine}
+    variants: dict[str, tuple[Path, Path]] = {"shipped": (unet, shipped)}
+    if a.pair is not None:
+        variants["pair"] = (a.pair[0], a.pair[1])
+        against: dict[str, Any] = {"pair": [str(v) for v in a.pair]}
+    else:
+        fine = regridded_classifier(shipped, a.spacing, tmp / "classifier_fine.onnx")
+        variants[f"unet_{'x'.join(map(str, a.spacing))}mm"] = (unet, fine)
+        against = {"fine_grid_mm": list(a.spacing)}
     rec.params = {
         "unet": str(unet),
         "classifier": str(shipped),
-        "fine_grid_mm": list(a.spacing),
+        **against,
         "cases": cases,
         "repeats": repeats,
         "warmup": "one untimed run of each variant on a small phantom study",
@@ -141,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     # one untimed pass of each variant on a small phantom: sessions, imports, first writes
     warm_dir = inputs(tmp / "warm", 1, quick=True)[0][1]
-    for variant, classifier in variants.items():
-        product_run(warm_dir, classifier, tmp / "warm_out" / variant, {})
+    for variant, pair in variants.items():
+        product_run(warm_dir, pair, tmp / "warm_out" / variant, {})
     for name, study_dir, info in inputs(tmp, cases, quick=a.quick):
         per_variant: dict[str, dict[str, Any]] = {n: {} for n in variants}
 

@@ -63,3 +63,25 @@ def test_quick_run_writes_json(name: str, tmp_path: Path) -> None:
     assert "load average" in payload["load_before"]
     assert payload["machine"]["logical_cpus"] >= 1
     assert payload["results"], "no results recorded"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_cascade_benchmark_times_another_pair(tmp_path: Path) -> None:
+    """``bench.unet_grid --pair``: the shipped files given as the other pair give the same
+    candidates (the variants differ only by the files they load)."""
+    weights = REPO / "model" / "weights"
+    out = tmp_path / "pair.json"
+    pair = [str(weights / "cmb_unet.onnx"), str(weights / "cmb_classifier.onnx")]
+    cmd = [sys.executable, "-m", "bench.unet_grid", "--quick", "--pair", *pair, "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=880, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    payload = json.loads(out.read_text())
+    assert payload["params"]["pair"] == pair
+    (case,) = (v for k, v in payload["results"].items() if isinstance(v, dict))
+    shipped, other = case["variants"]["shipped"], case["variants"]["pair"]
+    assert shipped["candidates"] == other["candidates"] and shipped["kept"] == other["kept"]
+    assert case["wall_ratio"]["of_medians"] > 0
