@@ -197,13 +197,15 @@ def run_harvest(args: argparse.Namespace) -> int:
     _training()
     from model.errors import InputError
     from model.onnx_model import default_model_path
-    from model.preprocess import INPUT_FILTERS
+    from model.preprocess import validate_input_filter
     from training.classifier.harvest import HARVEST_SIZE, harvest
 
-    if args.cube_filter not in ("none", *INPUT_FILTERS):
-        raise InputError(
-            f"--cube-filter {args.cube_filter!r}: expected none or one of {INPUT_FILTERS}"
-        )
+    cube_filter = None if args.cube_filter == "none" else {"method": args.cube_filter}
+    try:
+        if cube_filter is not None:
+            validate_input_filter(cube_filter)
+    except ValueError as e:
+        raise InputError(f"--cube-filter {args.cube_filter!r} (or none): {e}") from e
 
     n = harvest(
         args.data,
@@ -215,7 +217,7 @@ def run_harvest(args: argparse.Namespace) -> int:
         spacing_mm=tuple(args.unet_spacing) if args.unet_spacing else None,
         cube_spacing_mm=tuple(args.cube_spacing) if args.cube_spacing else None,
         size=args.cube_size if args.cube_size is not None else HARVEST_SIZE,
-        cube_filter=None if args.cube_filter == "none" else {"method": args.cube_filter},
+        cube_filter=cube_filter,
     )
     print(f"harvested {n} case(s) into {args.out}")
     return 0
