@@ -26,6 +26,12 @@ shipped classifier the views halve the false positives at the same recall
 (docs/model-card.md); they cost 16 runs of a 54 k-parameter network per
 candidate.
 
+**Input channels.**  A classifier whose metadata lists ``cmb.extra_channels``
+reads one cube per channel around each candidate: the image prepared by its
+plan, then the image prepared with each listed input filter instead
+(``ModelMetadata.channel_plans``), e.g. the cube as acquired beside the cube
+minimum-filtered in-plane, where a sub-voxel dot keeps its depth.
+
 The model file is an ordinary ONNX model of this project's format
 (``docs/model-format.md``) with ``cmb.task = "cmb_candidate_classification"``
 and a ``[N, 1, 1, 1, 1]`` output.
@@ -40,7 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from model.errors import ModelError
-from model.onnx_model import OnnxModel
+from model.onnx_model import ModelMetadata, OnnxModel
 from model.preprocess import prepare
 from model.types import Detection, Volume
 
@@ -174,6 +180,20 @@ def extract_patches(
     return out
 
 
+def prepare_channels(volume: Volume, metadata: ModelMetadata) -> list[Volume]:
+    """``volume`` prepared for each input channel of a classifier (one without extra channels)."""
+    return [prepare(volume, plan) for plan in metadata.channel_plans()]
+
+
+def extract_channel_patches(
+    prepared: Sequence[Volume], centres_lps_mm: npt.ArrayLike, size: Sequence[int]
+) -> npt.NDArray[np.float32]:
+    """:func:`extract_patches` of each prepared channel, side by side: ``[N, C, *size]``."""
+    if not prepared:
+        raise ValueError("at least one prepared volume is needed")
+    return np.concatenate([extract_patches(p, centres_lps_mm, size) for p in prepared], axis=1)
+
+
 def uses_tta(model: OnnxModel) -> bool:
     """Whether the model's threshold was chosen on test-time-augmented scores."""
     raw = model.metadata.extra.get(TTA_KEY, "none")
@@ -185,7 +205,7 @@ def uses_tta(model: OnnxModel) -> bool:
 
 
 def symmetric_views(patches: npt.NDArray[np.float32]) -> Iterator[npt.NDArray[np.float32]]:
-    """The 16 views of ``[N, 1, D, H, W]`` cubes: 8 flips of (D, H, W), each with H and W swapped
+    """The 16 views of ``[N, C, D, H, W]`` cubes: 8 flips of (D, H, W), each with H and W swapped
     and not (the first view is the cubes themselves)."""
     for swap in (False, True):
         base = np.swapaxes(patches, 3, 4) if swap else patches
@@ -201,7 +221,8 @@ def score_patches(
     batch_size: int = 64,
     tta: bool | None = None,
 ) -> npt.NDArray[np.float32]:
-    """Classifier probability of each ``[N, 1, D, H, W]`` patch: ``[N]``.
+    """Classifier probability of each ``[N, C, D, H, W]`` patch (C: the model's input
+    channels): ``[N]``.
 
     ``tta``: the mean over :func:`symmetric_views`; ``None`` follows the model's
     metadata (``cmb.tta``), which is what its threshold was chosen with.
@@ -240,9 +261,10 @@ def classify_candidates(
     if not detections:
         return
     cut = model.metadata.threshold if threshold is None else threshold
-    prepared = prepare(volume, model.metadata)
-    patches = extract_patches(
-        prepared, [d.center_lps_mm for d in detections], model.metadata.patch_size
+    patches = extract_channel_patches(
+        prepare_channels(volume, model.metadata),
+        [d.center_lps_mm for d in detections],
+        model.metadata.patch_size,
     )
     scores = score_patches(model, patches, tta=tta)
     for det, score in zip(detections, scores, strict=True):

@@ -32,6 +32,8 @@ from model.types import ModelInfo
 FORMAT_VERSION = "1"
 PREFIX = "cmb."
 TASKS = ("cmb_segmentation", "parcellation", "cmb_candidate_classification")
+#: The task whose models may take more than one input channel (``cmb.extra_channels``).
+CHANNELS_TASK = "cmb_candidate_classification"
 OUTPUTS = ("sigmoid", "softmax", "logits")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_FILES = {
@@ -53,6 +55,7 @@ REQUIRED_KEYS = (
 )
 OPTIONAL_KEYS = (
     "input_filter",
+    "extra_channels",
     "training_data_hash",
     "config_hash",
     "metrics",
@@ -73,6 +76,16 @@ def _object(key: str, value: str) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise ModelError(f"model metadata {PREFIX}{key} must be a JSON object")
     return parsed
+
+
+def _filters(key: str, value: str) -> tuple[dict[str, Any] | None, ...]:
+    parsed = _json(key, value)
+    if not isinstance(parsed, list) or not all(v is None or isinstance(v, dict) for v in parsed):
+        raise ModelError(
+            f"model metadata {PREFIX}{key} must be a JSON list of input filters (objects or "
+            f"null): {value!r}"
+        )
+    return tuple(parsed)
 
 
 def _triple(key: str, value: str, kind: type) -> tuple[Any, Any, Any]:
@@ -115,6 +128,9 @@ class ModelMetadata:
     format_version: str = FORMAT_VERSION
     #: filter applied to the source image before resampling (model.preprocess); None: none
     input_filter: dict[str, Any] | None = None
+    #: further input channels (candidate classifiers only): the image prepared with each of
+    #: these input filters instead of ``input_filter`` (None: as acquired), in channel order
+    extra_channels: tuple[dict[str, Any] | None, ...] = ()
     training_data_hash: str | None = None
     config_hash: str | None = None
     metrics: dict[str, Any] | None = None
@@ -151,6 +167,31 @@ class ModelMetadata:
                 validate_input_filter(self.input_filter)
             except ValueError as e:
                 raise ModelError(f"model metadata {PREFIX}input_filter: {e}") from e
+        if self.extra_channels and self.task != CHANNELS_TASK:
+            raise ModelError(
+                f"model metadata {PREFIX}extra_channels: only a {CHANNELS_TASK} model takes "
+                f"further input channels, this is a {self.task} model"
+            )
+        for n, spec in enumerate(self.extra_channels):
+            if spec is None:
+                continue
+            try:
+                validate_input_filter(spec)
+            except ValueError as e:
+                raise ModelError(f"model metadata {PREFIX}extra_channels[{n}]: {e}") from e
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the network's input: the prepared image, then one per extra channel."""
+        return 1 + len(self.extra_channels)
+
+    def channel_plans(self) -> list[ModelMetadata]:
+        """One plan per input channel: this one, then this one with each extra channel's
+        input filter (what ``model.preprocess.prepare`` makes of the image for that channel)."""
+        extra = [
+            replace(self, input_filter=spec, extra_channels=()) for spec in self.extra_channels
+        ]
+        return [replace(self, extra_channels=()), *extra]
 
     def on_grid(self, spacing_mm: tuple[float, float, float] | None) -> ModelMetadata:
         """This plan run on another grid (a cascade's ``cmb.unet_spacing_mm``); None: as is."""
@@ -184,6 +225,11 @@ class ModelMetadata:
         input_filter = (
             _object("input_filter", values["input_filter"]) if "input_filter" in values else None
         )
+        extra_channels = (
+            _filters("extra_channels", values["extra_channels"])
+            if "extra_channels" in values
+            else ()
+        )
         known = set(REQUIRED_KEYS) | set(OPTIONAL_KEYS)
         return cls(
             format_version=values["format_version"],
@@ -197,6 +243,7 @@ class ModelMetadata:
             threshold=threshold,
             labels=labels,
             input_filter=input_filter,
+            extra_channels=extra_channels,
             training_data_hash=values.get("training_data_hash"),
             config_hash=values.get("config_hash"),
             metrics=metrics,
@@ -222,6 +269,9 @@ class ModelMetadata:
         optional: dict[str, str | None] = {
             "input_filter": json.dumps(self.input_filter, sort_keys=True)
             if self.input_filter is not None
+            else None,
+            "extra_channels": json.dumps(list(self.extra_channels), sort_keys=True)
+            if self.extra_channels
             else None,
             "training_data_hash": self.training_data_hash,
             "config_hash": self.config_hash,
@@ -296,8 +346,12 @@ class OnnxModel:
         if len(inputs) != 1 or len(outputs) < 1:
             raise ModelError(f"model {path} must have one input and at least one output")
         shape = inputs[0].shape
-        if len(shape) != 5 or (isinstance(shape[1], int) and shape[1] != 1):
-            raise ModelError(f"model {path} input must be [N, 1, D, H, W], got {shape}")
+        channels = metadata.input_channels
+        if len(shape) != 5 or (isinstance(shape[1], int) and shape[1] != channels):
+            raise ModelError(
+                f"model {path} input must be [N, {channels}, D, H, W] (its metadata's input "
+                f"channels), got {shape}"
+            )
         if len(outputs[0].shape) != 5:
             raise ModelError(f"model {path} output must be [N, C, D, H, W], got {outputs[0].shape}")
         self.input_name: str = inputs[0].name
@@ -357,10 +411,12 @@ class OnnxModel:
         return "CUDAExecutionProvider" in self.providers
 
     def run(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-        """Run ``[N, 1, D, H, W]`` through the network; probabilities ``[N, C, D, H, W]``."""
+        """Run ``[N, channels, D, H, W]`` through the network (one channel but for a classifier
+        with ``cmb.extra_channels``); probabilities ``[N, C, D, H, W]``."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        if x.ndim != 5 or x.shape[1] != 1:
-            raise ValueError(f"model input must be [N, 1, D, H, W], got {x.shape}")
+        channels = self.metadata.input_channels
+        if x.ndim != 5 or x.shape[1] != channels:
+            raise ValueError(f"model input must be [N, {channels}, D, H, W], got {x.shape}")
         if self._fixed_batch and x.shape[0] != 1:
             return np.concatenate([self.run(x[n : n + 1]) for n in range(x.shape[0])], axis=0)
         (raw,) = self.session.run([self.output_name], {self.input_name: x})

@@ -42,10 +42,15 @@ from evaluation.cases import PredCMB, parse_cmbs
 from evaluation.matching import MatchRule, match_case
 from evaluation.stratify import SCAN_STRATA, stratum_sort_key
 from model.candidate_classifier import TASK as CLASSIFIER_TASK
-from model.candidate_classifier import extract_patches, score_patches, unet_identity
+from model.candidate_classifier import (
+    extract_channel_patches,
+    prepare_channels,
+    score_patches,
+    unet_identity,
+)
 from model.infer import predict_probability
 from model.onnx_model import OnnxModel, default_model_path
-from model.preprocess import prepare, resample_like
+from model.preprocess import resample_like
 from model.types import Detection, Volume
 from training.data import list_cases, load_volumes
 from training.parcellation.filter_effect import cached_cases
@@ -203,7 +208,8 @@ def blob_candidates(
     dedupe_mm: float,
 ) -> list[Detection]:
     """Dark blobs in the brain that no U-Net candidate covers, scored as the product scores."""
-    prepared = prepare(image, classifier.metadata)
+    channels = prepare_channels(image, classifier.metadata)
+    prepared = channels[0]
     brain = np.asarray(resample_like(parcellation, prepared, order=0).array) > 0
     unet_labels = np.asarray(resample_like(labels, prepared, order=0).array)
     unet_centres = np.array([d.center_lps_mm for d in detections], dtype=np.float64)
@@ -224,10 +230,10 @@ def blob_candidates(
                 probability=0.0,
             )
         )
-    # scored on the image prepared above, as classify_candidates scores (it would prepare
-    # it again for each of the two passes)
-    patches = extract_patches(
-        prepared, [b.center_lps_mm for b in blobs], classifier.metadata.patch_size
+    # scored on the images prepared above, as classify_candidates scores (it would prepare
+    # them again for each of the two passes)
+    patches = extract_channel_patches(
+        channels, [b.center_lps_mm for b in blobs], classifier.metadata.patch_size
     )
     scores = score_patches(classifier, patches, tta=False)
     again = np.flatnonzero(scores >= PRESCREEN)

@@ -105,16 +105,18 @@ def write_onnx(
     *,
     example_size: Sequence[int],
     producer: str,
+    channels: int = 1,
 ) -> Path:
     """Trace ``head`` (image -> probability) to ONNX with dynamic batch and spatial axes.
 
     The model's plan (``metadata``) goes into ``metadata_props``; the file is
-    checked with ``onnx.checker`` and replaced atomically.  Shared by the CMB
-    and the parcellation exports.
+    checked with ``onnx.checker`` and replaced atomically.  Shared by the CMB,
+    the parcellation and the classifier exports (``channels``: the input's, which
+    only a classifier with extra channels has more than one of).
     """
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.zeros((1, 1, *example_size), dtype=torch.float32)
+    dummy = torch.zeros((1, channels, *example_size), dtype=torch.float32)
     dynamic = {0: "batch", 2: "depth", 3: "height", 4: "width"}
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.onnx"

@@ -48,6 +48,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "never the U-Net's filter)",
     )
     h.add_argument(
+        "--extra-channel",
+        action="append",
+        default=[],
+        metavar="METHOD",
+        help="also cut, as a further channel of each cube, the image under this input filter "
+        "(none: as acquired); repeat for more channels; the exported classifier declares "
+        "them (cmb.extra_channels)",
+    )
+    h.add_argument(
         "--cube-size",
         type=int,
         default=None,
@@ -71,6 +80,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--patch", type=int, default=None, help="input cube edge (voxels; default 24)")
     t.add_argument(
         "--shift", type=int, default=None, help="random shift of each cube (voxels; default 3)"
+    )
+    t.add_argument(
+        "--channels",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="I",
+        help="train on these channels of the harvest, in this order (0: the cube, 1...: its "
+        "--extra-channel cubes; default: all)",
     )
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--threads", type=int, default=1)
@@ -200,12 +218,17 @@ def run_harvest(args: argparse.Namespace) -> int:
     from model.preprocess import validate_input_filter
     from training.classifier.harvest import HARVEST_SIZE, harvest
 
-    cube_filter = None if args.cube_filter == "none" else {"method": args.cube_filter}
-    try:
-        if cube_filter is not None:
-            validate_input_filter(cube_filter)
-    except ValueError as e:
-        raise InputError(f"--cube-filter {args.cube_filter!r} (or none): {e}") from e
+    def input_filter(flag: str, name: str) -> dict[str, str] | None:
+        spec = None if name == "none" else {"method": name}
+        try:
+            if spec is not None:
+                validate_input_filter(spec)
+        except ValueError as e:
+            raise InputError(f"{flag} {name!r} (or none): {e}") from e
+        return spec
+
+    cube_filter = input_filter("--cube-filter", args.cube_filter)
+    extra_channels = [input_filter("--extra-channel", name) for name in args.extra_channel]
 
     n = harvest(
         args.data,
@@ -218,6 +241,7 @@ def run_harvest(args: argparse.Namespace) -> int:
         cube_spacing_mm=tuple(args.cube_spacing) if args.cube_spacing else None,
         size=args.cube_size if args.cube_size is not None else HARVEST_SIZE,
         cube_filter=cube_filter,
+        extra_channels=extra_channels,
     )
     print(f"harvested {n} case(s) into {args.out}")
     return 0
@@ -239,6 +263,7 @@ def run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         keep_every=args.keep_every,
+        channels=args.channels,
         **{k: v for k, v in (("patch", args.patch), ("shift", args.shift)) if v is not None},
     )
     print(json.dumps(train(config, args.out, device=args.device), indent=1))

@@ -155,16 +155,22 @@ def classifier_kernel(patch_size: Sequence[int], gain: float) -> npt.NDArray[np.
 def expected_classifier_score(
     cube: npt.NDArray[Any], gain: float = DEFAULT_GAIN, bias: float = DEFAULT_BIAS
 ) -> float:
-    """What the classifier test model gives for one normalized cube."""
-    logit = float((classifier_kernel(cube.shape, gain) * cube).sum()) + bias
-    return float(_sigmoid(np.asarray(logit)))
+    """What the classifier test model gives for one normalized cube (``[D, H, W]``) or
+    ``[C, D, H, W]`` cubes, channel ``c`` weighted ``c + 1`` (so that the channels' order
+    shows in the score)."""
+    cubes = cube[None] if cube.ndim == 3 else cube
+    kernel = classifier_kernel(cubes.shape[1:], gain)
+    logit = sum(float((c + 1) * (kernel * cubes[c]).sum()) for c in range(cubes.shape[0]))
+    return float(_sigmoid(np.asarray(logit + bias)))
 
 
 def _classifier_graph(
-    patch_size: Sequence[int], gain: float, bias: float
+    patch_size: Sequence[int], gain: float, bias: float, input_channels: int
 ) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    kernel = classifier_kernel(patch_size, gain)
+    weights = np.stack([(c + 1) * kernel for c in range(input_channels)])[None]
     inits = [
-        numpy_helper.from_array(classifier_kernel(patch_size, gain)[None, None], "W"),
+        numpy_helper.from_array(weights.astype(np.float32), "W"),
         numpy_helper.from_array(np.array([bias], dtype=np.float32), "B"),
     ]
     nodes = [
@@ -214,8 +220,12 @@ def make_test_model(
     version: str = "0.0.0-test",
     metadata: Mapping[str, str] | None = None,
     drop_keys: tuple[str, ...] = (),
+    input_channels: int = 1,
 ) -> Path:
     """Write a test model to ``path`` and return the path.
+
+    ``input_channels``: of a classifier's input (its ``cmb.extra_channels`` are the
+    caller's to write into ``metadata``); channel ``c`` weighs ``c + 1``.
 
     ``metadata`` overrides/extends the ``cmb.*`` props (use it to write invalid
     values); ``drop_keys`` removes props (e.g. ``("cmb.spacing_mm",)``).
@@ -246,7 +256,7 @@ def make_test_model(
     elif task == "cmb_candidate_classification":
         labels = labels or {0: "not_cmb", 1: "cmb"}
         output = "sigmoid"
-        nodes, inits = _classifier_graph(patch_size, gain, bias)
+        nodes, inits = _classifier_graph(patch_size, gain, bias, input_channels)
         channels = 1
         out_name = "probability"
         metadata = {"cmb.candidate_threshold": "0.3", **(metadata or {})}
@@ -255,7 +265,11 @@ def make_test_model(
     graph = helper.make_graph(
         nodes,
         name,
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, "D", "H", "W"])],
+        [
+            helper.make_tensor_value_info(
+                "image", TensorProto.FLOAT, ["N", input_channels, "D", "H", "W"]
+            )
+        ],
         [
             helper.make_tensor_value_info(
                 out_name, TensorProto.FLOAT, ["N", channels, "D", "H", "W"]

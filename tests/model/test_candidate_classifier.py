@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from model.candidate_classifier import (
     unet_spacing,
 )
 from model.errors import InputError, ModelError
-from model.onnx_model import OnnxModel, default_model_path
+from model.onnx_model import ModelMetadata, OnnxModel, default_model_path
 from model.pipeline import PipelineOptions, load_classifier, process
 from model.preprocess import prepare
 from model.series_writer import StudyMeta, write_series
@@ -33,6 +34,8 @@ from tests.helpers.onnx_factory import (
 )
 
 PATCH = (12, 12, 12)
+#: a gain that keeps the test classifier's scores of the dot phantom off 0 and 1
+GAIN = 0.2
 
 
 def _detection(n: int, centre: np.ndarray, probability: float = 0.6) -> Detection:
@@ -45,9 +48,15 @@ def _detection(n: int, centre: np.ndarray, probability: float = 0.6) -> Detectio
     )
 
 
-def _classifier_file(tmp_path: Path, name: str, metadata: dict[str, str] | None = None) -> Path:
+def _classifier_file(
+    tmp_path: Path, name: str, metadata: dict[str, str] | None = None, input_channels: int = 1
+) -> Path:
     return make_test_model(
-        tmp_path / name, task="cmb_candidate_classification", patch_size=PATCH, metadata=metadata
+        tmp_path / name,
+        task="cmb_candidate_classification",
+        patch_size=PATCH,
+        metadata=metadata,
+        input_channels=input_channels,
     )
 
 
@@ -124,6 +133,74 @@ def test_a_classifier_that_declares_an_input_filter_scores_filtered_cubes(
         cubes[name] = cube
     assert model.metadata.input_filter == {"method": "inplane_minimum"}
     assert not np.allclose(cubes["filtered"], cubes["plain"], atol=1e-3)
+
+
+def test_a_classifier_with_an_extra_channel_scores_the_cube_beside_its_filtered_twin(
+    tmp_path: Path,
+) -> None:
+    """``cmb.extra_channels`` (``harvest --extra-channel``): channel 0 is the cube as the
+    plan prepares it, channel 1 the same cube from the image minimum-filtered in-plane."""
+    volume = dot_volume(0.5)
+    centre = volume.index_to_lps(np.asarray([[3.0, 21.0, 21.0]]))[0]
+    minimum = {"method": "inplane_minimum"}
+    path = make_test_model(
+        tmp_path / "two.onnx",
+        task="cmb_candidate_classification",
+        patch_size=PATCH,
+        metadata={"cmb.extra_channels": json.dumps([minimum])},
+        input_channels=2,
+        gain=GAIN,
+    )
+    model = OnnxModel.load(path, device="cpu")
+    assert model.metadata.extra_channels == (minimum,)
+    assert model.metadata.input_channels == 2
+    assert [p.input_filter for p in model.metadata.channel_plans()] == [None, minimum]
+    detections = [_detection(1, centre)]
+    classify_candidates(volume, detections, model, threshold=0.0)
+    plain = extract_patches(prepare(volume, model.metadata), [centre], PATCH)[0, 0]
+    filtered_plan = dataclasses.replace(model.metadata, input_filter=minimum, extra_channels=())
+    filtered = extract_patches(prepare(volume, filtered_plan), [centre], PATCH)[0, 0]
+    assert not np.allclose(plain, filtered, atol=1e-3)
+    expected = expected_classifier_score(np.stack([plain, filtered]), gain=GAIN)
+    assert detections[0].probability == pytest.approx(expected, abs=1e-5)
+    # the channels' order matters (channel c weighs c + 1 in the test model)
+    swapped = expected_classifier_score(np.stack([filtered, plain]), gain=GAIN)
+    assert abs(expected - swapped) > 0.01
+    # the same with test-time augmentation: the 16 views keep the channels together
+    with_tta = [_detection(1, centre)]
+    classify_candidates(volume, with_tta, model, threshold=0.0, tta=True)
+    assert 0.0 < with_tta[0].probability < 1.0
+
+
+def test_input_channels_must_agree_with_the_metadata(tmp_path: Path) -> None:
+    minimum = json.dumps([{"method": "inplane_minimum"}])
+    two_without = _classifier_file(tmp_path, "a.onnx", input_channels=2)
+    with pytest.raises(ModelError, match=r"input must be \[N, 1, D, H, W\]"):
+        OnnxModel.load(two_without, device="cpu")
+    one_with = _classifier_file(tmp_path, "b.onnx", {"cmb.extra_channels": minimum})
+    with pytest.raises(ModelError, match=r"input must be \[N, 2, D, H, W\]"):
+        OnnxModel.load(one_with, device="cpu")
+    seg = make_test_model(tmp_path / "seg.onnx", metadata={"cmb.extra_channels": minimum})
+    with pytest.raises(ModelError, match="only a cmb_candidate_classification model"):
+        OnnxModel.load(seg, device="cpu")
+    for raw, message in (
+        ('[{"method": "median"}]', "unknown input filter"),
+        ('{"method": "inplane_minimum"}', "JSON list of input filters"),
+        ("[1]", "JSON list of input filters"),
+    ):
+        bad = _classifier_file(tmp_path, "c.onnx", {"cmb.extra_channels": raw}, input_channels=2)
+        with pytest.raises(ModelError, match=message):
+            OnnxModel.load(bad, device="cpu")
+    model = OnnxModel.load(
+        _classifier_file(
+            tmp_path, "d.onnx", {"cmb.extra_channels": "[null, " + minimum[1:]}, input_channels=3
+        ),
+        device="cpu",
+    )
+    assert model.metadata.extra_channels == (None, {"method": "inplane_minimum"})
+    assert ModelMetadata.from_props(model.metadata.to_props()) == model.metadata
+    with pytest.raises(ValueError, match=r"\[N, 3, D, H, W\]"):
+        model.run(np.zeros((1, 1, *PATCH), np.float32))
 
 
 def test_classifier_refuses_other_models_and_bad_metadata(tmp_path: Path) -> None:

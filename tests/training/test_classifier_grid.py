@@ -41,10 +41,12 @@ def fine_harvest(
     return root / "train", root / "val"
 
 
-def _train_tiny(harvest_dirs: tuple[Path, Path], out: Path) -> None:
+def _train_tiny(
+    harvest_dirs: tuple[Path, Path], out: Path, channels: list[int] | None = None
+) -> None:
     """Two steps of a small classifier on a harvest (train, val)."""
     config = ClassifierConfig(
-        epochs=1, steps_per_epoch=2, candidate_threshold=0.5, features=(4, 8, 16)
+        epochs=1, steps_per_epoch=2, candidate_threshold=0.5, features=(4, 8, 16), channels=channels
     )
     config.train, config.val = [str(harvest_dirs[0])], [str(harvest_dirs[1])]
     train(config, out)
@@ -127,9 +129,9 @@ def test_cubes_cut_with_their_own_filter_train_a_classifier_that_declares_it(
     plain = tmp_path / "plain"
     assert harvest([layouts[0]], unet, plain, candidate_threshold=0.5) == 3
     assert Pool.load([str(plain)]).input_filter is None
-    with pytest.raises(ValueError, match="different input filters"):
+    with pytest.raises(ValueError, match="different input filters or channels"):
         Pool.load([str(plain), str(dirs["train"])])
-    with pytest.raises(ValueError, match="input filter"):
+    with pytest.raises(ValueError, match="input filters"):
         _train_tiny((plain, dirs["val"]), tmp_path / "mixed")
 
     _train_tiny((dirs["train"], dirs["val"]), tmp_path / "run")
@@ -299,7 +301,7 @@ def test_cubes_of_another_size_are_harvested_and_a_larger_input_trains_on_them(
         args = ["classifier", "harvest", "--data", str(data), "--out", str(tmp_path / name)]
         assert main([*args, *common, "--cube-size", size]) == 0
     big = Pool.load([str(tmp_path / "big")])
-    assert big.cube_size == 38 and big.patches.shape[1:] == (38, 38, 38)
+    assert big.cube_size == 38 and big.patches.shape[1:] == (1, 38, 38, 38)
     assert harvest([train_dir], unet, tmp_path / "small", candidate_threshold=0.5) == 3
     with pytest.raises(ValueError, match="cubes of different sizes"):
         Pool.load([str(tmp_path / "big"), str(tmp_path / "small")])
@@ -318,3 +320,80 @@ def test_cubes_of_another_size_are_harvested_and_a_larger_input_trains_on_them(
     assert (config["patch"], config["shift"]) == (32, 3)
     exported = export_classifier(tmp_path / "run" / "best.pt", tmp_path / "c.onnx", unet_path=unet)
     assert OnnxModel.load(exported, device="cpu").metadata.patch_size == (32, 32, 32)
+
+
+def test_extra_channels_are_harvested_beside_the_cube_and_the_classifier_declares_them(
+    layouts: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--extra-channel``: each row holds the cube as acquired and the same cube from the
+    minimum-filtered image; training on both exports a two-channel classifier that declares
+    ``cmb.extra_channels``, whose ONNX output is the checkpoint's; ``--channels`` trains on a
+    subset (channel 0 alone: the classifier as before; channel 1 alone: ``input_filter``)."""
+    from cmb.cli import main
+    from training.classifier.train import load_checkpoint
+
+    minimum = {"method": "inplane_minimum"}
+    unet = make_test_model(tmp_path / "u.onnx", gain=20.0, spacing_mm=(2.0, 2.0, 2.0))
+    model = OnnxModel.load(unet, device="cpu")
+    ref = list_cases([layouts[0]])[0]
+    arrays = harvest_case(ref, model, candidate_threshold=0.5, extra_channels=[minimum])
+    image, _ = load_volumes(ref)
+    n = len(arrays["label"])
+    assert arrays["patches"].shape == (n, 2, 32, 32, 32)
+    centres = arrays["center_lps_mm"]
+    filtered_plan = dataclasses.replace(model.metadata, input_filter=minimum)
+    for channel, plan in enumerate((model.metadata, filtered_plan)):
+        expected = extract_patches(prepare(image, plan), centres, (32, 32, 32))[:, 0]
+        np.testing.assert_allclose(arrays["patches"][:, channel], expected, atol=1e-2)
+    assert json.loads(str(arrays["extra_channels"])) == [minimum]
+
+    dirs = {}
+    for data, name in ((layouts[0], "train"), (layouts[1], "val")):
+        dirs[name] = tmp_path / name
+        args = ["classifier", "harvest", "--data", str(data), "--out", str(dirs[name])]
+        args += ["--unet", str(unet), "--candidate-threshold", "0.5"]
+        assert main([*args, "--extra-channel", "inplane_minimum"]) == 0
+    pool = Pool.load([str(dirs["train"])])
+    assert pool.channel_filters == [None, minimum] and pool.patches.shape[1] == 2
+    assert pool.select_channels([1]).channel_filters == [minimum]
+    with pytest.raises(ValueError, match="not among the harvest's 2"):
+        pool.select_channels([2])
+    plain = tmp_path / "plain"
+    assert harvest([layouts[0]], unet, plain, candidate_threshold=0.5) == 3
+    with pytest.raises(ValueError, match="different input filters or channels"):
+        Pool.load([str(plain), str(dirs["train"])])
+    with pytest.raises(ValueError, match="one per channel"):
+        _train_tiny((plain, dirs["val"]), tmp_path / "mixed")
+
+    _train_tiny((dirs["train"], dirs["val"]), tmp_path / "both")
+    net, config, _ = load_checkpoint(tmp_path / "both" / "best.pt")
+    assert config.extra_channels == [minimum] and config.input_channels == 2
+    out = export_classifier(tmp_path / "both" / "best.pt", tmp_path / "c2.onnx", unet_path=unet)
+    exported = OnnxModel.load(out, device="cpu")
+    assert exported.metadata.extra_channels == (minimum,)
+    assert exported.metadata.input_filter is None
+    cubes = pool.patches[:4, :, 4:28, 4:28, 4:28].astype(np.float32)
+    with torch.no_grad():
+        reference = torch.sigmoid(net(torch.from_numpy(cubes))).numpy().reshape(-1)
+    np.testing.assert_allclose(exported.run(cubes).reshape(-1), reference, atol=1e-5)
+
+    train_args = ["classifier", "train", "--epochs", "1", "--steps", "2"]
+    train_args += ["--candidate-threshold", "0.5", "--features", "4", "8", "16"]
+    train_args += ["--train", str(dirs["train"]), "--val", str(dirs["val"])]
+    assert main([*train_args, "--out", str(tmp_path / "first"), "--channels", "0"]) == 0
+    _, first, _ = load_checkpoint(tmp_path / "first" / "best.pt")
+    assert (first.input_filter, first.extra_channels, first.channels) == (None, [], [0])
+    _train_tiny((dirs["train"], dirs["val"]), tmp_path / "second", channels=[1])
+    out1 = export_classifier(tmp_path / "second" / "best.pt", tmp_path / "c1.onnx", unet_path=unet)
+    assert OnnxModel.load(out1, device="cpu").metadata.input_filter == minimum
+    with pytest.raises(InputError, match="the same of all five"):
+        export_classifier(
+            [tmp_path / "both" / "best.pt", tmp_path / "first" / "best.pt"],
+            tmp_path / "ens.onnx",
+            unet_path=unet,
+        )
+
+    bad = ["classifier", "harvest", "--data", str(layouts[0]), "--out", str(tmp_path / "x")]
+    assert main([*bad, "--unet", str(unet), "--extra-channel", "median"]) == InputError.exit_code
+    assert "--extra-channel 'median'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -74,11 +74,12 @@ def _load_members(
     for path, (_, config, _) in zip(checkpoints, loaded, strict=True):
         if _plan(config) != _plan(first):
             raise InputError(
-                f"{path}: cube {config.patch} on grid {config.spacing_mm} (input filter "
-                f"{config.input_filter}), candidates at U-Net >= {config.candidate_threshold} on "
-                f"grid {config.unet_grid()}; the first checkpoint has {first.patch} on "
-                f"{first.spacing_mm} ({first.input_filter}), {first.candidate_threshold} on "
-                f"{first.unet_grid()}: an ensemble needs the same of all five"
+                f"{path}: cube {config.patch} on grid {config.spacing_mm} (input filters "
+                f"{[config.input_filter, *config.extra_channels]}), candidates at U-Net >= "
+                f"{config.candidate_threshold} on grid {config.unet_grid()}; the first checkpoint "
+                f"has {first.patch} on {first.spacing_mm} "
+                f"({[first.input_filter, *first.extra_channels]}), {first.candidate_threshold} "
+                f"on {first.unet_grid()}: an ensemble needs the same of all five"
             )
     states = [state for _, _, state in loaded]
     if len(loaded) == 1:
@@ -93,7 +94,7 @@ def _plan(config: ClassifierConfig) -> tuple[Any, ...]:
         config.candidate_threshold,
         config.spacing_mm,
         config.unet_grid(),
-        config.input_filter,
+        [config.input_filter, *config.extra_channels],
     )
 
 
@@ -126,6 +127,7 @@ def _metadata(
         normalization=dict(plan.normalization),
         # the cubes' own filter, never the U-Net's (training.classifier.harvest)
         input_filter=dict(config.input_filter) if config.input_filter else None,
+        extra_channels=tuple(dict(f) if f else None for f in config.extra_channels),
         output="sigmoid",
         threshold=float(threshold),
         labels={0: "not_cmb", 1: "cmb"},
@@ -197,6 +199,7 @@ def export_classifier(
         _metadata(config, unet, chosen, None, trained_on, provenance, tta),
         out,
         example_size=(config.patch,) * 3,
+        channels=config.input_channels,
         producer="cmb-detect training.classifier",
     )
     val: dict[str, Any] = {}

@@ -16,7 +16,11 @@ the cubes', ``unet_spacing_mm``: the U-Net's) so that training and export
 know them.  The cubes never take the U-Net's input filter (``cmb.input_filter``);
 with ``cube_filter`` they take one of their own, which the exported classifier
 declares, so that the product filters its cubes the same way (recorded as
-``input_filter``, JSON).
+``input_filter``, JSON).  With ``extra_channels`` each row holds, beside that
+cube, one cube per listed filter (None: the image as acquired), cut at the
+same centre from the image prepared with that filter: ``patches`` is then
+``[N, C, S, S, S]`` and ``extra_channels`` (JSON) records the list, which the
+exported classifier declares (``cmb.extra_channels``).
 
 One ``<case_id>.npz`` per case (float16 patches, labels, U-Net maxima, LPS
 centres, whether a row is a candidate or an added truth): a case already
@@ -30,6 +34,7 @@ import json
 import logging
 import multiprocessing
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,7 +43,7 @@ import numpy as np
 
 from evaluation.cases import PredCMB, parse_cmbs
 from evaluation.matching import MatchRule, match_case
-from model.candidate_classifier import extract_patches
+from model.candidate_classifier import extract_channel_patches
 from model.candidates import extract_candidates
 from model.infer import predict_probability
 from model.onnx_model import OnnxModel
@@ -63,13 +68,15 @@ def harvest_case(
     spacing_mm: tuple[float, float, float] | None = None,
     cube_spacing_mm: tuple[float, float, float] | None = None,
     cube_filter: dict[str, Any] | None = None,
+    extra_channels: Sequence[dict[str, Any] | None] = (),
 ) -> dict[str, np.ndarray]:
     """The labelled candidate patches of one case (arrays of one ``.npz``).
 
     ``spacing_mm``: the grid the U-Net runs on (None: its own); ``cube_spacing_mm``:
     the grid the cubes are cut on (None: the U-Net's grid).  The cubes take the
     U-Net's normalization but never its input filter: they take ``cube_filter``
-    (None: the image as acquired), the filter the exported classifier declares.
+    (None: the image as acquired), the filter the exported classifier declares;
+    ``extra_channels``: one more cube per filter listed, as further channels.
     """
     unet_plan = unet.metadata.on_grid(spacing_mm)
     cube_plan = dataclasses.replace(unet_plan.on_grid(cube_spacing_mm), input_filter=cube_filter)
@@ -90,10 +97,13 @@ def harvest_case(
     label += [1] * len(added)
     truth_index += added
     unet_prob += [float("nan")] * len(added)
-    prepared = prepare(image, cube_plan)
-    patches = extract_patches(prepared, np.asarray(centres).reshape(-1, 3), (size,) * 3)
+    plans = [cube_plan, *(dataclasses.replace(cube_plan, input_filter=f) for f in extra_channels)]
+    patches = extract_channel_patches(
+        [prepare(image, plan) for plan in plans], np.asarray(centres).reshape(-1, 3), (size,) * 3
+    )
     return {
-        "patches": patches[:, 0].astype(np.float16),
+        # one channel keeps the layout of every harvest before channels: [N, S, S, S]
+        "patches": (patches if extra_channels else patches[:, 0]).astype(np.float16),
         "label": np.asarray(label, dtype=np.uint8),
         "truth_index": np.asarray(truth_index, dtype=np.int32),
         "unet_probability": np.asarray(unet_prob, dtype=np.float32),
@@ -105,6 +115,11 @@ def harvest_case(
         **(
             {"input_filter": np.asarray(json.dumps(cube_filter, sort_keys=True))}
             if cube_filter
+            else {}
+        ),
+        **(
+            {"extra_channels": np.asarray(json.dumps(list(extra_channels), sort_keys=True))}
+            if extra_channels
             else {}
         ),
     }
@@ -127,6 +142,7 @@ def _one(
     cube_spacing_mm: tuple[float, float, float] | None,
     size: int,
     cube_filter: dict[str, Any] | None,
+    extra_channels: Sequence[dict[str, Any] | None],
 ) -> str:
     if _UNET is None:
         raise RuntimeError("harvest worker used before its model was loaded")
@@ -139,6 +155,7 @@ def _one(
         cube_spacing_mm=cube_spacing_mm,
         size=size,
         cube_filter=cube_filter,
+        extra_channels=extra_channels,
     )
     final = Path(out) / f"{ref.case_id}.npz"
     tmp = final.with_suffix(".tmp.npz")
@@ -160,20 +177,23 @@ def harvest(
     cube_spacing_mm: tuple[float, float, float] | None = None,
     size: int = HARVEST_SIZE,
     cube_filter: dict[str, Any] | None = None,
+    extra_channels: Sequence[dict[str, Any] | None] = (),
 ) -> int:
     """Harvest every case of ``data`` not yet in ``out``; returns how many were written.
 
     ``spacing_mm``: the grid the U-Net runs on (None: the U-Net's own);
     ``cube_spacing_mm``: the grid the patches are cut on (None: the U-Net's
     grid); ``size``: the cubes' edge in voxels; ``cube_filter``: the cubes' input
-    filter (``model.preprocess.INPUT_FILTERS``; None: none).  The cases already in
-    ``out`` must have been harvested on the same grids, size and filter
-    (:class:`training.classifier.train.Pool` refuses a mix).
+    filter (``model.preprocess.INPUT_FILTERS``; None: none); ``extra_channels``: the
+    filters of further channels (None in the list: the image as acquired).  The cases
+    already in ``out`` must have been harvested on the same grids, size, filter and
+    channels (:class:`training.classifier.train.Pool` refuses a mix).
     """
     if size < 8:
         raise ValueError(f"the harvested cubes need an edge of at least 8 voxels, got {size}")
-    if cube_filter is not None:
-        validate_input_filter(cube_filter)
+    for spec in (cube_filter, *extra_channels):
+        if spec is not None:
+            validate_input_filter(spec)
     out.mkdir(parents=True, exist_ok=True)
     refs = [r for r in list_cases(data) if not (out / f"{r.case_id}.npz").is_file()]
     refs = refs[:limit] if limit is not None else refs
@@ -192,6 +212,7 @@ def harvest(
                 cube_spacing_mm,
                 size,
                 cube_filter,
+                list(extra_channels),
             )
             for r in refs
         ]

@@ -27,12 +27,18 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class CandidateClassifier(nn.Module):
-    """``[N, 1, D, H, W]`` cube -> ``[N, 1, 1, 1, 1]`` logit (microbleed vs not)."""
+    """``[N, C, D, H, W]`` cube -> ``[N, 1, 1, 1, 1]`` logit (microbleed vs not).
 
-    def __init__(self, features: Sequence[int] = (16, 32, 64), dropout: float = 0.3) -> None:
+    ``in_channels``: the cube as prepared and, beside it, the same cube under each of the
+    classifier's extra input filters (``cmb.extra_channels``).
+    """
+
+    def __init__(
+        self, features: Sequence[int] = (16, 32, 64), dropout: float = 0.3, in_channels: int = 1
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        cin = 1
+        cin = in_channels
         for n, cout in enumerate(features):
             layers.append(_block(cin, cout))
             if n < len(features) - 1:

@@ -65,6 +65,17 @@ class ClassifierConfig:
     # The input filter the harvest cut the cubes with (``model.preprocess.INPUT_FILTERS``),
     # set from the harvest; the exported file declares it (None: the image as acquired).
     input_filter: dict[str, Any] | None = None
+    # Which of the harvest's channels to train on, in order (None: all of them); the
+    # first one's filter becomes ``input_filter``, the others' ``extra_channels``.
+    channels: list[int] | None = None
+    # The input filters of the further channels (None: as acquired), set from the harvest
+    # and ``channels``; the exported file declares them (``cmb.extra_channels``).
+    extra_channels: list[dict[str, Any] | None] = field(default_factory=list)
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the network's input."""
+        return 1 + len(self.extra_channels)
 
     def unet_grid(self) -> tuple[float, float, float] | None:
         """The grid the U-Net ran on for this classifier's candidates (None: its own)."""
@@ -76,7 +87,7 @@ class ClassifierConfig:
 class Pool:
     """All harvested rows of some folders, in memory."""
 
-    patches: npt.NDArray[np.float16]  # [N, S, S, S]
+    patches: npt.NDArray[np.float16]  # [N, C, S, S, S]
     label: npt.NDArray[np.uint8]
     unet_probability: npt.NDArray[np.float32]
     is_candidate: npt.NDArray[np.bool_]
@@ -89,11 +100,35 @@ class Pool:
     unet_spacing_mm: tuple[float, ...] | None = None
     # the input filter the cubes were cut with (None: none)
     input_filter: dict[str, Any] | None = None
+    # the input filters of the further channels (None: the image as acquired)
+    extra_channels: tuple[dict[str, Any] | None, ...] = ()
 
     @property
     def cube_size(self) -> int:
         """The harvested cubes' edge (voxels)."""
-        return int(self.patches.shape[1])
+        return int(self.patches.shape[2])
+
+    @property
+    def channel_filters(self) -> list[dict[str, Any] | None]:
+        """The input filter of each channel, in order."""
+        return [self.input_filter, *self.extra_channels]
+
+    def select_channels(self, channels: list[int] | None) -> Pool:
+        """This pool with only ``channels`` (indices, in the order given; None: all)."""
+        if channels is None:
+            return self
+        filters = self.channel_filters
+        if not channels or any(not 0 <= c < len(filters) for c in channels):
+            raise ValueError(
+                f"channels {channels} are not among the harvest's {len(filters)} "
+                f"(0 to {len(filters) - 1})"
+            )
+        return replace(
+            self,
+            patches=self.patches[:, channels],
+            input_filter=filters[channels[0]],
+            extra_channels=tuple(filters[c] for c in channels[1:]),
+        )
 
     def candidate_rows(self, threshold: float) -> npt.NDArray[np.bool_]:
         """The U-Net's own candidates at ``threshold`` (not the added missed CMBs)."""
@@ -105,15 +140,17 @@ class Pool:
         n_truth: list[int] = []
         ids: list[str] = []
         grids: set[tuple[tuple[float, ...] | None, tuple[float, ...] | None]] = set()
-        filters: set[str] = set()
+        filters: set[tuple[str, str]] = set()
         sizes: set[int] = set()
         for folder in folders:
             for path in sorted(Path(folder).glob("*.npz")):
                 if path.name.endswith(".tmp.npz"):
                     continue
                 with np.load(path) as z:
-                    parts["patches"].append(z["patches"])
-                    sizes.add(int(z["patches"].shape[1]))
+                    patches = z["patches"]
+                    # one channel was stored as [N, S, S, S]
+                    parts["patches"].append(patches[:, None] if patches.ndim == 4 else patches)
+                    sizes.add(int(patches.shape[-1]))
                     parts["label"].append(z["label"])
                     parts["unet"].append(z["unet_probability"])
                     parts["cand"].append(z["is_candidate"])
@@ -121,7 +158,12 @@ class Pool:
                     n_truth.append(int(z["n_truth"]))
                     cube = _grid(z, "spacing_mm")
                     grids.add((cube, _grid(z, "unet_spacing_mm") or cube))
-                    filters.add(str(z["input_filter"]) if "input_filter" in z.files else "")
+                    filters.add(
+                        tuple(  # type: ignore[arg-type]
+                            str(z[k]) if k in z.files else ""
+                            for k in ("input_filter", "extra_channels")
+                        )
+                    )
                 ids.append(path.stem)
         if not ids:
             raise FileNotFoundError(f"no harvested cases in {folders}")
@@ -137,13 +179,14 @@ class Pool:
                 "--cube-size"
             )
         if len(filters) > 1:
+            described = sorted(f"{f or 'none'} (extra channels: {x or 'none'})" for f, x in filters)
             raise ValueError(
-                f"the harvests in {folders} cut their cubes with different input filters "
-                f"({', '.join(sorted(f or 'none' for f in filters))}): harvest them with one "
-                "--cube-filter"
+                f"the harvests in {folders} cut their cubes with different input filters or "
+                f"channels ({', '.join(described)}): harvest them with one --cube-filter and "
+                "the same --extra-channel"
             )
         cube_grid, unet_grid = grids.pop()
-        cube_filter = filters.pop()
+        cube_filter, extra = filters.pop()
         return cls(
             patches=np.concatenate(parts["patches"]),
             label=np.concatenate(parts["label"]),
@@ -155,6 +198,7 @@ class Pool:
             spacing_mm=cube_grid,
             unet_spacing_mm=unet_grid,
             input_filter=json.loads(cube_filter) if cube_filter else None,
+            extra_channels=tuple(json.loads(extra)) if extra else (),
         )
 
 
@@ -164,12 +208,13 @@ def _grid(arrays: Any, key: str) -> tuple[float, ...] | None:
 
 
 def center_crop(patches: npt.NDArray[Any], size: int, offset: npt.NDArray[np.int64]) -> Any:
-    """Cubes of ``size`` from ``[N, S, S, S]``, shifted by ``offset`` [N, 3] from the centre."""
-    full = patches.shape[1]
+    """Cubes of ``size`` from ``[N, C, S, S, S]``, shifted by ``offset`` [N, 3] from the centre
+    (every channel alike)."""
+    full = patches.shape[2]
     start = (full - size) // 2 + offset
-    out = np.empty((patches.shape[0], size, size, size), dtype=np.float32)
+    out = np.empty((patches.shape[0], patches.shape[1], size, size, size), dtype=np.float32)
     for n, (k, j, i) in enumerate(start):
-        out[n] = patches[n, k : k + size, j : j + size, i : i + size]
+        out[n] = patches[n, :, k : k + size, j : j + size, i : i + size]
     return out
 
 
@@ -178,14 +223,15 @@ def augment(
 ) -> npt.NDArray[np.float32]:
     n = patches.shape[0]
     x = center_crop(patches, size, rng.integers(-shift, shift + 1, size=(n, 3)))
-    for axis in (1, 2, 3):
+    for axis in (2, 3, 4):
         flip = rng.random(n) < 0.5
         x[flip] = np.flip(x[flip], axis=axis)
     swap = rng.random(n) < 0.5
-    x[swap] = np.swapaxes(x[swap], 2, 3)
-    scale = rng.uniform(0.8, 1.25, size=(n, 1, 1, 1))
-    offset = rng.normal(0.0, 0.15, size=(n, 1, 1, 1))
-    noise = rng.normal(0.0, 1.0, size=x.shape) * rng.uniform(0.0, 0.15, size=(n, 1, 1, 1))
+    x[swap] = np.swapaxes(x[swap], 3, 4)
+    # one intensity change per cube, every channel alike (they show the same tissue)
+    scale = rng.uniform(0.8, 1.25, size=(n, 1, 1, 1, 1))
+    offset = rng.normal(0.0, 0.15, size=(n, 1, 1, 1, 1))
+    noise = rng.normal(0.0, 1.0, size=x.shape) * rng.uniform(0.0, 0.15, size=(n, 1, 1, 1, 1))
     return (x * scale + offset + noise).astype(np.float32)
 
 
@@ -218,7 +264,7 @@ def score(net: torch.nn.Module, patches: npt.NDArray[Any], size: int) -> npt.NDA
         for n in range(0, patches.shape[0], 256):
             chunk = patches[n : n + 256]
             x = center_crop(chunk, size, np.resize(zero, (chunk.shape[0], 3)))
-            logits = net(torch.from_numpy(x[:, None]).to(device))
+            logits = net(torch.from_numpy(x).to(device))
             out.append(torch.sigmoid(logits).reshape(-1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
@@ -256,18 +302,19 @@ def train(config: ClassifierConfig, out: Path, *, device: str = "cpu") -> dict[s
     are augmented on the CPU either way and the checkpoints hold CPU tensors.
     """
     out.mkdir(parents=True, exist_ok=True)
-    tr = Pool.load(config.train)
-    val = Pool.load(config.val)
+    tr = Pool.load(config.train).select_channels(config.channels)
+    val = Pool.load(config.val).select_channels(config.channels)
     if (tr.spacing_mm, tr.unet_spacing_mm) != (val.spacing_mm, val.unet_spacing_mm):
         raise ValueError(
             f"the training harvest was made on {tr.spacing_mm} (cubes) and "
             f"{tr.unet_spacing_mm} (U-Net), the validation harvest on {val.spacing_mm} and "
             f"{val.unet_spacing_mm}: harvest both on the same grids"
         )
-    if tr.input_filter != val.input_filter:
+    if tr.channel_filters != val.channel_filters:
         raise ValueError(
-            f"the training harvest's cubes were cut with input filter {tr.input_filter}, the "
-            f"validation harvest's with {val.input_filter}: harvest both with one --cube-filter"
+            f"the training harvest's cubes were cut with input filters {tr.channel_filters} "
+            f"(one per channel), the validation harvest's with {val.channel_filters}: harvest "
+            "both with one --cube-filter and the same --extra-channel"
         )
     for pool, role in ((tr, "training"), (val, "validation")):
         check_cube_size(pool.cube_size, config.patch, config.shift, role)
@@ -278,6 +325,7 @@ def train(config: ClassifierConfig, out: Path, *, device: str = "cpu") -> dict[s
         spacing_mm=list(tr.spacing_mm) if tr.spacing_mm else None,
         unet_spacing_mm=list(tr.unet_spacing_mm) if other_grid and tr.unet_spacing_mm else None,
         input_filter=tr.input_filter,
+        extra_channels=list(tr.extra_channels),
     )
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
     torch.manual_seed(config.seed)
@@ -302,7 +350,7 @@ def train(config: ClassifierConfig, out: Path, *, device: str = "cpu") -> dict[s
         neg.size,
         len(val.case_ids),
     )
-    net = CandidateClassifier(config.features, config.dropout).to(device)
+    net = CandidateClassifier(config.features, config.dropout, config.input_channels).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total = config.epochs * config.steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -335,7 +383,7 @@ def train(config: ClassifierConfig, out: Path, *, device: str = "cpu") -> dict[s
                 idx = np.concatenate([rng.choice(pos, half), rng.choice(neg, half)])
                 x = augment(tr.patches[idx], rng, config.patch, config.shift)
                 y = torch.from_numpy(tr.label[idx].astype(np.float32)).to(device)
-                logits = net(torch.from_numpy(x[:, None]).to(device)).reshape(-1)
+                logits = net(torch.from_numpy(x).to(device)).reshape(-1)
                 loss = loss_fn(logits, y)
                 opt.zero_grad()
                 loss.backward()
@@ -384,6 +432,6 @@ def load_checkpoint(
     """(network in eval mode, its config, the whole checkpoint) of a ``best.pt``."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     config = ClassifierConfig(**state["config"])
-    net = CandidateClassifier(config.features, config.dropout)
+    net = CandidateClassifier(config.features, config.dropout, config.input_channels)
     net.load_state_dict(state["state_dict"])
     return net.eval(), config, state
