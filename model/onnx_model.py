@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -188,10 +189,11 @@ class ModelMetadata:
     def channel_plans(self) -> list[ModelMetadata]:
         """One plan per input channel: this one, then this one with each extra channel's
         input filter (what ``model.preprocess.prepare`` makes of the image for that channel)."""
-        extra = [
-            replace(self, input_filter=spec, extra_channels=()) for spec in self.extra_channels
-        ]
-        return [replace(self, extra_channels=()), *extra]
+        return self.with_input_filters([self.input_filter, *self.extra_channels])
+
+    def with_input_filters(self, filters: Sequence[dict[str, Any] | None]) -> list[ModelMetadata]:
+        """This plan once per input filter (None: the image as acquired), one channel each."""
+        return [replace(self, input_filter=spec, extra_channels=()) for spec in filters]
 
     def on_grid(self, spacing_mm: tuple[float, float, float] | None) -> ModelMetadata:
         """This plan run on another grid (a cascade's ``cmb.unet_spacing_mm``); None: as is."""

@@ -52,6 +52,22 @@ def _train_tiny(
     train(config, out)
 
 
+def _harvest_both(
+    layouts: tuple[Path, Path], unet: Path, root: Path, *flags: str
+) -> dict[str, Path]:
+    """``cmb classifier harvest`` of the training and validation layouts into ``root``
+    (``train``, ``val``), candidates at 0.5, with ``flags``."""
+    from cmb.cli import main
+
+    dirs = {}
+    for data, name in ((layouts[0], "train"), (layouts[1], "val")):
+        dirs[name] = root / name
+        args = ["classifier", "harvest", "--data", str(data), "--out", str(dirs[name])]
+        args += ["--unet", str(unet), "--candidate-threshold", "0.5"]
+        assert main([*args, *flags]) == 0
+    return dirs
+
+
 def test_the_harvest_records_its_grid_and_cuts_the_cubes_there(
     unet: Path, layouts: tuple[Path, Path], fine_harvest: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -119,12 +135,7 @@ def test_cubes_cut_with_their_own_filter_train_a_classifier_that_declares_it(
     assert not np.allclose(arrays["patches"], as_acquired, atol=1e-2)
     assert json.loads(str(arrays["input_filter"])) == minimum
 
-    dirs = {}
-    for data, name in ((layouts[0], "train"), (layouts[1], "val")):
-        dirs[name] = tmp_path / name
-        args = ["classifier", "harvest", "--data", str(data), "--out", str(dirs[name])]
-        args += ["--unet", str(unet), "--candidate-threshold", "0.5"]
-        assert main([*args, "--cube-filter", "inplane_minimum"]) == 0
+    dirs = _harvest_both(layouts, unet, tmp_path, "--cube-filter", "inplane_minimum")
     assert Pool.load([str(dirs["train"])]).input_filter == minimum
     plain = tmp_path / "plain"
     assert harvest([layouts[0]], unet, plain, candidate_threshold=0.5) == 3
@@ -347,12 +358,7 @@ def test_extra_channels_are_harvested_beside_the_cube_and_the_classifier_declare
         np.testing.assert_allclose(arrays["patches"][:, channel], expected, atol=1e-2)
     assert json.loads(str(arrays["extra_channels"])) == [minimum]
 
-    dirs = {}
-    for data, name in ((layouts[0], "train"), (layouts[1], "val")):
-        dirs[name] = tmp_path / name
-        args = ["classifier", "harvest", "--data", str(data), "--out", str(dirs[name])]
-        args += ["--unet", str(unet), "--candidate-threshold", "0.5"]
-        assert main([*args, "--extra-channel", "inplane_minimum"]) == 0
+    dirs = _harvest_both(layouts, unet, tmp_path, "--extra-channel", "inplane_minimum")
     pool = Pool.load([str(dirs["train"])])
     assert pool.channel_filters == [None, minimum] and pool.patches.shape[1] == 2
     assert pool.select_channels([1]).channel_filters == [minimum]

@@ -23,11 +23,10 @@ def compare(
 ) -> dict[str, Any]:
     net, config, _ = load_checkpoint(checkpoint)
     val = Pool.load(list(val_dirs)).select_channels(config.channels)
-    trained_on = [config.input_filter, *config.extra_channels]
-    if val.channel_filters != trained_on:
+    if val.channel_filters != config.channel_filters:
         raise ValueError(
-            f"{checkpoint} reads channels filtered {trained_on}; the harvest in {list(val_dirs)} "
-            f"has {val.channel_filters}"
+            f"{checkpoint} reads channels filtered {config.channel_filters}; the harvest in "
+            f"{list(val_dirs)} has {val.channel_filters}"
         )
     rows = val.candidate_rows(config.candidate_threshold)
     n_truth, n_scans = int(val.n_truth.sum()), len(val.case_ids)

@@ -75,10 +75,10 @@ def _load_members(
         if _plan(config) != _plan(first):
             raise InputError(
                 f"{path}: cube {config.patch} on grid {config.spacing_mm} (input filters "
-                f"{[config.input_filter, *config.extra_channels]}), candidates at U-Net >= "
+                f"{config.channel_filters}), candidates at U-Net >= "
                 f"{config.candidate_threshold} on grid {config.unet_grid()}; the first checkpoint "
                 f"has {first.patch} on {first.spacing_mm} "
-                f"({[first.input_filter, *first.extra_channels]}), {first.candidate_threshold} "
+                f"({first.channel_filters}), {first.candidate_threshold} "
                 f"on {first.unet_grid()}: an ensemble needs the same of all five"
             )
     states = [state for _, _, state in loaded]
@@ -94,7 +94,7 @@ def _plan(config: ClassifierConfig) -> tuple[Any, ...]:
         config.candidate_threshold,
         config.spacing_mm,
         config.unet_grid(),
-        [config.input_filter, *config.extra_channels],
+        config.channel_filters,
     )
 
 

@@ -29,7 +29,6 @@ harvested is skipped, so an interrupted run resumes.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import multiprocessing
@@ -79,7 +78,9 @@ def harvest_case(
     ``extra_channels``: one more cube per filter listed, as further channels.
     """
     unet_plan = unet.metadata.on_grid(spacing_mm)
-    cube_plan = dataclasses.replace(unet_plan.on_grid(cube_spacing_mm), input_filter=cube_filter)
+    cube_plans = unet_plan.on_grid(cube_spacing_mm).with_input_filters(
+        [cube_filter, *extra_channels]
+    )
     image, _ = load_volumes(ref)
     probability = predict_probability(image, unet, overlap=overlap, spacing_mm=unet_plan.spacing_mm)
     _, detections = extract_candidates(probability, candidate_threshold)
@@ -97,9 +98,10 @@ def harvest_case(
     label += [1] * len(added)
     truth_index += added
     unet_prob += [float("nan")] * len(added)
-    plans = [cube_plan, *(dataclasses.replace(cube_plan, input_filter=f) for f in extra_channels)]
     patches = extract_channel_patches(
-        [prepare(image, plan) for plan in plans], np.asarray(centres).reshape(-1, 3), (size,) * 3
+        [prepare(image, plan) for plan in cube_plans],
+        np.asarray(centres).reshape(-1, 3),
+        (size,) * 3,
     )
     return {
         # one channel keeps the layout of every harvest before channels: [N, S, S, S]
@@ -110,7 +112,7 @@ def harvest_case(
         "is_candidate": np.asarray([True] * len(detections) + [False] * len(added)),
         "center_lps_mm": np.asarray(centres, dtype=np.float64).reshape(-1, 3),
         "n_truth": np.asarray(len(truth)),
-        "spacing_mm": np.asarray(cube_plan.spacing_mm, dtype=np.float64),
+        "spacing_mm": np.asarray(cube_plans[0].spacing_mm, dtype=np.float64),
         "unet_spacing_mm": np.asarray(unet_plan.spacing_mm, dtype=np.float64),
         **(
             {"input_filter": np.asarray(json.dumps(cube_filter, sort_keys=True))}

@@ -77,6 +77,11 @@ class ClassifierConfig:
         """Channels of the network's input."""
         return 1 + len(self.extra_channels)
 
+    @property
+    def channel_filters(self) -> list[dict[str, Any] | None]:
+        """The input filter of each channel the network reads, in order."""
+        return [self.input_filter, *self.extra_channels]
+
     def unet_grid(self) -> tuple[float, float, float] | None:
         """The grid the U-Net ran on for this classifier's candidates (None: its own)."""
         grid = self.unet_spacing_mm if self.unet_spacing_mm is not None else self.spacing_mm
@@ -158,11 +163,11 @@ class Pool:
                     n_truth.append(int(z["n_truth"]))
                     cube = _grid(z, "spacing_mm")
                     grids.add((cube, _grid(z, "unet_spacing_mm") or cube))
+                    recorded = {
+                        k: str(z[k]) for k in ("input_filter", "extra_channels") if k in z.files
+                    }
                     filters.add(
-                        tuple(  # type: ignore[arg-type]
-                            str(z[k]) if k in z.files else ""
-                            for k in ("input_filter", "extra_channels")
-                        )
+                        (recorded.get("input_filter", ""), recorded.get("extra_channels", ""))
                     )
                 ids.append(path.stem)
         if not ids:
