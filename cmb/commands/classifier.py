@@ -90,6 +90,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train on these channels of the harvest, in this order (0: the cube, 1...: its "
         "--extra-channel cubes; default: all)",
     )
+    t.add_argument(
+        "--small-weight",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="draw the positives of CMBs smaller than --small-below W times as often as the "
+        "others (default 1: alike; needs a harvest that records sizes)",
+    )
+    t.add_argument(
+        "--small-below",
+        type=float,
+        default=None,
+        metavar="MM",
+        help="the size (apparent, else true diameter) under which --small-weight applies "
+        "(default 3, the large-CMB floor's bin)",
+    )
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--seed", type=int, default=0)
@@ -264,9 +280,24 @@ def run_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         keep_every=args.keep_every,
         channels=args.channels,
-        **{k: v for k, v in (("patch", args.patch), ("shift", args.shift)) if v is not None},
+        small_weight=args.small_weight,
+        **{
+            k: v
+            for k, v in (
+                ("patch", args.patch),
+                ("shift", args.shift),
+                ("small_below_mm", args.small_below),
+            )
+            if v is not None
+        },
     )
-    print(json.dumps(train(config, args.out, device=args.device), indent=1))
+    from model.errors import InputError
+
+    try:
+        result = train(config, args.out, device=args.device)
+    except (ValueError, FileNotFoundError) as e:  # harvests that cannot train together, etc.
+        raise InputError(str(e)) from e
+    print(json.dumps(result, indent=1))
     return 0
 
 

@@ -16,7 +16,13 @@ from model.onnx_model import OnnxModel
 from training.classifier.export import export_classifier
 from training.classifier.harvest import harvest, harvest_case
 from training.classifier.network import CandidateClassifier
-from training.classifier.train import ClassifierConfig, Pool, augment, recall_at_fp
+from training.classifier.train import (
+    ClassifierConfig,
+    Pool,
+    augment,
+    positive_draw,
+    recall_at_fp,
+)
 from training.data import list_cases
 
 
@@ -31,6 +37,12 @@ def test_harvest_labels_candidates_by_the_evaluation_rule(
     # every true CMB is a positive row exactly once: matched candidate or added truth
     positives = arrays["truth_index"][arrays["label"] == 1]
     assert sorted(positives.tolist()) == [0, 1]
+    # each positive row carries its CMB's size (the apparent diameter), the others none
+    apparent = [c["diameter_apparent_mm"] for c in ref.record["cmbs"]]
+    sizes = arrays["truth_diameter_mm"]
+    for row in np.flatnonzero(arrays["label"] == 1):
+        assert sizes[row] == pytest.approx(apparent[arrays["truth_index"][row]], abs=1e-5)
+    assert np.all(np.isnan(sizes[arrays["label"] == 0]))
     added = ~arrays["is_candidate"]
     assert np.all(arrays["label"][added] == 1)
     assert np.all(np.isnan(arrays["unet_probability"][added]))
@@ -47,6 +59,44 @@ def test_recall_at_fp_picks_the_lowest_cut_within_the_limit() -> None:
     # 2 scans, 0.5 FP/scan -> at most 1 FP: the top 3 rows (2 TP, 1 FP)
     recall, fps, threshold = recall_at_fp(scores, label, n_truth=4, n_scans=2, max_fp_per_scan=0.5)
     assert (recall, fps, threshold) == (0.5, 0.5, pytest.approx(0.7))
+
+
+def _pool_of_sizes(sizes: list[float] | None) -> Pool:
+    """A pool of one case whose rows are positives of these sizes (None: not recorded)."""
+    n = 4
+    return Pool(
+        patches=np.zeros((n, 1, 8, 8, 8), np.float16),
+        label=np.ones(n, np.uint8),
+        unet_probability=np.ones(n, np.float32),
+        is_candidate=np.ones(n, bool),
+        case=np.zeros(n, np.int32),
+        n_truth=np.array([n], np.int32),
+        case_ids=["c"],
+        truth_diameter_mm=None if sizes is None else np.asarray(sizes, np.float32),
+    )
+
+
+def test_small_positives_are_drawn_as_often_as_their_weight_asks() -> None:
+    pool = _pool_of_sizes([1.5, 2.5, 4.0, float("nan")])  # NaN: a truth without a size
+    pos = np.arange(4)
+    p, n_small = positive_draw(pool, pos, ClassifierConfig(small_weight=3.0))
+    assert n_small == 2 and p is not None
+    np.testing.assert_allclose(p, [3 / 8, 3 / 8, 1 / 8, 1 / 8])
+    # the weight 1 keeps the unweighted draw of every run before the option
+    assert positive_draw(pool, pos, ClassifierConfig()) == (None, 2)
+    p5, n5 = positive_draw(pool, pos, ClassifierConfig(small_weight=2.0, small_below_mm=5.0))
+    assert n5 == 3 and p5 is not None
+    np.testing.assert_allclose(p5, [2 / 7, 2 / 7, 2 / 7, 1 / 7])
+    draws = np.random.default_rng(0).choice(pos, 40_000, p=p)
+    small_share = float(np.isin(draws, [0, 1]).mean())
+    assert small_share == pytest.approx(0.75, abs=0.01)
+
+    unsized = _pool_of_sizes(None)
+    assert positive_draw(unsized, pos, ClassifierConfig()) == (None, None)
+    with pytest.raises(ValueError, match="does not record the CMBs' sizes"):
+        positive_draw(unsized, pos, ClassifierConfig(small_weight=3.0))
+    with pytest.raises(ValueError, match="must be positive"):
+        positive_draw(pool, pos, ClassifierConfig(small_weight=0.0))
 
 
 def test_augment_keeps_shape_and_changes_patches() -> None:
@@ -94,6 +144,31 @@ def test_train_export_and_cascade_validation_through_the_cli(
     assert kept == ["epoch_002.pt"]  # and every second one (--keep-every 2)
     log = (run / "log.csv").read_text().splitlines()
     assert len(log) == 3 and log[0].endswith("recall_ceiling,seconds")
+    pool = Pool.load([str(h_train)])
+    rows = (pool.label == 1) & pool.is_candidate
+    assert best["train_positives"] == int(rows.sum()) and best["train_negatives"] >= 1
+    assert best["train_small_positives"] == 0  # the tiny cases' spheres are 4-6 mm
+
+    # --small-weight: the positives under --small-below are counted and drawn more often
+    weighted = tmp_path / "weighted"
+    small = ["--small-weight", "4", "--small-below", "5"]
+    assert main([*args[:7], str(weighted), *args[8:], *small]) == 0
+    config = json.loads((weighted / "config.json").read_text())
+    assert (config["small_weight"], config["small_below_mm"]) == (4.0, 5.0)
+    assert pool.truth_diameter_mm is not None
+    under5 = int((rows & (pool.truth_diameter_mm < 5.0)).sum())
+    assert 0 < under5 < int(rows.sum())
+    assert json.loads((weighted / "best.json").read_text())["train_small_positives"] == under5
+    # a harvest without sizes (one from before they were recorded) is refused, clearly
+    old = tmp_path / "h_old"
+    old.mkdir()
+    for path in h_train.glob("*.npz"):
+        with np.load(path) as z:
+            np.savez(old / path.name, **{k: z[k] for k in z.files if k != "truth_diameter_mm"})
+    refused = ["classifier", "train", "--train", str(old), "--val", str(h_val)]
+    refused += ["--out", str(tmp_path / "refused"), "--candidate-threshold", "0.5", *small]
+    assert main(refused) == InputError.exit_code
+    assert "does not record the CMBs' sizes" in capsys.readouterr().err
 
     assert main(["classifier", "compare", str(run / "best.pt"), "--val", str(h_val)]) == 0
     from training.classifier.compare import compare

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -300,7 +301,7 @@ def test_replay_refuses_a_classifier_of_another_grid_than_the_cache(
 
 
 def test_cubes_of_another_size_are_harvested_and_a_larger_input_trains_on_them(
-    unet: Path, layouts: tuple[Path, Path], tmp_path: Path
+    unet: Path, layouts: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--cube-size: larger cubes for a larger input (32 shifted by 3 needs 38); the default
     harvest cannot feed that input, and harvests of two sizes do not mix."""
@@ -323,8 +324,8 @@ def test_cubes_of_another_size_are_harvested_and_a_larger_input_trains_on_them(
     train_args += ["--candidate-threshold", "0.5", "--features", "4", "8", "16"]
     train_args += ["--patch", "32", "--shift", "3"]
     small = [*train_args, "--train", str(tmp_path / "small"), "--val", str(tmp_path / "big_val")]
-    with pytest.raises(ValueError, match=r"cubes of 32 voxels.*needs 38: harvest with --cube"):
-        main([*small, "--out", str(tmp_path / "refused")])
+    assert main([*small, "--out", str(tmp_path / "refused")]) == InputError.exit_code
+    assert re.search(r"cubes of 32 voxels.*needs 38: harvest with --cube", capsys.readouterr().err)
     args = [*train_args, "--train", str(tmp_path / "big"), "--val", str(tmp_path / "big_val")]
     assert main([*args, "--out", str(tmp_path / "run")]) == 0
     config = json.loads((tmp_path / "run" / "config.json").read_text())

@@ -23,7 +23,8 @@ same centre from the image prepared with that filter: ``patches`` is then
 exported classifier declares (``cmb.extra_channels``).
 
 One ``<case_id>.npz`` per case (float16 patches, labels, U-Net maxima, LPS
-centres, whether a row is a candidate or an added truth): a case already
+centres, whether a row is a candidate or an added truth, the size of the CMB
+a positive row is): a case already
 harvested is skipped, so an interrupted run resumes.
 """
 
@@ -40,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.cases import PredCMB, parse_cmbs
+from evaluation.cases import PredCMB, TruthCMB, parse_cmbs
 from evaluation.matching import MatchRule, match_case
 from model.candidate_classifier import extract_channel_patches
 from model.candidates import extract_candidates
@@ -108,6 +109,11 @@ def harvest_case(
         "patches": (patches if extra_channels else patches[:, 0]).astype(np.float16),
         "label": np.asarray(label, dtype=np.uint8),
         "truth_index": np.asarray(truth_index, dtype=np.int32),
+        # the size the size bins and the large-CMB floor read (apparent, else true; NaN:
+        # not a CMB, or a truth without a size), for ``train --small-weight``
+        "truth_diameter_mm": np.asarray(
+            [_diameter(truth[i]) if i >= 0 else np.nan for i in truth_index], dtype=np.float32
+        ),
         "unet_probability": np.asarray(unet_prob, dtype=np.float32),
         "is_candidate": np.asarray([True] * len(detections) + [False] * len(added)),
         "center_lps_mm": np.asarray(centres, dtype=np.float64).reshape(-1, 3),
@@ -125,6 +131,11 @@ def harvest_case(
             else {}
         ),
     }
+
+
+def _diameter(cmb: TruthCMB) -> float:
+    size = cmb.match_diameter_mm
+    return float(size) if size is not None else float("nan")
 
 
 _UNET: OnnxModel | None = None

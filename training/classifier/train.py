@@ -3,14 +3,16 @@
 Input: folders of ``<case_id>.npz`` written by ``training.classifier.harvest``
 (training pools and one held-out validation pool).  Batches are balanced
 (half microbleeds, half U-Net false positives, so the rare class is not
-drowned), each patch randomly shifted by up to ``shift`` voxels, flipped on
-every axis, its two in-plane axes swapped (the slice axis keeps its own blur),
-and its intensities scaled, offset and noised.  After every epoch the
-cascade is scored on the validation candidates: recall at no more than
-``max_fp_per_scan`` false positives per scan, using the labels the harvest
-gave (one-to-one matches of the evaluation package); the best epoch is kept
-(``best.pt``, exported with the threshold that gave that recall) and so is
-the last one (``last.pt``); with ``keep_every`` also every N-th epoch, for
+drowned; with ``small_weight`` the positives of CMBs under ``small_below_mm``
+are drawn that many times as often as the larger ones), each patch randomly
+shifted by up to ``shift`` voxels, flipped on every axis, its two in-plane
+axes swapped (the slice axis keeps its own blur), and its intensities
+scaled, offset and noised.  After every epoch the cascade is scored on the
+validation candidates: recall at no more than ``max_fp_per_scan`` false
+positives per scan, using the labels the harvest gave (one-to-one matches of
+the evaluation package); the best epoch is kept (``best.pt``, exported with
+the threshold that gave that recall) and so is the last one (``last.pt``);
+with ``keep_every`` also every N-th epoch, for
 :mod:`training.classifier.choose`, which scores checkpoints on the product
 path instead of this one-view check.
 """
@@ -30,6 +32,7 @@ import numpy.typing as npt
 import torch
 
 from training.classifier.network import CandidateClassifier
+from training.validate import LARGE_MM
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,11 @@ class ClassifierConfig:
     # The input filters of the further channels (None: as acquired), set from the harvest
     # and ``channels``; the exported file declares them (``cmb.extra_channels``).
     extra_channels: list[dict[str, Any] | None] = field(default_factory=list)
+    # Positives of CMBs smaller than ``small_below_mm`` (the size the size bins read:
+    # apparent, else true) are drawn ``small_weight`` times as often as the others
+    # (1: every positive alike, as before the option); needs a harvest that records sizes.
+    small_weight: float = 1.0
+    small_below_mm: float = LARGE_MM
 
     @property
     def input_channels(self) -> int:
@@ -99,6 +107,9 @@ class Pool:
     case: npt.NDArray[np.int32]
     n_truth: npt.NDArray[np.int32]  # per case
     case_ids: list[str]
+    # per row, the size of its CMB (NaN: a false positive, a truth without a size, or a
+    # harvest from before sizes were recorded; ``sizes_recorded`` tells those apart)
+    truth_diameter_mm: npt.NDArray[np.float32] | None = None
     # the grid every cube was cut on (None: not recorded, harvests before it was)
     spacing_mm: tuple[float, ...] | None = None
     # the grid the U-Net ran on (the cubes' grid when the harvest did not record its own)
@@ -141,7 +152,9 @@ class Pool:
 
     @classmethod
     def load(cls, folders: list[str]) -> Pool:
-        parts: dict[str, list[Any]] = {k: [] for k in ("patches", "label", "unet", "cand", "case")}
+        keys = ("patches", "label", "unet", "cand", "case", "size")
+        parts: dict[str, list[Any]] = {k: [] for k in keys}
+        every_size_recorded = True
         n_truth: list[int] = []
         ids: list[str] = []
         grids: set[tuple[tuple[float, ...] | None, tuple[float, ...] | None]] = set()
@@ -160,6 +173,11 @@ class Pool:
                     parts["unet"].append(z["unet_probability"])
                     parts["cand"].append(z["is_candidate"])
                     parts["case"].append(np.full(len(z["label"]), len(ids), dtype=np.int32))
+                    if "truth_diameter_mm" in z.files:
+                        parts["size"].append(z["truth_diameter_mm"])
+                    else:
+                        every_size_recorded = False
+                        parts["size"].append(np.full(len(z["label"]), np.nan, dtype=np.float32))
                     n_truth.append(int(z["n_truth"]))
                     cube = _grid(z, "spacing_mm")
                     grids.add((cube, _grid(z, "unet_spacing_mm") or cube))
@@ -204,6 +222,8 @@ class Pool:
             unet_spacing_mm=unet_grid,
             input_filter=json.loads(cube_filter) if cube_filter else None,
             extra_channels=tuple(json.loads(extra)) if extra else (),
+            # sizes only where every case recorded them: a mix would read as no small CMBs
+            truth_diameter_mm=np.concatenate(parts["size"]) if every_size_recorded else None,
         )
 
 
@@ -300,6 +320,32 @@ def check_cube_size(harvested: int, patch: int, shift: int, role: str) -> None:
         )
 
 
+def positive_draw(
+    pool: Pool, pos: npt.NDArray[np.intp], config: ClassifierConfig
+) -> tuple[npt.NDArray[np.float64] | None, int | None]:
+    """(probability of drawing each of ``pos``, how many are small CMBs).
+
+    The probability is None (every positive alike, the draw of every run before the
+    option) unless ``config.small_weight`` asks for small positives more often; the
+    count is None when the harvest does not record sizes.
+    """
+    if not config.small_weight > 0:
+        raise ValueError(f"small_weight must be positive, got {config.small_weight}")
+    sizes = pool.truth_diameter_mm
+    if sizes is None:
+        if config.small_weight != 1.0:
+            raise ValueError(
+                f"the harvest of {config.train} does not record the CMBs' sizes (harvested "
+                "before they were): harvest it again to weight the small ones"
+            )
+        return None, None
+    small = sizes[pos] < config.small_below_mm  # NaN (no size) is not small
+    if config.small_weight == 1.0:
+        return None, int(small.sum())
+    weight = np.where(small, config.small_weight, 1.0)
+    return weight / weight.sum(), int(small.sum())
+
+
 def train(config: ClassifierConfig, out: Path, *, device: str = "cpu") -> dict[str, Any]:
     """Train on ``config.train``, validate each epoch on ``config.val``; write ``out``.
 
@@ -348,13 +394,13 @@ def train(config: ClassifierConfig, out: Path, *, device: str = "cpu") -> dict[s
             f"the harvest of {config.train} has {pos.size} microbleed and {neg.size} "
             f"non-microbleed candidates (U-Net >= {config.candidate_threshold}); both are needed"
         )
-    log.info(
-        "train: %d cases, %d positives, %d negatives; val: %d cases",
-        len(tr.case_ids),
-        pos.size,
-        neg.size,
-        len(val.case_ids),
-    )
+    pos_p, n_small = positive_draw(tr, pos, config)
+    counts = {
+        "train_positives": int(pos.size),
+        "train_small_positives": n_small,  # under small_below_mm (None: sizes not recorded)
+        "train_negatives": int(neg.size),
+    }
+    log.info("train: %d cases, %s; val: %d cases", len(tr.case_ids), counts, len(val.case_ids))
     net = CandidateClassifier(config.features, config.dropout, config.input_channels).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total = config.epochs * config.steps_per_epoch
@@ -385,7 +431,7 @@ def train(config: ClassifierConfig, out: Path, *, device: str = "cpu") -> dict[s
             losses = []
             half = config.batch_size // 2
             for _ in range(config.steps_per_epoch):
-                idx = np.concatenate([rng.choice(pos, half), rng.choice(neg, half)])
+                idx = np.concatenate([rng.choice(pos, half, p=pos_p), rng.choice(neg, half)])
                 x = augment(tr.patches[idx], rng, config.patch, config.shift)
                 y = torch.from_numpy(tr.label[idx].astype(np.float32)).to(device)
                 logits = net(torch.from_numpy(x).to(device)).reshape(-1)
@@ -427,6 +473,7 @@ def train(config: ClassifierConfig, out: Path, *, device: str = "cpu") -> dict[s
     best["training_wall_s"] = round(time.monotonic() - start, 1)
     best["train_cases"] = len(tr.case_ids)
     best["val_cases"] = len(val.case_ids)
+    best.update(counts)
     (out / "best.json").write_text(json.dumps(best, indent=1))
     return best
 
