@@ -265,7 +265,7 @@ def run_harvest(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     _training()
-    from training.classifier.train import ClassifierConfig, train
+    from training.classifier.train import ClassifierConfig, HarvestError, train
 
     config = ClassifierConfig(
         train=[str(d) for d in args.train],
@@ -295,7 +295,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         result = train(config, args.out, device=args.device)
-    except (ValueError, FileNotFoundError) as e:  # harvests that cannot train together, etc.
+    except (HarvestError, FileNotFoundError) as e:  # harvests that cannot train together, none
         raise InputError(str(e)) from e
     print(json.dumps(result, indent=1))
     return 0

@@ -119,7 +119,11 @@ def test_augment_moves_every_channel_of_a_cube_alike() -> None:
 
 
 def test_train_export_and_cascade_validation_through_the_cli(
-    unet: Path, layouts: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    unet: Path,
+    layouts: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from cmb.cli import main
 
@@ -169,6 +173,16 @@ def test_train_export_and_cascade_validation_through_the_cli(
     refused += ["--out", str(tmp_path / "refused"), "--candidate-threshold", "0.5", *small]
     assert main(refused) == InputError.exit_code
     assert "does not record the CMBs' sizes" in capsys.readouterr().err
+    # a ValueError that is not about the harvests is a bug: it shows, not as an input error
+    import training.classifier.train as train_module
+
+    def broken(*_: object, **__: object) -> None:
+        raise ValueError("a bug in training")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(train_module, "train", broken)
+        with pytest.raises(ValueError, match="a bug in training"):
+            main(args)
 
     assert main(["classifier", "compare", str(run / "best.pt"), "--val", str(h_val)]) == 0
     from training.classifier.compare import compare

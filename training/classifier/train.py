@@ -37,6 +37,15 @@ from training.validate import LARGE_MM
 log = logging.getLogger(__name__)
 
 
+class HarvestError(ValueError):
+    """Harvests that cannot train together, or a configuration they cannot serve.
+
+    A ValueError (what these checks always raised) of its own, so that the CLI
+    reports these as the user's input and lets any other ValueError show as the
+    bug it is.
+    """
+
+
 @dataclass
 class ClassifierConfig:
     name: str = "cmb_classifier"
@@ -135,7 +144,7 @@ class Pool:
             return self
         filters = self.channel_filters
         if not channels or any(not 0 <= c < len(filters) for c in channels):
-            raise ValueError(
+            raise HarvestError(
                 f"channels {channels} are not among the harvest's {len(filters)} "
                 f"(0 to {len(filters) - 1})"
             )
@@ -191,19 +200,19 @@ class Pool:
         if not ids:
             raise FileNotFoundError(f"no harvested cases in {folders}")
         if len(grids) > 1:
-            raise ValueError(
+            raise HarvestError(
                 f"the harvests in {folders} were made on different grids ((cubes, U-Net): "
                 f"{', '.join(sorted(map(str, grids)))}): harvest them on one"
             )
         if len(sizes) > 1:
-            raise ValueError(
+            raise HarvestError(
                 f"the harvests in {folders} cut cubes of different sizes "
                 f"({', '.join(map(str, sorted(sizes)))} voxels): harvest them with one "
                 "--cube-size"
             )
         if len(filters) > 1:
             described = sorted(f"{f or 'none'} (extra channels: {x or 'none'})" for f, x in filters)
-            raise ValueError(
+            raise HarvestError(
                 f"the harvests in {folders} cut their cubes with different input filters or "
                 f"channels ({', '.join(described)}): harvest them with one --cube-filter and "
                 "the same --extra-channel"
@@ -307,14 +316,14 @@ def evaluate(net: torch.nn.Module, val: Pool, config: ClassifierConfig) -> dict[
 
 
 def check_cube_size(harvested: int, patch: int, shift: int, role: str) -> None:
-    """ValueError unless cubes of ``harvested`` voxels hold every input of ``patch`` voxels
+    """HarvestError unless cubes of ``harvested`` voxels hold every input of ``patch`` voxels
     shifted by up to ``shift`` (training) and centred (validation, export's scoring);
     ``role`` names the harvest in the message ("training", "validation")."""
     if patch < 1 or shift < 0:
-        raise ValueError(f"patch must be positive and shift not negative, got {patch}, {shift}")
+        raise HarvestError(f"patch must be positive and shift not negative, got {patch}, {shift}")
     need = patch + 2 * shift
     if harvested < need:
-        raise ValueError(
+        raise HarvestError(
             f"{role} harvest cut cubes of {harvested} voxels, but an input of {patch} shifted "
             f"by up to {shift} needs {need}: harvest with --cube-size {need} or more"
         )
@@ -330,11 +339,11 @@ def positive_draw(
     count is None when the harvest does not record sizes.
     """
     if not config.small_weight > 0:
-        raise ValueError(f"small_weight must be positive, got {config.small_weight}")
+        raise HarvestError(f"small_weight must be positive, got {config.small_weight}")
     sizes = pool.truth_diameter_mm
     if sizes is None:
         if config.small_weight != 1.0:
-            raise ValueError(
+            raise HarvestError(
                 f"the harvest of {config.train} does not record the CMBs' sizes (harvested "
                 "before they were): harvest it again to weight the small ones"
             )
@@ -356,13 +365,13 @@ def train(config: ClassifierConfig, out: Path, *, device: str = "cpu") -> dict[s
     tr = Pool.load(config.train).select_channels(config.channels)
     val = Pool.load(config.val).select_channels(config.channels)
     if (tr.spacing_mm, tr.unet_spacing_mm) != (val.spacing_mm, val.unet_spacing_mm):
-        raise ValueError(
+        raise HarvestError(
             f"the training harvest was made on {tr.spacing_mm} (cubes) and "
             f"{tr.unet_spacing_mm} (U-Net), the validation harvest on {val.spacing_mm} and "
             f"{val.unet_spacing_mm}: harvest both on the same grids"
         )
     if tr.channel_filters != val.channel_filters:
-        raise ValueError(
+        raise HarvestError(
             f"the training harvest's cubes were cut with input filters {tr.channel_filters} "
             f"(one per channel), the validation harvest's with {val.channel_filters}: harvest "
             "both with one --cube-filter and the same --extra-channel"
@@ -390,7 +399,7 @@ def train(config: ClassifierConfig, out: Path, *, device: str = "cpu") -> dict[s
     pos = np.flatnonzero((tr.label == 1) & (tr.is_candidate | config.train_on_missed))
     neg = np.flatnonzero((tr.label == 0) & (tr.unet_probability >= config.candidate_threshold))
     if pos.size == 0 or neg.size == 0:
-        raise ValueError(
+        raise HarvestError(
             f"the harvest of {config.train} has {pos.size} microbleed and {neg.size} "
             f"non-microbleed candidates (U-Net >= {config.candidate_threshold}); both are needed"
         )
