@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from monai import transforms as mt
 
+from training.errors import TrainingInputError
+
 log = logging.getLogger(__name__)
 
 Sample = dict[str, Any]
@@ -52,7 +54,7 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():
             if name.startswith("p_") and not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"augment.{name} must be in [0, 1], got {value}")
+                raise TrainingInputError(f"augment.{name} must be in [0, 1], got {value}")
 
 
 class _TorchioOnImage:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from model.preprocess import validate_input_filter
 from training.augment import AugmentConfig
+from training.errors import TrainingInputError
 from training.losses import LossConfig
 from training.network import NetworkConfig, check_patch_size
 
@@ -45,11 +46,13 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.fg_fraction <= 1.0:
-            raise ValueError(f"data.fg_fraction must be in [0, 1], got {self.fg_fraction}")
+            raise TrainingInputError(f"data.fg_fraction must be in [0, 1], got {self.fg_fraction}")
         if self.prepare_workers < 1:
-            raise ValueError(f"data.prepare_workers must be >= 1, got {self.prepare_workers}")
+            raise TrainingInputError(
+                f"data.prepare_workers must be >= 1, got {self.prepare_workers}"
+            )
         if self.num_workers < 0 or self.max_val_cases < 0 or self.fg_jitter < 0:
-            raise ValueError("data.num_workers, max_val_cases and fg_jitter must be >= 0")
+            raise TrainingInputError("data.num_workers, max_val_cases and fg_jitter must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -70,11 +73,15 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.time_budget_s < 0:
-            raise ValueError(f"optim.time_budget_s must be >= 0, got {self.time_budget_s}")
+            raise TrainingInputError(f"optim.time_budget_s must be >= 0, got {self.time_budget_s}")
         if self.lr <= 0 or self.epochs <= 0 or self.steps_per_epoch <= 0 or self.batch_size <= 0:
-            raise ValueError("optim.lr, epochs, steps_per_epoch and batch_size must be positive")
+            raise TrainingInputError(
+                "optim.lr, epochs, steps_per_epoch and batch_size must be positive"
+            )
         if self.schedule not in ("poly", "constant"):
-            raise ValueError(f"optim.schedule must be 'poly' or 'constant', got {self.schedule!r}")
+            raise TrainingInputError(
+                f"optim.schedule must be 'poly' or 'constant', got {self.schedule!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -96,13 +103,15 @@ class ValConfig:
 
     def __post_init__(self) -> None:
         if self.every <= 0:
-            raise ValueError("val.every must be positive")
+            raise TrainingInputError("val.every must be positive")
         if self.fit_cases < 0:
-            raise ValueError("val.fit_cases must be >= 0")
+            raise TrainingInputError("val.fit_cases must be >= 0")
         if not self.thresholds or any(not 0.0 < t < 1.0 for t in self.thresholds):
-            raise ValueError("val.thresholds must be non-empty values in (0, 1)")
+            raise TrainingInputError("val.thresholds must be non-empty values in (0, 1)")
         if self.select_by not in ("recall_at_fp", "f1"):
-            raise ValueError(f"val.select_by must be recall_at_fp or f1, got {self.select_by!r}")
+            raise TrainingInputError(
+                f"val.select_by must be recall_at_fp or f1, got {self.select_by!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -129,7 +138,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_patch_size(self.patch_size)
         if len(self.spacing_mm) != 3 or any(s <= 0 for s in self.spacing_mm):
-            raise ValueError(f"spacing_mm must be 3 positive numbers, got {self.spacing_mm}")
+            raise TrainingInputError(
+                f"spacing_mm must be 3 positive numbers, got {self.spacing_mm}"
+            )
         if self.input_filter is not None:
             validate_input_filter(self.input_filter)
 
@@ -162,11 +173,11 @@ def _jsonable(value: Any) -> Any:
 def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
     """Construct dataclass ``cls`` from ``data``, recursing into nested dataclasses."""
     if not isinstance(data, dict):
-        raise ValueError(f"config section {where or 'root'} must be an object")
+        raise TrainingInputError(f"config section {where or 'root'} must be an object")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(
+        raise TrainingInputError(
             f"unknown config key(s) {unknown} in {where or 'root'}; known: {sorted(fields)}"
         )
     kwargs: dict[str, Any] = {}
@@ -181,7 +192,7 @@ def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
     try:
         return cls(**kwargs)
     except TypeError as e:
-        raise ValueError(f"bad config section {where or 'root'}: {e}") from e
+        raise TrainingInputError(f"bad config section {where or 'root'}: {e}") from e
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
@@ -196,5 +207,5 @@ def load_config(path: str | Path) -> TrainConfig:
     except FileNotFoundError as e:
         raise FileNotFoundError(f"config file {p} does not exist") from e
     except json.JSONDecodeError as e:
-        raise ValueError(f"config file {p} is not valid JSON: {e}") from e
+        raise TrainingInputError(f"config file {p} is not valid JSON: {e}") from e
     return config_from_dict(data)

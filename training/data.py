@@ -34,6 +34,7 @@ import torch
 from model.onnx_model import ModelMetadata
 from model.preprocess import prepare, resample_like
 from model.types import Volume
+from training.errors import TrainingInputError
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ def prepare_cases(
     hold the training loop while a generator adds hundreds of cases.
     """
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise TrainingInputError(f"workers must be >= 1, got {workers}")
     items: Iterable[CaseRef] = progress(refs) if progress else refs
     if workers == 1:
         return [prepare_case(ref, metadata, cache_dir) for ref in items]
@@ -213,7 +214,7 @@ class PoolPreparer:
 
     def __init__(self, metadata: ModelMetadata, cache_dir: Path, workers: int = 1) -> None:
         if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
+            raise TrainingInputError(f"workers must be >= 1, got {workers}")
         self._metadata, self._cache_dir = metadata, cache_dir
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare")
         self._seen: set[tuple[str, str]] = set()
@@ -302,7 +303,7 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         if not cases:
-            raise ValueError("PatchDataset needs at least one case")
+            raise TrainingInputError("PatchDataset needs at least one case")
         self.cases = list(cases)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.length = int(length)

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from monai.losses import DiceFocalLoss, DiceLoss
 
+from training.errors import TrainingInputError
+
 KINDS = ("dice_bce", "dice_focal")
 
 
@@ -49,19 +51,21 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"loss.kind must be one of {KINDS}, got {self.kind!r}")
+            raise TrainingInputError(f"loss.kind must be one of {KINDS}, got {self.kind!r}")
         if self.dice_weight < 0 or self.focal_weight < 0:
-            raise ValueError("loss weights must be non-negative")
+            raise TrainingInputError("loss weights must be non-negative")
         if self.dice_weight == 0 and self.focal_weight == 0:
-            raise ValueError("at least one of dice_weight and focal_weight must be positive")
+            raise TrainingInputError(
+                "at least one of dice_weight and focal_weight must be positive"
+            )
         if self.pos_weight <= 0:
-            raise ValueError(f"loss.pos_weight must be positive, got {self.pos_weight}")
+            raise TrainingInputError(f"loss.pos_weight must be positive, got {self.pos_weight}")
         if self.focal_alpha is not None and not 0.0 <= self.focal_alpha <= 1.0:
-            raise ValueError(f"focal_alpha must be in [0, 1], got {self.focal_alpha}")
+            raise TrainingInputError(f"focal_alpha must be in [0, 1], got {self.focal_alpha}")
         if self.small_cmb_voxels < 0:
-            raise ValueError(f"small_cmb_voxels must be >= 0, got {self.small_cmb_voxels}")
+            raise TrainingInputError(f"small_cmb_voxels must be >= 0, got {self.small_cmb_voxels}")
         if self.small_cmb_voxels and self.kind != "dice_bce":
-            raise ValueError("small_cmb_voxels applies to loss.kind 'dice_bce' only")
+            raise TrainingInputError("small_cmb_voxels applies to loss.kind 'dice_bce' only")
 
 
 def small_cmb_weights(target: torch.Tensor, small_cmb_voxels: float) -> torch.Tensor:

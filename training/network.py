@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from monai.networks.nets import BasicUNet
 
+from training.errors import TrainingInputError
+
 #: BasicUNet pools four times: input spatial sizes must be multiples of this.
 SIZE_DIVISOR = 16
 
@@ -31,13 +33,15 @@ class NetworkConfig:
 
     def __post_init__(self) -> None:
         if self.architecture != "basicunet":
-            raise ValueError(f"unknown architecture {self.architecture!r} (known: basicunet)")
+            raise TrainingInputError(
+                f"unknown architecture {self.architecture!r} (known: basicunet)"
+            )
         if len(self.features) != 6 or any(int(f) <= 0 for f in self.features):
-            raise ValueError(f"features must be 6 positive integers, got {self.features}")
+            raise TrainingInputError(f"features must be 6 positive integers, got {self.features}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise TrainingInputError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.norm not in ("instance", "batch"):
-            raise ValueError(f"norm must be 'instance' or 'batch', got {self.norm!r}")
+            raise TrainingInputError(f"norm must be 'instance' or 'batch', got {self.norm!r}")
 
 
 def build_network(config: NetworkConfig | None = None) -> torch.nn.Module:
@@ -75,7 +79,7 @@ def check_patch_size(patch_size: Sequence[int]) -> tuple[int, int, int]:
     """Validate a patch size (3 ints, multiples of SIZE_DIVISOR) and return it as a tuple."""
     ps = tuple(int(p) for p in patch_size)
     if len(ps) != 3 or any(p <= 0 or p % SIZE_DIVISOR for p in ps):
-        raise ValueError(
+        raise TrainingInputError(
             f"patch_size must be 3 positive multiples of {SIZE_DIVISOR}, got {list(patch_size)}"
         )
     return (ps[0], ps[1], ps[2])

@@ -50,6 +50,7 @@ from training.data import (
     list_cases,
     prepare_cases,
 )
+from training.errors import TrainingInputError
 from training.export import build_metadata, export_onnx, load_init_weights, set_metadata
 from training.losses import build_loss
 from training.network import build_network, count_parameters
@@ -187,7 +188,7 @@ def train(
         state = torch.load(str(last_path), map_location="cpu", weights_only=False)
         saved = config_from_dict(state["config"])
         if saved.config_hash() != config.config_hash():
-            raise ValueError(
+            raise TrainingInputError(
                 f"--resume: the config differs from the one run {run} was started with "
                 f"({run / 'config.json'}); resume with that config or start a new run"
             )
@@ -200,7 +201,7 @@ def train(
     metadata = build_metadata(config)
     cache = Path(config.data.cache_dir) if config.data.cache_dir else run / "cache"
     if config.data.rescan and info.distributed:
-        raise ValueError("data.rescan (a growing pool) is for single-process runs, not DDP")
+        raise TrainingInputError("data.rescan (a growing pool) is for single-process runs, not DDP")
     train_refs = _train_refs(config)
     val_refs = _val_refs(config)
     train_hash = data_hash(train_refs)
@@ -442,12 +443,20 @@ def train(
 
 
 def _train_refs(config: TrainConfig) -> list[CaseRef]:
-    refs = list_cases(config.data.train)
+    return _checked_train_refs(list_cases(config.data.train))
+
+
+def _checked_train_refs(refs: list[CaseRef]) -> list[CaseRef]:
+    """``refs``, unless there are none or some are held-out cases (TrainingInputError)."""
     if not refs:
-        raise ValueError("no training cases: give data.train folders in the config or --data")
+        raise TrainingInputError(
+            "no training cases: give data.train folders in the config or --data"
+        )
     leaked = [r.case_id for r in refs if r.record.get("split") in ("val", "validation", "test")]
     if leaked:
-        raise ValueError(f"training folders hold held-out cases (split val/test): {leaked[:5]}")
+        raise TrainingInputError(
+            f"training folders hold held-out cases (split val/test): {leaked[:5]}"
+        )
     return refs
 
 
@@ -457,12 +466,17 @@ def _val_refs(config: TrainConfig) -> list[CaseRef]:
 
 
 def _rescan(config: TrainConfig) -> list[CaseRef] | None:
-    """The training cases now in the folders (a growing pool), or None if unreadable now."""
+    """The training cases now in the folders (a growing pool), or None if unreadable now.
+
+    Only the read is retried next epoch; held-out cases that appeared in the
+    pool stop the run, as they do at its start.
+    """
     try:
-        return _train_refs(config)
+        refs = list_cases(config.data.train)
     except InputError as e:  # a generator is appending a line right now: try next epoch
         log.warning("rescan skipped: %s", e)
         return None
+    return _checked_train_refs(refs)
 
 
 def _loader(

@@ -32,6 +32,7 @@ from model.infer import predict_probability
 from model.onnx_model import OnnxModel
 from model.types import Detection
 from training.data import CaseRef, list_cases, load_volumes
+from training.errors import TrainingInputError
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +253,7 @@ def validate_model(
     thresholds then apply to the classifier's probability.
     """
     if not refs:
-        raise ValueError("validation needs at least one case")
+        raise TrainingInputError("validation needs at least one case")
     start = time.monotonic()
     rule = rule or MatchRule()
     save = Path(save_dir) if save_dir is not None else None

@@ -265,7 +265,7 @@ def run_harvest(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     _training()
-    from training.classifier.train import ClassifierConfig, HarvestError, train
+    from training.classifier.train import ClassifierConfig, train
 
     config = ClassifierConfig(
         train=[str(d) for d in args.train],
@@ -293,9 +293,9 @@ def run_train(args: argparse.Namespace) -> int:
     )
     from model.errors import InputError
 
-    try:
+    try:  # harvests that cannot train together are a TrainingInputError already
         result = train(config, args.out, device=args.device)
-    except (HarvestError, FileNotFoundError) as e:  # harvests that cannot train together, none
+    except FileNotFoundError as e:  # no harvest there
         raise InputError(str(e)) from e
     print(json.dumps(result, indent=1))
     return 0

@@ -95,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
             thresholds=args.thresholds,
             max_fp_per_scan=args.max_fp_per_scan,
         )
-    except (ValueError, FileNotFoundError) as e:
+    except FileNotFoundError as e:  # a config, dataset or checkpoint that is not there
+        # (one training cannot use is a TrainingInputError, an InputError, already; any
+        # other ValueError is a bug and shows as one)
         raise InputError(str(e)) from e
     print(f"exported {path}")
     return 0

@@ -93,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             progress=not args.no_progress,
         )
-    except (ValueError, FileNotFoundError) as e:
+    except FileNotFoundError as e:  # a config, dataset or checkpoint that is not there
+        # (one training cannot use is a TrainingInputError, an InputError, already; any
+        # other ValueError is a bug and shows as one)
         raise InputError(str(e)) from e
     print(describe(result))
     return 0

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import training.data
+import training.export
 import training.train
 from model.errors import InputError
 from model.onnx_model import ModelMetadata, OnnxModel
@@ -291,6 +292,63 @@ def test_cli_train_then_export_with_validation(layout, tmp_path) -> None:
     args = ["train", "--config", str(cfg_file), "--out", str(run2), "--init", str(out)]
     assert main([*args, "--no-progress"]) == 0
     assert main(["export", str(tmp_path / "missing.pt"), "--out", str(out)]) != 0
+
+
+def test_cli_reports_unusable_training_input_as_input_errors_and_bugs_as_bugs(
+    layout, tmp_path, capsys, monkeypatch
+) -> None:
+    from cmb.cli import main
+    from training.errors import TrainingInputError
+
+    train_dir, val_dir = layout
+    # a config training cannot use: one line, the input error's exit code
+    bad = json.loads(tiny_config(train_dir, val_dir).to_json())
+    bad["loss"]["pos_weight"] = -1
+    cfg_file = tmp_path / "bad.json"
+    cfg_file.write_text(json.dumps(bad))
+    assert main(["train", "--config", str(cfg_file), "--no-progress"]) == InputError.exit_code
+    assert "pos_weight" in capsys.readouterr().err
+    # held-out cases in the training folders
+    leaked = tmp_path / "leaked.json"
+    leaked.write_text(tiny_config(val_dir, val_dir).to_json())
+    leak_run = ["train", "--config", str(leaked), "--out", str(tmp_path / "r"), "--no-progress"]
+    assert main(leak_run) == InputError.exit_code
+    assert "held-out" in capsys.readouterr().err
+    assert issubclass(TrainingInputError, ValueError)  # what library callers catch
+    # any other ValueError from inside training or export is a bug: it shows as one
+    good = tmp_path / "good.json"
+    good.write_text(tiny_config(train_dir, val_dir).to_json())
+
+    def broken(*_: object, **__: object) -> None:
+        raise ValueError("a bug in training")
+
+    monkeypatch.setattr(training.train, "train", broken)
+    with pytest.raises(ValueError, match="a bug in training"):
+        main(["train", "--config", str(good), "--no-progress"])
+    monkeypatch.setattr(training.export, "export_checkpoint", broken)
+    with pytest.raises(ValueError, match="a bug in training"):
+        main(["export", str(tmp_path / "any.pt"), "--out", str(tmp_path / "m.onnx")])
+
+
+def test_a_rescan_retries_an_unreadable_pool_but_stops_on_held_out_cases(
+    layout, tmp_path, monkeypatch
+) -> None:
+    from training.errors import TrainingInputError
+    from training.train import _rescan
+
+    train_dir, val_dir = layout
+    assert [r.case_id for r in _rescan(tiny_config(train_dir, val_dir)) or []] == [
+        r.case_id for r in training.data.list_cases([train_dir])
+    ]
+
+    def half_written(_: object) -> list[object]:
+        raise InputError("cases.jsonl: a line is being written")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(training.train, "list_cases", half_written)
+        assert _rescan(tiny_config(train_dir, val_dir)) is None
+    with pytest.raises(TrainingInputError, match="held-out"):
+        _rescan(tiny_config(val_dir, val_dir))
 
 
 def test_validation_in_two_worker_processes_gives_the_same_report(layout, tmp_path) -> None:

@@ -32,17 +32,18 @@ import numpy.typing as npt
 import torch
 
 from training.classifier.network import CandidateClassifier
+from training.errors import TrainingInputError
 from training.validate import LARGE_MM
 
 log = logging.getLogger(__name__)
 
 
-class HarvestError(ValueError):
+class HarvestError(TrainingInputError):
     """Harvests that cannot train together, or a configuration they cannot serve.
 
-    A ValueError (what these checks always raised) of its own, so that the CLI
-    reports these as the user's input and lets any other ValueError show as the
-    bug it is.
+    A :class:`TrainingInputError` (so still the ValueError these checks always
+    raised), so that the CLI reports these as the user's input and lets any
+    other ValueError show as the bug it is.
     """
 
 
