@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from model.preprocess import validate_input_filter
+from model.preprocess import validate_input_filter, validate_normalization
 from training.augment import AugmentConfig
 from training.errors import TrainingInputError
 from training.losses import LossConfig
@@ -141,8 +141,13 @@ class TrainConfig:
             raise TrainingInputError(
                 f"spacing_mm must be 3 positive numbers, got {self.spacing_mm}"
             )
-        if self.input_filter is not None:
-            validate_input_filter(self.input_filter)
+        try:  # the product's own checks (ValueError) name what is wrong with a spec
+            if self.normalization is not None:
+                validate_normalization(self.normalization)
+            if self.input_filter is not None:
+                validate_input_filter(self.input_filter)
+        except ValueError as e:
+            raise TrainingInputError(f"bad config: {e}") from e
 
     def to_dict(self) -> dict[str, Any]:
         out = _jsonable(dataclasses.asdict(self))

@@ -308,6 +308,10 @@ def test_cli_reports_unusable_training_input_as_input_errors_and_bugs_as_bugs(
     cfg_file.write_text(json.dumps(bad))
     assert main(["train", "--config", str(cfg_file), "--no-progress"]) == InputError.exit_code
     assert "pos_weight" in capsys.readouterr().err
+    for section, spec in (("normalization", {"method": "nope"}), ("input_filter", {"m": 1})):
+        cfg_file.write_text(json.dumps({**bad, "loss": {}, section: spec}))
+        assert main(["train", "--config", str(cfg_file)]) == InputError.exit_code
+        assert "bad config" in capsys.readouterr().err
     # held-out cases in the training folders
     leaked = tmp_path / "leaked.json"
     leaked.write_text(tiny_config(val_dir, val_dir).to_json())
